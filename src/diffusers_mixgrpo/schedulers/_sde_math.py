@@ -8,9 +8,7 @@ import torch
 LOG_PROB_REDUCTIONS = ("mean", "sum")
 
 
-def gaussian_log_prob(
-    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean"
-) -> torch.Tensor:
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Log-density of `x` under `N(mean, std^2)`, per element, reduced over every non-batch dimension.
 
     Computed in float32 whatever the input dtype. The normalising terms `-log(std) - log(2*pi)/2` are included

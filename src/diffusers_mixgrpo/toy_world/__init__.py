@@ -1,0 +1,88 @@
+"""The offline toy text-to-image task: prompts, procedural renderer, programmatic reward and a tiny FLUX base model.
+
+    from diffusers_mixgrpo.toy_world import heldout_prompts, load_toy_base_pipeline, train_prompts
+    from diffusers_mixgrpo.rewards import load_reward
+
+    pipe = load_toy_base_pipeline()  # FluxPipeline, 32x32 images
+    reward = load_reward("toy_world")  # (images, prompts) -> (B,) float32 in [0, 1]
+    prompts = heldout_prompts()
+    images = pipe(prompts, **TOY_PIPELINE_CALL_KWARGS, output_type="pt").images
+    scores = reward(images, prompts)
+
+Importing this package registers the "toy_world" reward (lazily: the reward module loads on `load_reward`).
+"""
+
+from importlib import import_module
+from typing import Any
+
+from .world import (
+    COLOR_NAMES,
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    VOCABULARY,
+    ToyObject,
+    all_prompts,
+    heldout_prompts,
+    is_heldout_object,
+    is_heldout_prompt,
+    make_prompt,
+    parse_prompt,
+    render,
+    render_batch,
+    render_objects,
+    train_prompt_pool,
+    train_prompts,
+)
+
+# Names whose modules import diffusers/transformers: loaded on first access.
+_LAZY = {
+    "ToyWorldReward": "reward",
+    "toy_world_accuracy": "reward",
+    "make_toy_world_reward": "reward",
+    "load_toy_base_pipeline": "base_model",
+    "build_untrained_toy_pipeline": "base_model",
+    "evaluate_toy_pipeline": "base_model",
+    "TOY_PIPELINE_CALL_KWARGS": "base_model",
+    "TOY_MAX_SEQUENCE_LENGTH": "base_model",
+    "TOY_GUIDANCE_SCALE": "base_model",
+    "TOY_NUM_INFERENCE_STEPS": "base_model",
+    "build_toy_base_pipeline": "train_base",
+    "ToyBaseTrainingConfig": "train_base",
+}
+
+__all__ = [
+    "COLORS",
+    "COLOR_NAMES",
+    "POSITIONS",
+    "SHAPES",
+    "VOCABULARY",
+    "ToyObject",
+    "all_prompts",
+    "heldout_prompts",
+    "is_heldout_object",
+    "is_heldout_prompt",
+    "make_prompt",
+    "parse_prompt",
+    "render",
+    "render_batch",
+    "render_objects",
+    "train_prompt_pool",
+    "train_prompts",
+    *sorted(_LAZY),
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _register_reward() -> None:
+    from diffusers_mixgrpo.rewards.registry import register_reward
+
+    register_reward("toy_world", "diffusers_mixgrpo.toy_world.reward:make_toy_world_reward", overwrite=True)
+
+
+_register_reward()

@@ -1,0 +1,41 @@
+"""Model-family adapters and their detection from a pipeline's components."""
+
+from typing import Any
+
+from .base import ModelFamilyAdapter
+from .flux import FluxAdapter
+from .sd3 import SD3Adapter
+from .stable_diffusion import StableDiffusionAdapter
+
+ADAPTERS: dict[str, type[ModelFamilyAdapter]] = {a.name: a for a in (FluxAdapter, SD3Adapter, StableDiffusionAdapter)}
+
+# denoiser class name -> family; the stock pipeline classes GRPOTrainingPipeline.from_pipe accepts.
+_DENOISER_FAMILY = {
+    "FluxTransformer2DModel": "flux",
+    "SD3Transformer2DModel": "sd3",
+    "UNet2DConditionModel": "stable_diffusion",
+}
+SUPPORTED_PIPELINES = {a.stock_pipeline_class: a.name for a in ADAPTERS.values()}
+
+
+def _unwrapped_class_name(module: Any) -> str:
+    base = getattr(module, "base_model", None)  # peft-wrapped
+    model = getattr(base, "model", None) if base is not None else None
+    return type(model if model is not None else module).__name__
+
+
+def detect_family(transformer: Any = None, unet: Any = None) -> str:
+    """The family of a set of components, from the denoiser's class."""
+    denoiser = transformer if transformer is not None else unet
+    if denoiser is None:
+        raise ValueError("GRPOTrainingPipeline needs a `transformer` (FLUX, SD3) or a `unet` (SD1.5) component.")
+    name = _unwrapped_class_name(denoiser)
+    if name not in _DENOISER_FAMILY:
+        raise ValueError(
+            f"Unsupported denoiser {name}; supported: {sorted(_DENOISER_FAMILY)} "
+            f"(pipelines {sorted(SUPPORTED_PIPELINES)})."
+        )
+    return _DENOISER_FAMILY[name]
+
+
+__all__ = ["ADAPTERS", "SUPPORTED_PIPELINES", "ModelFamilyAdapter", "detect_family"]

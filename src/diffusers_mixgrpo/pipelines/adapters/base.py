@@ -1,0 +1,94 @@
+"""The model-family adapter: the four things the GRPO logic needs from a text-to-image model family."""
+
+from abc import ABC, abstractmethod
+from typing import Any, Optional
+
+import torch
+
+from ..rollout_batch import PromptEmbeds
+
+
+class ModelFamilyAdapter(ABC):
+    """Encode prompts, make initial noise, evaluate the denoiser once (guidance included), decode latents.
+
+    An adapter wraps the *stock* diffusers pipeline of its family, built on the training pipeline's own components
+    (module references, no copies), and calls that pipeline's helpers (`encode_prompt`, `prepare_latents`, ...)
+    instead of re-implementing them. Adding a family (SDXL, Qwen-Image, ...) means writing one subclass and
+    registering it in `adapters/__init__.py`; the rollout, log-prob and training code does not change.
+
+    Class attributes:
+        name: the family name stored in the pipeline config (`"flux"`, `"sd3"`, `"stable_diffusion"`).
+        stock_pipeline_class: name of the diffusers pipeline class this family comes from.
+        component_names: the components of that pipeline this adapter passes on.
+        denoiser_name: `"transformer"` or `"unet"`.
+        scheduler_kind: `"flow"` (MixODESDEScheduler) or `"vp"` (MixDDIMSDEScheduler).
+        default_guidance_scale: guidance used when the caller passes none.
+    """
+
+    name: str
+    stock_pipeline_class: str
+    component_names: tuple[str, ...]
+    denoiser_name: str
+    scheduler_kind: str
+    default_guidance_scale: float
+
+    def __init__(self, pipeline: Any):
+        import diffusers
+
+        self.pipeline = pipeline
+        cls = getattr(diffusers, self.stock_pipeline_class)
+        components = {name: getattr(pipeline, name, None) for name in self.component_names}
+        self.stock = cls(**components, **self.extra_stock_kwargs())
+
+    def extra_stock_kwargs(self) -> dict:
+        return {}
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return getattr(self.pipeline, self.denoiser_name)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.stock.vae_scale_factor
+
+    def uses_cfg(self, guidance_scale: float) -> bool:
+        """Whether a rollout with this guidance runs classifier-free guidance (two denoiser branches)."""
+        return False
+
+    @abstractmethod
+    def encode_prompts(
+        self, prompts: list[str], guidance_scale: float, device: torch.device, negative_prompt: Optional[str] = None
+    ) -> PromptEmbeds:
+        """One row of conditioning per prompt (and the unconditional rows when CFG is on)."""
+
+    @abstractmethod
+    def prepare_noise(
+        self, num: int, height: int, width: int, generator: Optional[torch.Generator], device, dtype
+    ) -> torch.Tensor:
+        """Initial latents in the denoiser's layout (FLUX: packed), drawn from `generator`."""
+
+    def timestep_kwargs(self, latents: torch.Tensor, num_inference_steps: int) -> dict:
+        """The `set_timesteps` arguments the stock pipeline would pass (e.g. FLUX: `sigmas` and `mu`)."""
+        return {"num_inference_steps": num_inference_steps}
+
+    @abstractmethod
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        embeds: PromptEmbeds,
+        guidance_scale: float,
+        height: int,
+        width: int,
+    ) -> torch.Tensor:
+        """One guided denoiser evaluation on a batch; `embeds` rows align with `latents` rows."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Final latents to `(B, 3, H, W)` float32 images in [0, 1]."""
+
+    def _postprocess(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    def _pooled_cfg(self, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        return uncond + guidance_scale * (cond - uncond)

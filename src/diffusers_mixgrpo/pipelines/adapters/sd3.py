@@ -1,0 +1,90 @@
+"""Stable Diffusion 3 / 3.5 adapter: three text encoders, true classifier-free guidance."""
+
+import torch
+
+from ..rollout_batch import PromptEmbeds
+from .base import ModelFamilyAdapter
+
+
+class SD3Adapter(ModelFamilyAdapter):
+    name = "sd3"
+    stock_pipeline_class = "StableDiffusion3Pipeline"
+    component_names = (
+        "scheduler",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "text_encoder_3",
+        "tokenizer_3",
+        "transformer",
+    )
+    denoiser_name = "transformer"
+    scheduler_kind = "flow"
+    default_guidance_scale = 4.5
+
+    def uses_cfg(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1.0
+
+    def encode_prompts(self, prompts, guidance_scale, device, negative_prompt=None) -> PromptEmbeds:
+        cfg = self.uses_cfg(guidance_scale)
+        max_len = self.pipeline.max_sequence_length or 256
+        pe, npe, pooled, npooled = self.stock.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=device,
+            do_classifier_free_guidance=cfg,
+            negative_prompt=negative_prompt,
+            max_sequence_length=max_len,
+        )
+        tensors = {"prompt_embeds": pe, "pooled_prompt_embeds": pooled}
+        if cfg:
+            tensors.update(negative_prompt_embeds=npe, negative_pooled_prompt_embeds=npooled)
+        return PromptEmbeds(tensors)
+
+    def prepare_noise(self, num, height, width, generator, device, dtype) -> torch.Tensor:
+        channels = self.denoiser.config.in_channels
+        return self.stock.prepare_latents(num, channels, height, width, dtype, device, generator)
+
+    def timestep_kwargs(self, latents, num_inference_steps) -> dict:
+        kwargs = {"num_inference_steps": num_inference_steps}
+        cfg = self.pipeline.scheduler.config
+        if cfg.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            p = self.denoiser.config.patch_size
+            seq_len = (latents.shape[2] // p) * (latents.shape[3] // p)
+            kwargs["mu"] = calculate_shift(
+                seq_len,
+                cfg.get("base_image_seq_len", 256),
+                cfg.get("max_image_seq_len", 4096),
+                cfg.get("base_shift", 0.5),
+                cfg.get("max_shift", 1.16),
+            )
+        return kwargs
+
+    def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:
+        cfg = self.uses_cfg(guidance_scale)
+        b = latents.shape[0]
+        if cfg:
+            x = torch.cat([latents, latents])
+            enc = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
+            pooled = torch.cat([embeds["negative_pooled_prompt_embeds"], embeds["pooled_prompt_embeds"]])
+        else:
+            x, enc, pooled = latents, embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
+        t = timestep.expand(x.shape[0]) if timestep.ndim == 0 else timestep.repeat(x.shape[0] // timestep.shape[0])
+        out = self.denoiser(
+            hidden_states=x, timestep=t, encoder_hidden_states=enc, pooled_projections=pooled, return_dict=False
+        )[0]
+        if cfg:
+            uncond, cond = out[:b], out[b:]
+            out = self._pooled_cfg(cond, uncond, guidance_scale)
+        return out
+
+    def decode(self, latents, height, width) -> torch.Tensor:
+        vae = self.stock.vae
+        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return self._postprocess(image)

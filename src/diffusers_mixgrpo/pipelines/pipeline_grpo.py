@@ -1,0 +1,494 @@
+"""`GRPOTrainingPipeline`: grouped rollouts with window log-probs and prefix sharing, and the log-prob recomputation."""
+
+import copy
+import math
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import Optional, Union
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DiffusionPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    UNet2DConditionModel,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from transformers import (
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    PreTrainedTokenizerBase,
+    T5EncoderModel,
+)
+
+from ..schedulers.scheduling_mix_ddim_sde import MixDDIMSDEScheduler
+from ..schedulers.scheduling_mix_ode_sde import MixODESDEScheduler
+from .adapters import ADAPTERS, SUPPORTED_PIPELINES, ModelFamilyAdapter, detect_family
+from .rollout_batch import PromptEmbeds, RolloutBatch
+
+_MIX_SCHEDULERS = {"flow": MixODESDEScheduler, "vp": MixDDIMSDEScheduler}
+
+
+class GRPOTrainingPipeline(DiffusionPipeline):
+    r"""
+    Rollouts and log-probs for GRPO on FLUX.1, SD3/SD3.5 and SD1.5-class models, on top of the stock pipelines'
+    components.
+
+    Build it from a stock pipeline with `GRPOTrainingPipeline.from_pipe(pipe)` (no weights are copied). The
+    scheduler is swapped for the windowed ODE-SDE sampler of the family (`MixODESDEScheduler` for flow matching,
+    `MixDDIMSDEScheduler` for VP diffusion) built from the original scheduler's config.
+
+    - `rollout(prompts, num_generations, ...)` samples `num_generations` images per prompt in batches, all members of a
+      group starting from the same noise; the steps before the SDE window are deterministic, so with
+      `share_prefix=True` they are computed once per prompt and the trajectory branches at the window.
+    - `log_prob(batch, step_index)` recomputes the log-prob of a recorded window step under the current weights,
+      differentiably (the GRPO training pass).
+
+    Components are those of the wrapped family (unused ones are `None`): `scheduler`, `vae`, `text_encoder(_2, _3)`,
+    `tokenizer(_2, _3)`, and `transformer` (FLUX, SD3) or `unet` (SD1.5).
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->unet->vae"
+    _optional_components = [
+        "text_encoder",
+        "tokenizer",
+        "text_encoder_2",
+        "tokenizer_2",
+        "text_encoder_3",
+        "tokenizer_3",
+        "transformer",
+        "unet",
+    ]
+
+    def __init__(
+        self,
+        scheduler: SchedulerMixin,
+        vae: AutoencoderKL,
+        text_encoder: Optional[Union[CLIPTextModel, CLIPTextModelWithProjection]] = None,
+        tokenizer: Optional[PreTrainedTokenizerBase] = None,
+        text_encoder_2: Optional[Union[T5EncoderModel, CLIPTextModelWithProjection]] = None,
+        tokenizer_2: Optional[PreTrainedTokenizerBase] = None,
+        text_encoder_3: Optional[T5EncoderModel] = None,
+        tokenizer_3: Optional[PreTrainedTokenizerBase] = None,
+        transformer: Optional[Union[FluxTransformer2DModel, SD3Transformer2DModel]] = None,
+        unet: Optional[UNet2DConditionModel] = None,
+    ):
+        super().__init__()
+        family = detect_family(transformer, unet)
+        scheduler_cls = _MIX_SCHEDULERS[ADAPTERS[family].scheduler_kind]
+        if not isinstance(scheduler, scheduler_cls):
+            scheduler = scheduler_cls.from_config(scheduler.config)
+        self.register_modules(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            text_encoder_3=text_encoder_3,
+            tokenizer_3=tokenizer_3,
+            transformer=transformer,
+            unet=unet,
+        )
+        self.model_family = family
+        self.adapter: ModelFamilyAdapter = ADAPTERS[family](self)
+        self.nfe_counter = 0
+        # T5 prompt length (FLUX, SD3); None = the stock pipeline's default (512 / 256). Must match the base model's
+        # training for small models; it is part of the prompt encoding, so cached embeddings carry it.
+        self.max_sequence_length: Optional[int] = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "GRPOTrainingPipeline":
+        """Wrap a stock `FluxPipeline`, `StableDiffusion3Pipeline` or `StableDiffusionPipeline` (shares its modules)."""
+        if isinstance(pipeline, GRPOTrainingPipeline):
+            return super().from_pipe(pipeline, **kwargs)
+        supported = [c for c in type(pipeline).__mro__ if c.__name__ in SUPPORTED_PIPELINES]
+        if not supported:
+            raise ValueError(
+                f"Unsupported base pipeline {type(pipeline).__name__}; GRPOTrainingPipeline supports "
+                f"{', '.join(sorted(SUPPORTED_PIPELINES))} (and their subclasses)."
+            )
+        return super().from_pipe(pipeline, **kwargs)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The trained network: `transformer` (FLUX, SD3) or `unet` (SD1.5)."""
+        return self.adapter.denoiser
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the denoiser's activations in the backward pass of `log_prob` (memory for compute)."""
+        self.denoiser.enable_gradient_checkpointing()
+
+    def disable_gradient_checkpointing(self) -> None:
+        self.denoiser.disable_gradient_checkpointing()
+
+    # LoRA: the family's own loader mixin, on the shared modules, so the files are the stock pipelines' format.
+    def load_lora_weights(self, *args, **kwargs):
+        """`FluxPipeline.load_lora_weights` / `StableDiffusion3Pipeline...` / `StableDiffusionPipeline...`."""
+        return self.adapter.stock.load_lora_weights(*args, **kwargs)
+
+    def unload_lora_weights(self, *args, **kwargs):
+        return self.adapter.stock.unload_lora_weights(*args, **kwargs)
+
+    def fuse_lora(self, *args, **kwargs):
+        return self.adapter.stock.fuse_lora(*args, **kwargs)
+
+    def set_adapters(self, *args, **kwargs):
+        return self.adapter.stock.set_adapters(*args, **kwargs)
+
+    def save_lora_weights(self, save_directory: str, **kwargs):
+        """The family's `save_lora_weights` (e.g. `transformer_lora_layers=` for FLUX/SD3, `unet_lora_layers=`)."""
+        return type(self.adapter.stock).save_lora_weights(save_directory, **kwargs)
+
+    @property
+    def stock_pipeline(self) -> DiffusionPipeline:
+        """The stock pipeline of the family built on these components (for plain inference)."""
+        return self.adapter.stock
+
+    # ------------------------------------------------------------------ prompts
+    def default_guidance_scale(self) -> float:
+        return self.adapter.default_guidance_scale
+
+    def default_image_size(self) -> tuple[int, int]:
+        stock = self.adapter.stock
+        size = getattr(stock, "default_sample_size", None)
+        if size is None and self.unet is not None:
+            size = self.unet.config.sample_size
+        size = int(size) * self.adapter.vae_scale_factor
+        return size, size
+
+    @torch.no_grad()
+    def encode_prompts(
+        self,
+        prompts: Sequence[str],
+        guidance_scale: Optional[float] = None,
+        negative_prompt: Optional[str] = None,
+        batch_size: int = 32,
+        device: Optional[torch.device] = None,
+    ) -> PromptEmbeds:
+        """Encode prompts once (one row each); pass the result to `rollout(prompt_embeds=...)`.
+
+        The CFG rows (`negative_*`) are included when the family runs CFG at this `guidance_scale`, so encode with
+        the guidance you will roll out with. `PromptEmbeds.save` / `PromptEmbeds.load` cache them on disk.
+        """
+        prompts = self._check_prompts(prompts)
+        guidance_scale = self._check_guidance(guidance_scale)
+        device = device or self._execution_device
+        parts = [
+            self.adapter.encode_prompts(list(prompts[i : i + batch_size]), guidance_scale, device, negative_prompt)
+            for i in range(0, len(prompts), batch_size)
+        ]
+        return PromptEmbeds.concat(parts)
+
+    @staticmethod
+    def _check_prompts(prompts) -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, Sequence) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}.")
+        return list(prompts)
+
+    def _check_guidance(self, guidance_scale: Optional[float]) -> float:
+        if guidance_scale is None:
+            return self.adapter.default_guidance_scale
+        if not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}.")
+        return float(guidance_scale)
+
+    # ------------------------------------------------------------------ rollout
+    @torch.no_grad()
+    def rollout(
+        self,
+        prompts: Optional[Sequence[str]] = None,
+        num_generations: int = 1,
+        num_inference_steps: int = 25,
+        sde_window: Optional[tuple[int, int]] = None,
+        *,
+        prompt_embeds: Optional[PromptEmbeds] = None,
+        guidance_scale: Optional[float] = None,
+        negative_prompt: Optional[str] = None,
+        height: Optional[int] = None,
+        width: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+        latents: Optional[torch.Tensor] = None,
+        share_prefix: bool = True,
+        same_initial_noise: bool = True,
+        max_batch_size: Optional[int] = None,
+        autocast_dtype: Optional[torch.dtype] = None,
+    ) -> RolloutBatch:
+        r"""
+        Sample `num_generations` images for each prompt and record the SDE-window steps for training.
+
+        Args:
+            prompts (`list[str]`): P distinct prompts; the batch holds B = P x `num_generations` samples, sample
+                `b` being member `b % num_generations` of prompt `b // num_generations`.
+            num_generations (`int`): group size G.
+            num_inference_steps (`int`): N, the length of the (uncompressed) grid.
+            sde_window (`tuple[int, int]`, *optional*): `(start, size)` of the SDE window on the N-step grid;
+                `None` keeps the scheduler's window (`set_sde_window` / config). `(0, N)` samples every step with the
+                SDE (DanceGRPO); `(w, 0)` is a pure ODE rollout.
+            prompt_embeds (`PromptEmbeds`, *optional*): precomputed `encode_prompts(prompts)` rows (one per prompt).
+            guidance_scale (`float`, *optional*): FLUX: the embedded guidance (default 3.5); SD3 / SD1.5: the CFG scale
+                (CFG runs when > 1). The same value is stored in the batch and used by `log_prob`.
+            negative_prompt (`str`, *optional*): for CFG families.
+            height, width (`int`, *optional*): image size (default: the model's native size).
+            generator (`torch.Generator`, *optional*): draws the initial noise (first) and then the SDE noise.
+            latents (`torch.Tensor`, *optional*): initial noise, one row per prompt (or per sample when
+                `same_initial_noise=False`), in the denoiser's layout.
+            share_prefix (`bool`): compute the pre-window ODE steps once per prompt (needs `same_initial_noise`).
+            same_initial_noise (`bool`): all members of a group start from the same noise (the reference default).
+            max_batch_size (`int`, *optional*): most samples per denoiser call; groups are chunked to fit.
+            autocast_dtype (`torch.dtype`, *optional*): run the denoiser under autocast in this dtype (e.g.
+                `torch.bfloat16`); the scheduler's Gaussian math stays float32.
+
+        Returns:
+            `RolloutBatch`.
+        """
+        if prompt_embeds is not None and prompts is None:
+            raise ValueError("rollout needs `prompts` (for rewards and logging) also when `prompt_embeds` is given.")
+        prompts = self._check_prompts(prompts)
+        if not isinstance(num_generations, int) or num_generations < 1:
+            raise ValueError(f"num_generations must be an integer >= 1, got {num_generations!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}.")
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}.")
+        guidance_scale = self._check_guidance(guidance_scale)
+        if prompt_embeds is not None and len(prompt_embeds) != len(prompts):
+            raise ValueError(
+                f"prompt_embeds has {len(prompt_embeds)} rows but {len(prompts)} prompts were given; pass one row "
+                f"per distinct prompt (the {num_generations} generations of a prompt share its row)."
+            )
+        if not same_initial_noise:
+            share_prefix = False
+
+        num_prompts, group = len(prompts), num_generations
+        batch = num_prompts * group
+        device = self._execution_device
+        dtype = self.denoiser.dtype
+        default_h, default_w = self.default_image_size()
+        height, width = int(height or default_h), int(width or default_w)
+        multiple = self.adapter.vae_scale_factor * (2 if self.model_family == "flux" else 1)
+        if height % multiple or width % multiple or height <= 0 or width <= 0:
+            raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}.")
+
+        if prompt_embeds is None:
+            prompt_embeds = self.encode_prompts(prompts, guidance_scale, negative_prompt, device=device)
+        prompt_embeds = prompt_embeds.to(device, dtype)
+
+        # Initial noise: one row per prompt (shared by the group) or one per sample.
+        noise_rows = num_prompts if same_initial_noise else batch
+        if latents is None:
+            noise = self.adapter.prepare_noise(noise_rows, height, width, generator, device, dtype)
+        else:
+            if latents.shape[0] != noise_rows:
+                raise ValueError(
+                    f"latents has {latents.shape[0]} rows; expected {noise_rows} "
+                    f"({'one per prompt' if same_initial_noise else 'one per sample'})."
+                )
+            noise = latents.to(device, dtype)
+
+        # SDE noise comes from one generator per sample, seeded from `generator`, so a sample's trajectory does not
+        # depend on how the batch is chunked or whether the prefix is shared.
+        seed_device = generator.device if isinstance(generator, torch.Generator) else "cpu"
+        seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=seed_device).tolist()
+        sample_generators = [torch.Generator(device).manual_seed(s) for s in seeds]
+
+        scheduler, timestep_kwargs = self._configured_scheduler(noise, num_inference_steps, sde_window, device)
+        start, end = scheduler.sde_window
+        num_steps = len(scheduler.timesteps)
+        sde_steps = list(range(start, end))
+
+        group_of_sample = torch.arange(batch, device=device) // group
+        chunks = self._chunk_plan(num_prompts, group, max_batch_size or batch)
+        recorded = torch.empty(
+            (batch, len(sde_steps) + 1 if sde_steps else 0, *noise.shape[1:]), dtype=noise.dtype, device=device
+        )
+        log_probs = torch.zeros((batch, len(sde_steps)), dtype=torch.float32, device=device)
+        images = [None] * len(chunks)
+        nfe_before = self.nfe_counter
+        prefix_cache: dict[tuple[int, ...], tuple[torch.Tensor, SchedulerMixin]] = {}
+
+        total_calls = sum(
+            (len(set(c.div(group, rounding_mode="floor").tolist())) if share_prefix else len(c)) * start
+            + len(c) * (num_steps - start)
+            for c in chunks
+        )
+        with self.progress_bar(total=total_calls) as bar:
+            for ci, sample_ids in enumerate(chunks):
+                sample_groups = group_of_sample[sample_ids]
+                prompt_ids = torch.unique_consecutive(sample_groups)
+                if share_prefix:
+                    key = tuple(prompt_ids.tolist())
+                    if key not in prefix_cache:
+                        x, sched = noise[prompt_ids.to(noise.device)], copy.deepcopy(scheduler)
+                        x = self._denoise(
+                            sched, x, prompt_embeds.select(prompt_ids), 0, start, guidance_scale, height, width,
+                            None, autocast_dtype, bar,
+                        )
+                        prefix_cache = {key: (x, sched)}  # only the current prompts' prefix is ever reused
+                    x, sched = prefix_cache[key]
+                    repeats = len(sample_ids) // len(prompt_ids)
+                    x, sched = x.repeat_interleave(repeats, dim=0), copy.deepcopy(sched)
+                    sched.repeat_interleave_state(repeats)
+                    embeds = prompt_embeds.select(sample_groups)
+                else:
+                    sched = copy.deepcopy(scheduler)
+                    rows = sample_groups if same_initial_noise else sample_ids
+                    embeds = prompt_embeds.select(sample_groups)
+                    x = self._denoise(
+                        sched, noise[rows.to(noise.device)], embeds, 0, start, guidance_scale, height, width,
+                        None, autocast_dtype, bar,
+                    )
+                x = self._denoise(
+                    sched, x, embeds, start, num_steps, guidance_scale, height, width,
+                    [sample_generators[b] for b in sample_ids.tolist()], autocast_dtype, bar,
+                    record=(recorded, log_probs, sample_ids, start),
+                )
+                images[ci] = self.adapter.decode(x, height, width)
+
+        image_tensor = torch.empty((batch, *images[0].shape[1:]), dtype=torch.float32, device=images[0].device)
+        for sample_ids, img in zip(chunks, images):
+            image_tensor[sample_ids.to(img.device)] = img.float()
+        return RolloutBatch(
+            images=image_tensor,
+            prompts=[prompts[i] for i in group_of_sample.tolist()],
+            group_ids=group_of_sample,
+            prompt_embeds=prompt_embeds,
+            latents=recorded,
+            log_probs=log_probs,
+            step_indices=sde_steps,
+            timesteps=scheduler.timesteps[start:end].clone(),
+            latent_index=[(j, j + 1) for j in range(len(sde_steps))],
+            chunks=chunks,
+            scheduler_kwargs=timestep_kwargs,
+            sde_window=(start, end),
+            guidance_scale=guidance_scale,
+            height=height,
+            width=width,
+            nfe=self.nfe_counter - nfe_before,
+        )
+
+    @staticmethod
+    def _chunk_plan(num_prompts: int, group: int, max_batch_size: int) -> list[torch.Tensor]:
+        """Sample-index chunks of at most `max_batch_size`: whole groups, or slices of one group if it is larger."""
+        chunks = []
+        if group <= max_batch_size:
+            per_chunk = max_batch_size // group
+            for p0 in range(0, num_prompts, per_chunk):
+                p1 = min(p0 + per_chunk, num_prompts)
+                chunks.append(torch.arange(p0 * group, p1 * group))
+        else:
+            for p in range(num_prompts):
+                for g0 in range(0, group, max_batch_size):
+                    chunks.append(torch.arange(p * group + g0, p * group + min(g0 + max_batch_size, group)))
+        return chunks
+
+    def _configured_scheduler(self, noise, num_inference_steps, sde_window, device) -> tuple[SchedulerMixin, dict]:
+        """A private copy of the scheduler with the rollout's grid and window, and the `set_timesteps` kwargs used."""
+        scheduler = copy.deepcopy(self.scheduler)
+        if "record_trajectory" in scheduler.config:
+            scheduler.register_to_config(record_trajectory=False)  # the pipeline records what it needs itself
+        if sde_window is not None:
+            if len(sde_window) != 2:
+                raise ValueError(f"sde_window must be a (start, size) pair, got {sde_window!r}.")
+            start, size = (int(v) for v in sde_window)
+            if size < 0 or size > num_inference_steps or (size > 0 and not 0 <= start < num_inference_steps):
+                raise ValueError(
+                    f"sde_window={tuple(sde_window)} is outside the {num_inference_steps}-step grid; allowed: "
+                    f"0 <= start <= {num_inference_steps - 1} and 0 <= size <= {num_inference_steps}."
+                )
+            scheduler.set_sde_window(start, size)
+        kwargs = self.adapter.timestep_kwargs(noise, num_inference_steps)
+        scheduler.set_timesteps(device=device, **kwargs)
+        scheduler.set_begin_index(0)
+        return scheduler, kwargs
+
+    def _denoise(
+        self, sched, x, embeds, first, last, guidance_scale, height, width, generators, autocast_dtype, bar,
+        record=None,
+    ) -> torch.Tensor:
+        """Steps `[first, last)` of `sched`'s grid on `x` (one generator per row for SDE noise); with `record`,
+        store the window latents and log-probs."""
+        for i in range(first, last):
+            t = sched.timesteps[i]
+            out = self._predict(x, t, embeds, guidance_scale, height, width, autocast_dtype)
+            noise = None
+            if sched.is_sde_step(i):
+                if generators is None:
+                    raise RuntimeError(f"step {i} is an SDE step but no noise generators were given.")
+                noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device) for g in generators])
+            step = sched.step(out, t, x, noise=noise)
+            if record is not None and step.log_prob is not None:
+                recorded, log_probs, sample_ids, start = record
+                j = i - start
+                rows = sample_ids.to(recorded.device)
+                if j == 0:
+                    recorded[rows, 0] = x
+                recorded[rows, j + 1] = step.prev_sample
+                log_probs[rows, j] = step.log_prob.float()
+            x = step.prev_sample
+            bar.update(x.shape[0])
+        return x
+
+    def _predict(self, x, t, embeds, guidance_scale, height, width, autocast_dtype) -> torch.Tensor:
+        ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+        with ctx:
+            out = self.adapter.predict(x, t, embeds, guidance_scale, height, width)
+        self.nfe_counter += x.shape[0]
+        return out.float()
+
+    # ------------------------------------------------------------------ training pass
+    def log_prob(
+        self,
+        batch: RolloutBatch,
+        step_index: int,
+        sample_index: Optional[torch.Tensor] = None,
+        *,
+        autocast_dtype: Optional[torch.dtype] = None,
+        return_stats: bool = False,
+    ):
+        r"""
+        Log-prob of the recorded transition at grid step `step_index` under the current denoiser weights.
+
+        Differentiable w.r.t. the denoiser's (LoRA) parameters; call it with grad enabled. The guidance, grid and
+        window of the rollout are reused from `batch`. Use the rollout's `batch.chunks` as minibatches to see the
+        denoiser with the rollout's batch composition, which makes the on-policy ratio exactly 1 in float32.
+
+        Args:
+            batch (`RolloutBatch`): from `rollout`.
+            step_index (`int`): a grid index among `batch.step_indices`.
+            sample_index (`torch.LongTensor`, *optional*): the samples to evaluate (default: all).
+            autocast_dtype (`torch.dtype`, *optional*): denoiser under autocast; the Gaussian math stays float32.
+            return_stats (`bool`): also return the transition's mean and std (for the reference-model KL).
+
+        Returns:
+            `(n,)` float32 log-probs, or `(log_prob, mean, std)` with `return_stats=True`.
+        """
+        j = batch.step_position(step_index)
+        idx = torch.arange(batch.batch_size) if sample_index is None else torch.as_tensor(sample_index).long()
+        idx_dev = idx.to(batch.latents.device)
+        src, dst = batch.latent_index[j]
+        x_t, x_next = batch.latents[idx_dev, src], batch.latents[idx_dev, dst]
+        embeds = batch.prompt_embeds.select(batch.group_ids[idx_dev])
+        sched = self._log_prob_scheduler(batch)
+        t = sched.timesteps[step_index]
+        out = self._predict(x_t, t, embeds, batch.guidance_scale, batch.height, batch.width, autocast_dtype)
+        log_prob, mean, std = sched.step_log_prob(out, x_t, x_next, step_index)
+        return (log_prob, mean, std) if return_stats else log_prob
+
+    def _log_prob_scheduler(self, batch: RolloutBatch) -> SchedulerMixin:
+        key = (repr(sorted(batch.scheduler_kwargs.items(), key=lambda kv: kv[0])), batch.sde_window)
+        cached = getattr(self, "_log_prob_sched_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        sched = copy.deepcopy(self.scheduler)
+        if "record_trajectory" in sched.config:
+            sched.register_to_config(record_trajectory=False)
+        start, end = batch.sde_window
+        sched.set_sde_window(start, end - start)
+        sched.set_timesteps(device=batch.latents.device, **batch.scheduler_kwargs)
+        self._log_prob_sched_cache = (key, sched)
+        return sched

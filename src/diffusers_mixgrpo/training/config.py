@@ -1,0 +1,916 @@
+"""`GRPOConfig`: every knob of a MixGRPO / DanceGRPO training run, as a dataclass filled from Python, YAML or the CLI.
+
+Modelled on TRL's `GRPOConfig`: one documented field per knob, grouped by prefix (`sample_*`, `window_*`, `tail_*`,
+`adv_*`, `kl_*`, `reward_*`, `lora_*`, `ema_*`, `hub_*`), so `HfArgumentParser` builds the command line with no extra
+code. Optimiser and bookkeeping flags keep the names of the diffusers training examples (`learning_rate`,
+`gradient_accumulation_steps`, `checkpointing_steps`, ...).
+
+The `method` field picks a preset (MixGRPO, MixGRPO-Flash, MixGRPO-Flash*, DanceGRPO). Preset-controlled fields
+default to `None`, which means "take the preset's value"; any value given explicitly (in Python, YAML or on the
+command line) wins over the preset.
+"""
+
+import argparse
+import dataclasses
+import difflib
+import importlib.util
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("mixgrpo", "flash", "flash_star", "dancegrpo")
+SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
+WINDOW_STRATEGIES = ("progressive", "random", "decay", "exp_decay")
+TAIL_SOLVERS = ("euler", "dpmsolver++")
+MODEL_FAMILIES = ("flux", "sd3", "sd15")
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
+
+# What each `method` fills in for the fields left at `None`. Values from the MixGRPO paper / released scripts
+# (algorithm notes sections 2-4); DanceGRPO: all steps SDE with eta 0.3, a random 60% of the steps trained.
+# `window_size=None` for DanceGRPO means "every trainable step" (N - 1), resolved once N is known.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "mixgrpo": {
+        "sde_type": "flow_grpo",
+        "eta": 0.7,
+        "window_size": 4,
+        "window_shift_interval": 25,
+        "window_stride": 1,
+        "tail_solver": "euler",
+        "tail_ratio": None,
+        "train_timestep_fraction": 1.0,
+    },
+    "flash": {
+        "sde_type": "flow_grpo",
+        "eta": 0.7,
+        "window_size": 4,
+        "window_shift_interval": 20,
+        "window_stride": 1,
+        "tail_solver": "dpmsolver++",
+        "tail_ratio": 0.4,
+        "train_timestep_fraction": 1.0,
+    },
+    "flash_star": {
+        "sde_type": "flow_grpo",
+        "eta": 0.7,
+        "window_size": 4,
+        "window_shift_interval": 20,
+        "window_stride": 0,
+        "tail_solver": "dpmsolver++",
+        "tail_ratio": 0.2,
+        "train_timestep_fraction": 1.0,
+    },
+    "dancegrpo": {
+        "sde_type": "dance_grpo",
+        "eta": 0.3,
+        "window_size": None,
+        "window_shift_interval": 25,
+        "window_stride": 0,
+        "tail_solver": "euler",
+        "tail_ratio": None,
+        "train_timestep_fraction": 0.6,
+    },
+}
+
+# LoRA targets per model family (module-name suffixes, as peft matches them).
+# FLUX: diffusers' train_dreambooth_lora_flux.py defaults; SD3: Flow-GRPO's SD3 LoRA; SD1.5: the UNet attention.
+DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
+    "flux": [
+        "attn.to_k",
+        "attn.to_q",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+    ],
+    "sd3": [
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "attn.to_k",
+        "attn.to_out.0",
+        "attn.to_q",
+        "attn.to_v",
+    ],
+    "sd15": ["to_k", "to_q", "to_v", "to_out.0"],
+}
+
+# Never written by `to_dict`/`to_yaml`, never shown by `repr`, never sent to a tracker.
+SECRET_FIELDS = frozenset({"hub_token"})
+
+
+def default_lora_target_modules(model_family: str) -> list[str]:
+    """The default LoRA target modules of a model family (`"flux"`, `"sd3"` or `"sd15"`); a fresh list."""
+    if model_family not in DEFAULT_LORA_TARGET_MODULES:
+        raise ValueError(f"model_family must be one of {MODEL_FAMILIES}, got {model_family!r}.")
+    return list(DEFAULT_LORA_TARGET_MODULES[model_family])
+
+
+def infer_model_family(pipeline_or_class: Any) -> str:
+    """The model family (`"flux"`, `"sd3"`, `"sd15"`) of a diffusers pipeline, pipeline class or class name."""
+    if isinstance(pipeline_or_class, str):
+        name = pipeline_or_class
+    else:
+        cls = pipeline_or_class if isinstance(pipeline_or_class, type) else type(pipeline_or_class)
+        name = cls.__name__
+    if name.startswith("Flux"):
+        return "flux"
+    if name.startswith("StableDiffusion3"):
+        return "sd3"
+    if name.startswith("StableDiffusion"):
+        return "sd15"
+    raise ValueError(f"Cannot infer the model family of {name!r}; set model_family to one of {MODEL_FAMILIES}.")
+
+
+def parse_reward_weights(value: Union[None, str, Mapping[str, Any], Sequence[str]]) -> Optional[dict[str, float]]:
+    """Normalise a `rewards` value to `{name: weight}`.
+
+    Accepts a mapping, a JSON object string (`'{"hpsv2.1": 1.0}'`), a compact string (`"hpsv2.1=1.0,pickscore=0.5"`;
+    a name without `=weight` gets 1.0), or a list of such names.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"rewards={value!r} is not a valid JSON object ({e.msg}).") from None
+        else:
+            value = [part for part in text.split(",") if part.strip()]
+    if not isinstance(value, Mapping):
+        items = {}
+        for part in value:
+            name, _, weight = str(part).partition("=")
+            items[name.strip()] = weight.strip() if weight.strip() else 1.0
+        value = items
+    weights = {}
+    for name, weight in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"rewards has an empty or non-string reward name: {name!r}.")
+        try:
+            w = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"rewards[{name!r}]={weight!r} is not a number; weights must be finite floats.") from None
+        if not math.isfinite(w):
+            raise ValueError(f"rewards[{name!r}]={weight!r} is not finite; weights must be finite floats.")
+        weights[name.strip()] = w
+    return weights
+
+
+@dataclass
+class GRPOConfig:
+    r"""
+    Configuration of a GRPO training run for diffusers image models with MixGRPO's sliding ODE-SDE window.
+
+    Fields left at `None` in the *method* and *window* groups take the value of the `method` preset (see
+    `METHOD_PRESETS`); an explicit value always wins. Fill it in Python (`GRPOConfig(method="flash", ...)`), from a
+    YAML file (`GRPOConfig.from_yaml("config.yaml", learning_rate=2e-5)`) or from the command line
+    (`parse_args(["--config", "config.yaml", "--learning_rate", "2e-5"])`).
+
+    One *training step* is one GRPO iteration: a rollout phase (prompts x `num_generations` images, rewards,
+    advantages) followed by its policy updates. `max_train_steps`, the window schedule, `logging_steps`,
+    `validation_steps` and `checkpointing_steps` all count training steps.
+
+    Parameters:
+        > Model and output
+
+        pretrained_model_name_or_path (`str`, *optional*):
+            Hub id or local path of the diffusers pipeline to fine-tune (FLUX.1, SD3 or SD1.5). May be left unset when
+            a pipeline object is handed to the trainer.
+        revision (`str`, *optional*):
+            Hub revision (branch, tag or commit) of the pretrained pipeline.
+        variant (`str`, *optional*):
+            Weights variant to load (e.g. `"fp16"`).
+        model_family (`str`, *optional*):
+            `"flux"`, `"sd3"` or `"sd15"`. `None`: inferred from the pipeline class by the trainer. Selects the
+            default `lora_target_modules`.
+        output_dir (`str`, defaults to `"mixgrpo-output"`):
+            Where checkpoints, logs, the final LoRA weights and the model card are written.
+        method (`str`, defaults to `"mixgrpo"`):
+            Preset: `"mixgrpo"` (window K = 4, tau = 25, Euler ODE outside the window), `"flash"` (tau = 20,
+            DPM-Solver++ tail compressed with r = 0.4), `"flash_star"` (Flash with r = 0.2 and the window frozen at
+            the start, stride 0) or `"dancegrpo"` (every step SDE with the DanceGRPO SDE, eta 0.3, a random 60% of
+            the steps trained).
+
+        > Sampling (rollouts)
+
+        num_inference_steps (`int`, defaults to 25):
+            N, the number of sampling steps of a rollout (uncompressed grid).
+        resolution (`int`, *optional*):
+            Square image side; fills `height` and `width` when they are unset. `None`: the pipeline's default.
+        height (`int`, *optional*):
+            Image height in pixels (a multiple of 8; FLUX needs a multiple of 16).
+        width (`int`, *optional*):
+            Image width in pixels.
+        shift (`float`, defaults to 3.0):
+            Time shift s of the flow-matching grid, `sigma = s*u / (1 + (s - 1)*u)`.
+        guidance_scale (`float`, defaults to 3.5):
+            FLUX.1-dev: the embedded guidance value (no CFG, one forward per step). SD3 / SD1.5: the classifier-free
+            guidance scale (two forwards per step when > 1).
+        num_generations (`int`, defaults to 12):
+            G, the group size: images generated per prompt, normalised against each other.
+        sample_prompts_per_device (`int`, defaults to 1):
+            Prompts per device per training step; each device generates `sample_prompts_per_device * num_generations`
+            images per step.
+        sample_same_noise (`bool`, defaults to `True`):
+            The members of a group start from the same initial noise (the reference default).
+        sample_share_prefix (`bool`, defaults to `True`):
+            Compute the deterministic pre-window ODE trajectory once per prompt and branch into the group at the
+            window (needs `sample_same_noise`). Same result, fewer forwards.
+        sample_max_batch_size (`int`, *optional*):
+            Largest batch of images per denoiser forward during rollouts (memory cap). `None`: no cap.
+        log_prob_reduction (`str`, defaults to `"mean"`):
+            How a step's per-element Gaussian log-density is reduced over the non-batch dimensions: `"mean"` (the
+            reference implementations) or `"sum"` (the true log-density).
+
+        > Method: SDE and window (preset-controlled when `None`)
+
+        sde_type (`str`, *optional*):
+            SDE used inside the window: `"flow_grpo"`, `"dance_grpo"` or `"cps"`. Preset: flow_grpo (dance_grpo for
+            DanceGRPO).
+        eta (`float`, *optional*):
+            Noise level of the SDE. Preset: 0.7 (0.3 for DanceGRPO).
+        window_size (`int`, *optional*):
+            K, consecutive SDE (trained) steps. Preset: 4 (DanceGRPO: N - 1, every trainable step).
+        window_shift_interval (`int`, *optional*):
+            tau, training steps between two window moves. Preset: 25 (20 for Flash and Flash*).
+        window_stride (`int`, *optional*):
+            S, steps the window moves at each shift; 0 freezes it at the start. Preset: 1 (0 for Flash* and
+            DanceGRPO).
+        window_strategy (`str`, defaults to `"progressive"`):
+            `"progressive"` (the paper), `"random"`, `"decay"` or `"exp_decay"`; see `SlidingWindowSchedule`.
+        window_roll_back (`bool`, defaults to `True`):
+            Past `window_max_start` the window returns to 0 (`True`) or stays there (`False`).
+        window_max_start (`int`, *optional*):
+            Highest window start. `None`: N - 2, the last trainable step.
+        window_min_shift_interval (`int`, *optional*):
+            `"decay"` only: the interval at the last start. `None`: `max(1, window_shift_interval // 4)`.
+        window_exp_decay_k (`float`, defaults to 0.1):
+            `"exp_decay"` only: the decay rate k in `tau * exp(-k * max(0, w - w_thr))`.
+        window_exp_decay_threshold (`int`, defaults to 13):
+            `"exp_decay"` only: w_thr.
+        tail_solver (`str`, *optional*):
+            Solver of the ODE steps after the window: `"euler"` or `"dpmsolver++"`. Preset: euler (dpmsolver++ for
+            Flash and Flash*).
+        tail_solver_order (`int`, defaults to 2):
+            Order of the DPM-Solver++ tail (1 or 2).
+        tail_ratio (`float`, *optional*):
+            r, compression of the steps after the window: `floor(max((N - e)*r, 1))` grid points. `None`: no
+            compression. Preset: None (0.4 for Flash, 0.2 for Flash*).
+
+        > GRPO objective
+
+        train_batch_size (`int`, defaults to 1):
+            Rollouts per forward/backward of the training pass, per device.
+        train_timestep_fraction (`float`, *optional*):
+            Fraction of the window's steps trained per rollout, drawn at random (DanceGRPO). Preset: 1.0 (0.6 for
+            DanceGRPO).
+        num_inner_epochs (`int`, defaults to 1):
+            Passes of policy updates over each rollout batch.
+        clip_range (`float`, defaults to 1e-4):
+            epsilon of the clipped ratio, `clip(ratio, 1 - eps, 1 + eps)`.
+        adv_clip_max (`float`, defaults to 5.0):
+            Advantages are clipped to `[-adv_clip_max, adv_clip_max]`.
+        adv_std (`str`, defaults to `"group"`):
+            Advantage denominator: the group's std (`"group"`), the std of all rewards of the step (`"global"`), or
+            none (`"none"`, mean-centred only).
+        adv_trim (`float`, defaults to 0.0):
+            Fraction in [0, 0.5) of the lowest and of the highest rewards left out of the mean/std statistics.
+        kl_type (`str`, defaults to `"none"`):
+            KL regulariser: `"none"`, `"rollout"` (`0.5 * mean(dlogp^2)` against the rollout policy) or
+            `"reference"` (Flow-GRPO's closed form against the base model, LoRA disabled).
+        kl_coeff (`float`, defaults to 0.0):
+            Weight of the KL term.
+        max_consecutive_bad_groups (`int`, defaults to 5):
+            Groups with a non-finite reward are dropped from the update with a warning; training stops with an error
+            after this many consecutive bad groups (0: at the first).
+
+        > Rewards
+
+        rewards (`dict[str, float]` or `str`, *optional*):
+            Registered reward name -> weight, e.g. `{"hpsv2.1": 1.0, "pickscore": 1.0}`. On the command line: a JSON
+            object or `"hpsv2.1=1.0,pickscore=1.0"`. `None`: reward functions are handed to the trainer.
+        reward_mix (`str`, defaults to `"advantage_aggr"`):
+            `"advantage_aggr"` (one advantage per reward, then the weighted sum; the paper) or `"reward_aggr"` (the
+            weighted sum of the rewards, then one advantage).
+        reward_batch_size (`int`, defaults to 8):
+            Images per reward-model forward.
+
+        > Optimisation
+
+        optimizer (`str`, defaults to `"adamw"`):
+            `"adamw"` (torch) or `"adamw8bit"` (bitsandbytes).
+        learning_rate (`float`, defaults to 1e-5):
+            Peak learning rate.
+        adam_beta1 (`float`, defaults to 0.9), adam_beta2 (`float`, defaults to 0.999),
+        adam_epsilon (`float`, defaults to 1e-8):
+            AdamW coefficients.
+        weight_decay (`float`, defaults to 1e-4):
+            AdamW decoupled weight decay.
+        lr_scheduler (`str`, defaults to `"constant"`):
+            A `diffusers.optimization.get_scheduler` name (`"constant"`, `"constant_with_warmup"`, `"linear"`,
+            `"cosine"`, ...).
+        lr_warmup_steps (`int`, defaults to 0):
+            Warm-up optimiser steps.
+        max_grad_norm (`float`, defaults to 1.0):
+            Gradient-norm clip.
+        gradient_accumulation_steps (`int`, defaults to 3):
+            Micro-batches accumulated per optimiser step.
+        max_train_steps (`int`, defaults to 300):
+            Training steps (GRPO iterations) to run.
+        mixed_precision (`str`, defaults to `"no"`):
+            `"no"`, `"fp16"` or `"bf16"` (the paper: bf16).
+        gradient_checkpointing (`bool`, defaults to `False`):
+            Recompute activations in the backward pass of the denoiser (the paper: on).
+        allow_tf32 (`bool`, defaults to `True`):
+            Allow TF32 matmuls on Ampere+ GPUs.
+        seed (`int`, defaults to 42):
+            Seed of the run (initial noise, window schedule, data order).
+
+        > LoRA and EMA
+
+        use_lora (`bool`, defaults to `True`):
+            Train LoRA adapters (peft); `False` fine-tunes the whole denoiser.
+        lora_rank (`int`, defaults to 32):
+            LoRA rank r.
+        lora_alpha (`float`, defaults to 64):
+            LoRA alpha (scale alpha / r).
+        lora_dropout (`float`, defaults to 0.0):
+            Dropout on the LoRA branch.
+        lora_target_modules (`list[str]`, *optional*):
+            Module-name suffixes to adapt. `None`: `DEFAULT_LORA_TARGET_MODULES[model_family]`.
+        use_ema (`bool`, defaults to `False`):
+            Keep an exponential moving average of the trainable parameters (used for validation and the final save).
+        ema_decay (`float`, defaults to 0.9):
+            EMA decay per update (Flow-GRPO: 0.9).
+        ema_update_interval (`int`, defaults to 8):
+            Optimiser steps between EMA updates (Flow-GRPO: 8).
+
+        > Prompts, logging and validation
+
+        prompt_file (`str`, *optional*):
+            Text file with one training prompt per line (or hand prompts to the trainer).
+        report_to (`str`, *optional*):
+            Trackers: `"tensorboard"`, `"wandb"`, `"all"`, `"none"` or a comma-separated list. `None`: tensorboard if
+            installed, else none.
+        tracker_project_name (`str`, defaults to `"mixgrpo"`):
+            Project name given to the trackers.
+        logging_dir (`str`, defaults to `"logs"`):
+            Tracker directory, relative to `output_dir`.
+        logging_steps (`int`, defaults to 1):
+            Log scalars every this many training steps.
+        validation_steps (`int`, defaults to 50):
+            Log a grid of sample images every this many training steps (0: never).
+        validation_prompts (`list[str]`, *optional*):
+            Prompts of the sample grids. `None`: the first training prompts.
+
+        > Checkpointing
+
+        checkpointing_steps (`int`, defaults to 50):
+            Save a resumable checkpoint every this many training steps (0: only at the end).
+        checkpoints_total_limit (`int`, *optional*):
+            Keep at most this many checkpoints (oldest deleted first). `None`: keep all.
+        resume_from_checkpoint (`str`, *optional*):
+            `"latest"` or a checkpoint path to resume from.
+
+        > Hub
+
+        push_to_hub (`bool`, defaults to `False`):
+            Upload the final weights, the config and a model card to the Hub.
+        hub_model_id (`str`, *optional*):
+            Repository id. `None`: the name of `output_dir`.
+        hub_private (`bool`, *optional*):
+            Create the repository private. `None`: the Hub's default for your account/organisation.
+        hub_token (`str`, *optional*):
+            Token for the Hub. Prefer `hf auth login` or the `HF_TOKEN` environment variable. Never saved, logged or
+            shown.
+    """
+
+    # Model and output
+    pretrained_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Hub id or local path of the diffusers pipeline to fine-tune."}
+    )
+    revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the pretrained pipeline."})
+    variant: Optional[str] = field(default=None, metadata={"help": "Weights variant to load, e.g. 'fp16'."})
+    model_family: Optional[Literal["flux", "sd3", "sd15"]] = field(
+        default=None, metadata={"help": "'flux', 'sd3' or 'sd15'; None: inferred from the pipeline class."}
+    )
+    output_dir: str = field(
+        default="mixgrpo-output", metadata={"help": "Where checkpoints, logs, weights and the model card go."}
+    )
+    method: Literal["mixgrpo", "flash", "flash_star", "dancegrpo"] = field(
+        default="mixgrpo",
+        metadata={"help": "Preset: 'mixgrpo', 'flash', 'flash_star' or 'dancegrpo'; explicit field values win."},
+    )
+
+    # Sampling
+    num_inference_steps: int = field(default=25, metadata={"help": "N, sampling steps per rollout."})
+    resolution: Optional[int] = field(
+        default=None, metadata={"help": "Square image side; fills height/width when unset."}
+    )
+    height: Optional[int] = field(default=None, metadata={"help": "Image height (multiple of 8)."})
+    width: Optional[int] = field(default=None, metadata={"help": "Image width (multiple of 8)."})
+    shift: float = field(default=3.0, metadata={"help": "Time shift s of the flow-matching grid."})
+    guidance_scale: float = field(
+        default=3.5, metadata={"help": "FLUX: embedded guidance (no CFG); SD3/SD1.5: the CFG scale."}
+    )
+    num_generations: int = field(default=12, metadata={"help": "G, images per prompt (group size)."})
+    sample_prompts_per_device: int = field(default=1, metadata={"help": "Prompts per device per training step."})
+    sample_same_noise: bool = field(
+        default=True, metadata={"help": "Members of a group start from the same initial noise."}
+    )
+    sample_share_prefix: bool = field(
+        default=True, metadata={"help": "Compute the pre-window ODE once per prompt, then branch into the group."}
+    )
+    sample_max_batch_size: Optional[int] = field(
+        default=None, metadata={"help": "Largest batch per denoiser forward in rollouts; None: no cap."}
+    )
+    log_prob_reduction: Literal["mean", "sum"] = field(
+        default="mean", metadata={"help": "Reduce per-element log-densities by 'mean' (reference) or 'sum'."}
+    )
+
+    # Method: SDE and window
+    sde_type: Optional[Literal["flow_grpo", "dance_grpo", "cps"]] = field(
+        default=None, metadata={"help": "SDE in the window: 'flow_grpo', 'dance_grpo' or 'cps'; None: preset."}
+    )
+    eta: Optional[float] = field(default=None, metadata={"help": "SDE noise level; None: preset (0.7 / 0.3)."})
+    window_size: Optional[int] = field(
+        default=None, metadata={"help": "K, SDE (trained) steps; None: preset (4; DanceGRPO N - 1)."}
+    )
+    window_shift_interval: Optional[int] = field(
+        default=None, metadata={"help": "tau, training steps between window moves; None: preset (25; Flash 20)."}
+    )
+    window_stride: Optional[int] = field(
+        default=None, metadata={"help": "S, window move per shift (0 freezes it); None: preset (1; Flash* 0)."}
+    )
+    window_strategy: Literal["progressive", "random", "decay", "exp_decay"] = field(
+        default="progressive", metadata={"help": "'progressive', 'random', 'decay' or 'exp_decay'."}
+    )
+    window_roll_back: bool = field(
+        default=True, metadata={"help": "Past the max start, return the window to 0 (else stay)."}
+    )
+    window_max_start: Optional[int] = field(default=None, metadata={"help": "Highest window start; None: N - 2."})
+    window_min_shift_interval: Optional[int] = field(
+        default=None, metadata={"help": "'decay' only: interval at the last start; None: tau // 4."}
+    )
+    window_exp_decay_k: float = field(default=0.1, metadata={"help": "'exp_decay' only: decay rate k."})
+    window_exp_decay_threshold: int = field(default=13, metadata={"help": "'exp_decay' only: start threshold."})
+    tail_solver: Optional[Literal["euler", "dpmsolver++"]] = field(
+        default=None, metadata={"help": "ODE solver after the window: 'euler' or 'dpmsolver++'; None: preset."}
+    )
+    tail_solver_order: int = field(default=2, metadata={"help": "DPM-Solver++ tail order (1 or 2)."})
+    tail_ratio: Optional[float] = field(
+        default=None, metadata={"help": "r, compression of the post-window steps; None: preset (Flash 0.4/0.2)."}
+    )
+
+    # GRPO objective
+    train_batch_size: int = field(default=1, metadata={"help": "Rollouts per training forward/backward, per device."})
+    train_timestep_fraction: Optional[float] = field(
+        default=None, metadata={"help": "Fraction of window steps trained per rollout; None: preset (1.0; 0.6)."}
+    )
+    num_inner_epochs: int = field(default=1, metadata={"help": "Update passes over each rollout batch."})
+    clip_range: float = field(default=1e-4, metadata={"help": "epsilon of clip(ratio, 1 - eps, 1 + eps)."})
+    adv_clip_max: float = field(default=5.0, metadata={"help": "Advantages are clipped to [-max, max]."})
+    adv_std: Literal["group", "global", "none"] = field(
+        default="group", metadata={"help": "Advantage denominator: 'group', 'global' or 'none'."}
+    )
+    adv_trim: float = field(
+        default=0.0, metadata={"help": "Fraction in [0, 0.5) trimmed at each end for the mean/std statistics."}
+    )
+    kl_type: Literal["none", "rollout", "reference"] = field(
+        default="none", metadata={"help": "KL term: 'none', 'rollout' or 'reference'."}
+    )
+    kl_coeff: float = field(default=0.0, metadata={"help": "Weight of the KL term."})
+    max_consecutive_bad_groups: int = field(
+        default=5, metadata={"help": "Stop after this many consecutive groups with non-finite rewards."}
+    )
+
+    # Rewards
+    rewards: Optional[Union[dict[str, float], str]] = field(
+        default=None,
+        metadata={"help": "Reward name -> weight: JSON object or 'hpsv2.1=1.0,pickscore=1.0'."},
+    )
+    reward_mix: Literal["advantage_aggr", "reward_aggr"] = field(
+        default="advantage_aggr", metadata={"help": "'advantage_aggr' (paper) or 'reward_aggr'."}
+    )
+    reward_batch_size: int = field(default=8, metadata={"help": "Images per reward-model forward."})
+
+    # Optimisation
+    optimizer: Literal["adamw", "adamw8bit"] = field(
+        default="adamw", metadata={"help": "'adamw' or 'adamw8bit' (bitsandbytes)."}
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay."})
+    lr_scheduler: str = field(
+        default="constant", metadata={"help": "diffusers.optimization.get_scheduler name, e.g. 'constant'."}
+    )
+    lr_warmup_steps: int = field(default=0, metadata={"help": "Warm-up optimiser steps."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clip."})
+    gradient_accumulation_steps: int = field(default=3, metadata={"help": "Micro-batches per optimiser step."})
+    max_train_steps: int = field(default=300, metadata={"help": "Training steps (GRPO iterations)."})
+    mixed_precision: Literal["no", "fp16", "bf16"] = field(default="no", metadata={"help": "'no', 'fp16' or 'bf16'."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Gradient checkpointing in the denoiser."})
+    allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere+ GPUs."})
+    seed: int = field(default=42, metadata={"help": "Seed of the run."})
+
+    # LoRA and EMA
+    use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters; False: full fine-tune."})
+    lora_rank: int = field(default=32, metadata={"help": "LoRA rank r."})
+    lora_alpha: float = field(default=64.0, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: Optional[list[str]] = field(
+        default=None, metadata={"help": "Module-name suffixes to adapt; None: the model family's default."}
+    )
+    use_ema: bool = field(default=False, metadata={"help": "EMA of the trainable parameters."})
+    ema_decay: float = field(default=0.9, metadata={"help": "EMA decay per update."})
+    ema_update_interval: int = field(default=8, metadata={"help": "Optimiser steps between EMA updates."})
+
+    # Prompts, logging and validation
+    prompt_file: Optional[str] = field(default=None, metadata={"help": "Text file, one training prompt per line."})
+    report_to: Optional[str] = field(
+        default=None,
+        metadata={"help": "'tensorboard', 'wandb', 'all', 'none' or a comma list; None: tensorboard if installed."},
+    )
+    tracker_project_name: str = field(default="mixgrpo", metadata={"help": "Tracker project name."})
+    logging_dir: str = field(default="logs", metadata={"help": "Tracker directory, relative to output_dir."})
+    logging_steps: int = field(default=1, metadata={"help": "Log scalars every this many training steps."})
+    validation_steps: int = field(default=50, metadata={"help": "Log a sample grid every N steps (0: never)."})
+    validation_prompts: Optional[list[str]] = field(
+        default=None, metadata={"help": "Prompts of the sample grids; None: the first training prompts."}
+    )
+
+    # Checkpointing
+    checkpointing_steps: int = field(
+        default=50, metadata={"help": "Save a checkpoint every N training steps (0: only at the end)."}
+    )
+    checkpoints_total_limit: Optional[int] = field(
+        default=None, metadata={"help": "Keep at most this many checkpoints; None: all."}
+    )
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "'latest' or a checkpoint path to resume from."}
+    )
+
+    # Hub
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload weights, config and model card to the Hub."})
+    hub_model_id: Optional[str] = field(default=None, metadata={"help": "Hub repo id; None: output_dir's name."})
+    hub_private: Optional[bool] = field(
+        default=None, metadata={"help": "Create the repo private; None: the Hub's default."}
+    )
+    hub_token: Optional[str] = field(
+        default=None,
+        repr=False,
+        metadata={"help": "Hub token (prefer `hf auth login` or HF_TOKEN); never saved or logged."},
+    )
+
+    def __post_init__(self):
+        self._apply_method_preset()
+        self.rewards = parse_reward_weights(self.rewards)
+        if self.lora_target_modules is not None:
+            self.lora_target_modules = list(self.lora_target_modules)
+        if self.validation_prompts is not None:
+            self.validation_prompts = list(self.validation_prompts)
+        if self.resolution is not None:
+            if self.height is None:
+                self.height = self.resolution
+            if self.width is None:
+                self.width = self.resolution
+        if self.lora_target_modules is None and self.model_family is not None:
+            self.lora_target_modules = default_lora_target_modules(self.model_family)
+        if self.report_to is not None:
+            self.report_to = self.report_to.strip().lower()
+        self._validate()
+
+    def _apply_method_preset(self) -> None:
+        if self.method not in METHOD_PRESETS:
+            raise ValueError(f"method={self.method!r} is not a known preset; allowed: {', '.join(METHODS)}.")
+        for name, value in METHOD_PRESETS[self.method].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.window_size is None:  # DanceGRPO: every trainable step is an SDE step
+            self.window_size = max(1, self.num_inference_steps - 1)
+
+    def _validate(self) -> None:
+        def fail(message: str) -> None:
+            raise ValueError(message)
+
+        def check_choice(name: str, allowed: Sequence[Any]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                fail(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}.")
+
+        def check_int(name: str, low: int, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                fail(f"{name}={value!r} is not allowed; it must be an integer >= {low}.")
+
+        def check_float(name: str, low: float, high: float, low_open: bool, high_open: bool) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(f"{name}={value!r} is not allowed; it must be a finite number.")
+            below = value <= low if low_open else value < low
+            above = value >= high if high_open else value > high
+            if below or above:
+                interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                fail(f"{name}={value!r} is not allowed; it must lie in {interval}.")
+
+        inf = math.inf
+        if self.model_family is not None:
+            check_choice("model_family", MODEL_FAMILIES)
+        check_choice("sde_type", SDE_TYPES)
+        check_choice("window_strategy", WINDOW_STRATEGIES)
+        check_choice("tail_solver", TAIL_SOLVERS)
+        check_choice("log_prob_reduction", ("mean", "sum"))
+        check_choice("adv_std", ("group", "global", "none"))
+        check_choice("kl_type", ("none", "rollout", "reference"))
+        check_choice("reward_mix", ("advantage_aggr", "reward_aggr"))
+        check_choice("optimizer", ("adamw", "adamw8bit"))
+        check_choice("mixed_precision", ("no", "fp16", "bf16"))
+
+        # Sampling
+        check_int("num_inference_steps", 2)
+        n = self.num_inference_steps
+        for name in ("resolution", "height", "width"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8
+            ):
+                fail(f"{name}={value!r} is not allowed; it must be a positive multiple of 8.")
+        check_float("shift", 0.0, inf, True, True)
+        check_float("guidance_scale", 0.0, inf, False, True)
+        check_int("num_generations", 2)
+        check_int("sample_prompts_per_device", 1)
+        check_int("sample_max_batch_size", 1, allow_none=True)
+        if self.sample_share_prefix and not self.sample_same_noise:
+            fail(
+                "sample_share_prefix=True needs sample_same_noise=True (a group only shares its pre-window "
+                "trajectory when its members start from the same noise); set one of them accordingly."
+            )
+
+        # Window and tail (a trained step is never the last one, so indices stop at N - 2)
+        check_float("eta", 0.0, inf, True, True)
+        if not (isinstance(self.window_size, int) and 1 <= self.window_size <= n - 1):
+            fail(
+                f"window_size={self.window_size!r} is not allowed; it must lie in [1, num_inference_steps - 1] "
+                f"= [1, {n - 1}] (the last sampling step is never trained)."
+            )
+        check_int("window_shift_interval", 1)
+        check_int("window_stride", 0)
+        if self.window_max_start is not None and not (
+            isinstance(self.window_max_start, int) and 0 <= self.window_max_start <= n - 2
+        ):
+            fail(
+                f"window_max_start={self.window_max_start!r} is not allowed; it must lie in "
+                f"[0, num_inference_steps - 2] = [0, {n - 2}]."
+            )
+        check_int("window_min_shift_interval", 1, allow_none=True)
+        if self.window_min_shift_interval is not None and self.window_min_shift_interval > self.window_shift_interval:
+            fail(
+                f"window_min_shift_interval={self.window_min_shift_interval} is not allowed; it must be <= "
+                f"window_shift_interval={self.window_shift_interval}."
+            )
+        check_float("window_exp_decay_k", 0.0, inf, False, True)
+        check_int("window_exp_decay_threshold", 0)
+        if self.tail_solver_order not in (1, 2):
+            fail(f"tail_solver_order={self.tail_solver_order!r} is not allowed; choose 1 or 2.")
+        if self.tail_ratio is not None:
+            check_float("tail_ratio", 0.0, 1.0, True, False)
+
+        # GRPO objective
+        check_int("train_batch_size", 1)
+        check_float("train_timestep_fraction", 0.0, 1.0, True, False)
+        check_int("num_inner_epochs", 1)
+        check_float("clip_range", 0.0, inf, True, True)
+        check_float("adv_clip_max", 0.0, inf, True, True)
+        check_float("adv_trim", 0.0, 0.5, False, True)
+        if self.num_generations - 2 * int(self.adv_trim * self.num_generations) < 2:
+            fail(
+                f"adv_trim={self.adv_trim} leaves fewer than 2 of num_generations={self.num_generations} rewards "
+                f"per group for the statistics; lower adv_trim or raise num_generations."
+            )
+        check_float("kl_coeff", 0.0, inf, False, True)
+        if self.kl_type == "none" and self.kl_coeff > 0:
+            fail(
+                f"kl_coeff={self.kl_coeff} has no effect with kl_type='none'; set kl_type to 'rollout' or "
+                f"'reference', or kl_coeff to 0."
+            )
+        if self.kl_type != "none" and self.kl_coeff == 0:
+            logger.warning(
+                "kl_type=%r with kl_coeff=0: the KL is computed and logged but not trained on.", self.kl_type
+            )
+        check_int("max_consecutive_bad_groups", 0)
+
+        # Rewards
+        check_int("reward_batch_size", 1)
+        if self.rewards is not None and not self.rewards:
+            fail("rewards={} names no reward; give at least one name -> weight, or leave rewards unset.")
+
+        # Optimisation
+        check_float("learning_rate", 0.0, inf, True, True)
+        check_float("adam_beta1", 0.0, 1.0, False, True)
+        check_float("adam_beta2", 0.0, 1.0, False, True)
+        check_float("adam_epsilon", 0.0, inf, True, True)
+        check_float("weight_decay", 0.0, inf, False, True)
+        from diffusers.optimization import SchedulerType
+
+        schedulers = [s.value for s in SchedulerType]
+        check_choice("lr_scheduler", schedulers)
+        check_int("lr_warmup_steps", 0)
+        check_float("max_grad_norm", 0.0, inf, True, True)
+        check_int("gradient_accumulation_steps", 1)
+        check_int("max_train_steps", 1)
+        check_int("seed", 0)
+        if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+            fail("optimizer='adamw8bit' needs the bitsandbytes package; install it or use optimizer='adamw'.")
+
+        # LoRA / EMA
+        check_int("lora_rank", 1)
+        check_float("lora_alpha", 0.0, inf, True, True)
+        check_float("lora_dropout", 0.0, 1.0, False, True)
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            fail("lora_target_modules=[] adapts nothing; list module-name suffixes or leave it unset.")
+        check_float("ema_decay", 0.0, 1.0, False, True)
+        check_int("ema_update_interval", 1)
+
+        # Logging / checkpointing / hub
+        for tracker in self.report_to_list():
+            if tracker not in REPORT_TO:
+                fail(f"report_to={self.report_to!r} names {tracker!r}; allowed: {', '.join(REPORT_TO)}.")
+        check_int("logging_steps", 1)
+        check_int("validation_steps", 0)
+        check_int("checkpointing_steps", 0)
+        check_int("checkpoints_total_limit", 1, allow_none=True)
+        if self.hub_model_id is not None and not self.hub_model_id.strip():
+            fail("hub_model_id='' is not allowed; give a repository id such as 'user/flux-mixgrpo' or leave it unset.")
+
+    # -- derived values --------------------------------------------------------------------------------------------
+
+    def report_to_list(self) -> list[str]:
+        """The trackers as a list (`report_to` split on commas). `None` stays unresolved: see `logging_utils`."""
+        if self.report_to is None:
+            return []
+        return [t.strip() for t in self.report_to.split(",") if t.strip()]
+
+    @property
+    def rollouts_per_device(self) -> int:
+        """Images generated per device per training step: `sample_prompts_per_device * num_generations`."""
+        return self.sample_prompts_per_device * self.num_generations
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """Window steps trained per rollout: `max(1, int(window_size * train_timestep_fraction))` (DanceGRPO: 14 of
+        24 at N = 25)."""
+        return max(1, int(self.window_size * self.train_timestep_fraction))
+
+    def resolved_hub_model_id(self) -> str:
+        """`hub_model_id`, or the name of `output_dir` when unset."""
+        return self.hub_model_id or os.path.basename(os.path.normpath(self.output_dir))
+
+    def sliding_window_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `SlidingWindowSchedule(**kwargs)`."""
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "window_size": self.window_size,
+            "shift_interval": self.window_shift_interval,
+            "stride": self.window_stride,
+            "strategy": self.window_strategy,
+            "roll_back": self.window_roll_back,
+            "max_start": self.window_max_start,
+            "min_shift_interval": self.window_min_shift_interval,
+            "exp_decay_k": self.window_exp_decay_k,
+            "exp_decay_threshold": self.window_exp_decay_threshold,
+            "seed": self.seed,
+        }
+
+    # -- (de)serialisation -----------------------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        items = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"{type(self).__name__}({items})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain Python values, preset values resolved; secrets (`hub_token`) are left out."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name in SECRET_FIELDS:
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            elif isinstance(value, list):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def to_yaml(self, path: Optional[Union[str, os.PathLike]] = None) -> str:
+        """The config as YAML (no secrets); written to `path` when given. `GRPOConfig.from_yaml` reads it back."""
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+        return text
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], **overrides: Any) -> "GRPOConfig":
+        """Build from a mapping (e.g. a loaded YAML); `overrides` win. Unknown keys fail with a suggestion."""
+        merged = {**dict(values), **overrides}
+        _check_known_keys(cls, merged)
+        return cls(**merged)
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, os.PathLike], **overrides: Any) -> "GRPOConfig":
+        """Build from a YAML file of `field: value` pairs; `overrides` (keyword arguments) win over the file."""
+        return cls.from_dict(_load_yaml(path), **overrides)
+
+
+def _check_known_keys(cls: type, values: Mapping[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{key!r} is not a {cls.__name__} field.{hint}")
+
+
+def _load_yaml(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{os.fspath(path)!r} must hold a mapping of field: value pairs, got {type(values).__name__}."
+        )
+    return values
+
+
+def parse_args(
+    argv: Optional[Sequence[str]] = None, dataclass_types: Sequence[type] = (GRPOConfig,)
+) -> Union[GRPOConfig, tuple[Any, ...]]:
+    """Parse `--config file.yaml` plus command-line flags into a `GRPOConfig` (flags override the YAML file).
+
+    Like TRL's `TrlParser`: the YAML file sets the parser's defaults, then `HfArgumentParser` parses `argv` (default:
+    `sys.argv[1:]`), so `--help` lists every field. Extra dataclasses (e.g. a script's own arguments) may be given in
+    `dataclass_types`; the YAML file may fill their fields too. Returns the `GRPOConfig` alone when it is the only
+    dataclass, else a tuple in the order of `dataclass_types`.
+    """
+    from transformers import HfArgumentParser
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(tuple(dataclass_types))
+    parser.add_argument("--config", type=str, default=None, help="YAML file of field: value pairs (CLI flags win).")
+    config_path = None
+    rest = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ValueError("--config needs a path to a YAML file.")
+            config_path, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+        i += 1
+    if config_path is not None:
+        values = _load_yaml(config_path)
+        known = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{config_path}: {key!r} is not a known field.{hint}")
+        parser.set_defaults(**values)
+    outputs = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False, return_remaining_strings=True)
+    *objs, remaining = outputs
+    objs = [o for o in objs if not isinstance(o, argparse.Namespace)]  # the `--config` leftover
+    if remaining:
+        raise ValueError(f"Unknown command-line arguments: {remaining}.")
+    return objs[0] if len(objs) == 1 else tuple(objs)

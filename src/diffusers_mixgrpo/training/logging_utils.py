@@ -1,0 +1,220 @@
+"""Logging helpers for the trainer: accelerate trackers (tensorboard by default), sample-image grids, reward curves.
+
+`resolve_report_to` gives the `log_with` argument of `Accelerator`; `init_trackers` starts the trackers with a config
+safe to log (no secrets, flat scalars); `make_image_grid` / `log_image_grid` log validation samples; and
+`plot_reward_curve` draws the reward curve used in the logs and in the model card (`hub.py`).
+"""
+
+import importlib.util
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "init_trackers",
+    "log_image_grid",
+    "make_image_grid",
+    "normalize_reward_history",
+    "plot_reward_curve",
+    "resolve_report_to",
+    "tracker_config",
+]
+
+RewardHistory = Union[Sequence[float], Sequence[tuple[int, float]], Mapping[str, Sequence[Any]]]
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def resolve_report_to(report_to: Optional[str]) -> Optional[list[str]]:
+    """The `log_with` list for `Accelerator`, or `None` for no tracker.
+
+    `None` (the config default): `["tensorboard"]` when tensorboard (or tensorboardX) is installed, else no tracker.
+    `"none"`: no tracker. `"all"`: every installed tracker among tensorboard and wandb. Otherwise a comma-separated
+    list; a named tracker that is not installed fails with the package to install.
+    """
+    tensorboard_ok = _installed("tensorboard") or _installed("tensorboardX")
+    if report_to is None:
+        return ["tensorboard"] if tensorboard_ok else None
+    names = [t.strip().lower() for t in str(report_to).split(",") if t.strip()]
+    if not names or names == ["none"]:
+        return None
+    if "none" in names:
+        raise ValueError(f"report_to={report_to!r} mixes 'none' with trackers; use one or the other.")
+    if names == ["all"]:
+        found = [n for n, ok in (("tensorboard", tensorboard_ok), ("wandb", _installed("wandb"))) if ok]
+        return found or None
+    for name in names:
+        if name == "tensorboard" and not tensorboard_ok:
+            raise ValueError("report_to='tensorboard' needs the tensorboard package (pip install tensorboard).")
+        if name == "wandb" and not _installed("wandb"):
+            raise ValueError("report_to='wandb' needs the wandb package (pip install wandb).")
+        if name not in ("tensorboard", "wandb"):
+            raise ValueError(f"report_to names {name!r}; allowed: tensorboard, wandb, all, none.")
+    return names
+
+
+def tracker_config(config: Any) -> dict[str, Union[int, float, str, bool]]:
+    """A flat dict of scalars to log as hyper-parameters (tensorboard's hparams accept no lists, dicts or None).
+
+    `config` is a `GRPOConfig` (its `to_dict()`, which never holds the Hub token) or a mapping. Lists and dicts are
+    logged as strings, `None` as `"None"`; a key containing "token" is always dropped.
+    """
+    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    out: dict[str, Union[int, float, str, bool]] = {}
+    for key, value in values.items():
+        if "token" in key.lower():
+            continue
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+        elif value is None:
+            out[key] = "None"
+        else:
+            out[key] = str(value)
+    return out
+
+
+def init_trackers(accelerator: Any, config: Any, project_name: Optional[str] = None) -> None:
+    """Start the trackers of `accelerator` (made with `log_with=resolve_report_to(config.report_to)`) on the main
+    process, logging `tracker_config(config)` as hyper-parameters. Does nothing when there is no tracker."""
+    if not getattr(accelerator, "log_with", None):
+        return
+    name = project_name or getattr(config, "tracker_project_name", None) or "mixgrpo"
+    if accelerator.is_main_process:
+        accelerator.init_trackers(name, config=tracker_config(config))
+
+
+def _to_pil(image: Any) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)  # CHW -> HWC
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)  # floats in [0, 1]
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(array).convert("RGB")
+
+
+def make_image_grid(
+    images: Sequence[Any],
+    cols: Optional[int] = None,
+    captions: Optional[Sequence[str]] = None,
+    padding: int = 2,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Tile images into one PIL image, row by row.
+
+    Args:
+        images: PIL images, `(C, H, W)`/`(H, W, C)` tensors or arrays (floats in [0, 1] or uint8). Cells take the
+            largest width and height; smaller images are centred.
+        cols (`int`, *optional*): images per row; default `ceil(sqrt(n))`. The last row may be incomplete.
+        captions (`Sequence[str]`, *optional*): one short text per image, drawn under it.
+        padding (`int`, defaults to 2): pixels between cells.
+        background: fill colour.
+    """
+    pil = [_to_pil(im) for im in images]
+    if not pil:
+        raise ValueError("make_image_grid needs at least one image.")
+    if captions is not None and len(captions) != len(pil):
+        raise ValueError(f"Got {len(captions)} captions for {len(pil)} images.")
+    n = len(pil)
+    cols = max(1, min(cols or math.ceil(math.sqrt(n)), n))
+    rows = math.ceil(n / cols)
+    cell_w = max(im.width for im in pil)
+    cell_h = max(im.height for im in pil)
+    caption_h = 12 if captions is not None else 0
+    grid = Image.new(
+        "RGB",
+        (cols * cell_w + (cols + 1) * padding, rows * (cell_h + caption_h) + (rows + 1) * padding),
+        background,
+    )
+    draw = ImageDraw.Draw(grid) if captions is not None else None
+    for i, im in enumerate(pil):
+        r, c = divmod(i, cols)
+        x = padding + c * (cell_w + padding)
+        y = padding + r * (cell_h + caption_h + padding)
+        grid.paste(im, (x + (cell_w - im.width) // 2, y + (cell_h - im.height) // 2))
+        if draw is not None:
+            max_chars = max(1, cell_w // 6)
+            draw.text((x, y + cell_h), str(captions[i])[:max_chars], fill=(0, 0, 0))
+    return grid
+
+
+def log_image_grid(
+    accelerator: Any,
+    images: Sequence[Any],
+    step: int,
+    tag: str = "validation",
+    captions: Optional[Sequence[str]] = None,
+    cols: Optional[int] = None,
+) -> Image.Image:
+    """Log `images` as one grid to every tracker of `accelerator` (tensorboard, wandb) and return the grid."""
+    grid = make_image_grid(images, cols=cols, captions=captions)
+    if not accelerator.is_main_process:
+        return grid
+    for tracker in getattr(accelerator, "trackers", []):
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image(tag, np.asarray(grid), step, dataformats="HWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: [wandb.Image(grid)]}, step=step)
+    return grid
+
+
+def normalize_reward_history(history: RewardHistory) -> dict[str, tuple[list[int], list[float]]]:
+    """Reward history in any of the accepted forms -> `{curve name: (steps, values)}`.
+
+    Accepted: a sequence of values (steps 0, 1, ...), a sequence of `(step, value)` pairs, a mapping of curve name
+    to either of those, or a mapping `{"step": [...], name: [...], ...}` of aligned columns.
+    """
+    if isinstance(history, Mapping):
+        items = dict(history)
+        steps = items.pop("step", None)
+        out = {}
+        for name, series in items.items():
+            if steps is not None:
+                out[str(name)] = ([int(s) for s in steps], [float(v) for v in series])
+            else:
+                out[str(name)] = normalize_reward_history(series)["reward"]
+        return out
+    series = list(history)
+    if series and isinstance(series[0], (tuple, list)):
+        return {"reward": ([int(s) for s, _ in series], [float(v) for _, v in series])}
+    return {"reward": (list(range(len(series))), [float(v) for v in series])}
+
+
+def plot_reward_curve(
+    history: RewardHistory,
+    path: Union[str, os.PathLike],
+    title: str = "Reward during training",
+    ylabel: str = "mean reward",
+) -> str:
+    """Draw the reward curve(s) of `history` (see `normalize_reward_history`) to a PNG at `path` (matplotlib's Agg
+    renderer, no display needed); returns the path."""
+    # The object-oriented API renders with Agg and never touches pyplot's global backend or a display.
+    from matplotlib.figure import Figure
+
+    curves = normalize_reward_history(history)
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (steps, values) in curves.items():
+        ax.plot(steps, values, label=name, linewidth=1.5)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    path = os.fspath(path)
+    fig.savefig(path)
+    return path

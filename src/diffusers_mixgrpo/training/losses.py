@@ -1,0 +1,201 @@
+"""The GRPO policy loss (clipped ratio, algorithm notes section 5) and its two optional KL regularisers.
+
+All functions work on one window step of a micro-batch: `log_prob` is `log pi_theta(x_{t+1} | x_t)` recomputed with
+gradients (the scheduler's `step_log_prob`), `old_log_prob` the value recorded at rollout time. The loss is averaged
+over the batch; the trainer sums it over the trained window steps and divides by their number K (gradient
+accumulation is handled by `accelerator.accumulate`/`backward`, which divides by `gradient_accumulation_steps`), so
+an optimiser step sees the section-5 loss divided by (accumulation x K).
+
+Math in float32 whatever the model's dtype.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+__all__ = [
+    "GRPOLossOutput",
+    "PolicyLossOutput",
+    "grpo_loss",
+    "policy_loss",
+    "reference_kl",
+    "rollout_kl",
+]
+
+
+@dataclass
+class PolicyLossOutput:
+    """What `policy_loss` returns. `loss` carries the gradient; the statistics are detached 0-d float32 tensors.
+
+    Attributes:
+        loss: ``mean_b max(-A_b * ratio_b, -A_b * clip(ratio_b, 1 - eps, 1 + eps))``.
+        clip_fraction: fraction of samples whose ratio lies outside ``[1 - eps, 1 + eps]`` (where the clip binds or
+            could bind).
+        ratio_mean, ratio_min, ratio_max: statistics of ``ratio = exp(log_prob - old_log_prob)``.
+        approx_kl: ``0.5 * mean((log_prob - old_log_prob)^2)``, the usual estimate of KL(old || new) (as in DDPO and
+            Flow-GRPO); 0 on-policy.
+    """
+
+    loss: torch.Tensor
+    clip_fraction: torch.Tensor
+    ratio_mean: torch.Tensor
+    ratio_min: torch.Tensor
+    ratio_max: torch.Tensor
+    approx_kl: torch.Tensor
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """The detached statistics by name (no `loss`), ready for gathering and logging."""
+        return {
+            "clip_fraction": self.clip_fraction,
+            "ratio_mean": self.ratio_mean,
+            "ratio_min": self.ratio_min,
+            "ratio_max": self.ratio_max,
+            "approx_kl": self.approx_kl,
+        }
+
+
+def _batch(x: torch.Tensor, name: str) -> torch.Tensor:
+    x = torch.as_tensor(x)
+    if x.ndim != 1:
+        raise ValueError(f"{name} must be a (B,) tensor, got shape {tuple(x.shape)}.")
+    return x.float()
+
+
+def policy_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float = 1e-4,
+) -> PolicyLossOutput:
+    """The clipped GRPO/PPO policy loss of one window step (algorithm notes section 5).
+
+    Args:
+        log_prob (`torch.Tensor`): `(B,)` log-probabilities under the current policy (with gradients).
+        old_log_prob (`torch.Tensor`): `(B,)` log-probabilities recorded at rollout time (treated as constants).
+        advantages (`torch.Tensor`): `(B,)` advantages (already clipped to `[-adv_clip_max, adv_clip_max]`).
+        clip_range (`float`, defaults to 1e-4): epsilon; the paper's value is very tight, so effectively one
+            on-policy step per rollout.
+
+    Returns:
+        `PolicyLossOutput`. On-policy (`log_prob == old_log_prob`) the ratio is exactly 1, the loss is
+        ``-mean(A)`` and the clip fraction 0; the gradient is then ``-A_b / B * d log_prob_b``, i.e. gradient descent
+        raises the log-probability of samples with positive advantage.
+    """
+    if not clip_range > 0:
+        raise ValueError(f"clip_range must be > 0, got {clip_range}.")
+    log_prob = _batch(log_prob, "log_prob")
+    old_log_prob = _batch(old_log_prob, "old_log_prob").detach()
+    advantages = _batch(advantages, "advantages").detach().to(log_prob.device)
+    if not log_prob.shape == old_log_prob.shape == advantages.shape:
+        raise ValueError(
+            f"log_prob, old_log_prob and advantages must have the same (B,) shape, got {tuple(log_prob.shape)}, "
+            f"{tuple(old_log_prob.shape)} and {tuple(advantages.shape)}."
+        )
+    log_ratio = log_prob - old_log_prob.to(log_prob.device)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        r = ratio.detach()
+        return PolicyLossOutput(
+            loss=loss,
+            clip_fraction=((r - 1.0).abs() > clip_range).float().mean(),
+            ratio_mean=r.mean(),
+            ratio_min=r.min(),
+            ratio_max=r.max(),
+            approx_kl=0.5 * (log_ratio.detach() ** 2).mean(),
+        )
+
+
+def rollout_kl(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """The reference MixGRPO/DanceGRPO KL penalty between the rollout and the current policy,
+    ``0.5 * mean_b (log_prob_b - old_log_prob_b)^2``; a 0-d tensor with gradients through `log_prob`.
+
+    Multiply by `kl_coeff` (config `kl_type="rollout"`).
+    """
+    log_prob = _batch(log_prob, "log_prob")
+    old_log_prob = _batch(old_log_prob, "old_log_prob").detach().to(log_prob.device)
+    return 0.5 * ((log_prob - old_log_prob) ** 2).mean()
+
+
+def reference_kl(
+    prev_sample_mean: torch.Tensor,
+    ref_prev_sample_mean: torch.Tensor,
+    std_dev: Union[torch.Tensor, float],
+    reduce: bool = True,
+) -> torch.Tensor:
+    """Flow-GRPO's closed-form KL between the current and the reference policy's Gaussian step,
+    ``KL(N(mu_theta, tau^2) || N(mu_ref, tau^2)) = ||mu_theta - mu_ref||^2 / (2 tau^2)``.
+
+    Both policies share the step's scale tau (it depends on sigma and eta only), so the KL reduces to the squared
+    distance of the means. As in Flow-GRPO the squared distance is **averaged** over the non-batch dimensions (the
+    per-element KL; multiply by the number of elements for the KL of the whole latent, like the `"sum"` log-prob
+    reduction), then averaged over the batch when `reduce`.
+
+    Args:
+        prev_sample_mean (`torch.Tensor`): `(B, ...)` mean mu_theta of the step under the current policy (gradients).
+        ref_prev_sample_mean (`torch.Tensor`): `(B, ...)` mean under the reference policy (e.g. LoRA disabled);
+            treated as a constant.
+        std_dev (`torch.Tensor` or `float`): tau, the step's standard deviation: a scalar, a `(B,)` tensor or any
+            shape broadcastable to the means (the scheduler's `std_dev`).
+        reduce (`bool`, defaults to `True`): return the batch mean (0-d) instead of the `(B,)` values.
+
+    Multiply by `kl_coeff` (config `kl_type="reference"`).
+    """
+    mean = prev_sample_mean.float()
+    ref = ref_prev_sample_mean.detach().float().to(mean.device)
+    if mean.shape != ref.shape:
+        raise ValueError(f"The two means must have the same shape, got {tuple(mean.shape)} and {tuple(ref.shape)}.")
+    std = torch.as_tensor(std_dev, device=mean.device).float()
+    if std.ndim == 1 and mean.ndim > 1 and std.numel() == mean.shape[0]:
+        std = std.reshape(-1, *([1] * (mean.ndim - 1)))
+    per_element = (mean - ref) ** 2 / (2 * std**2)
+    per_sample = per_element.mean(dim=tuple(range(1, mean.ndim))) if mean.ndim > 1 else per_element
+    return per_sample.mean() if reduce else per_sample
+
+
+@dataclass
+class GRPOLossOutput:
+    """What `grpo_loss` returns: the total `loss` (policy + kl_coeff * kl), its parts and the policy statistics."""
+
+    loss: torch.Tensor
+    policy_loss: torch.Tensor
+    kl: torch.Tensor
+    policy: PolicyLossOutput
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Detached statistics by name: `policy_loss`, `kl` and the policy ratio statistics."""
+        return {"policy_loss": self.policy_loss.detach(), "kl": self.kl.detach(), **self.policy.stats()}
+
+
+def grpo_loss(
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float = 1e-4,
+    kl_type: str = "none",
+    kl_coeff: float = 0.0,
+    prev_sample_mean: Optional[torch.Tensor] = None,
+    ref_prev_sample_mean: Optional[torch.Tensor] = None,
+    std_dev: Optional[Union[torch.Tensor, float]] = None,
+) -> GRPOLossOutput:
+    """Policy loss plus the configured KL term for one window step: ``policy_loss + kl_coeff * kl``.
+
+    `kl_type="rollout"` uses `rollout_kl(log_prob, old_log_prob)`; `"reference"` needs `prev_sample_mean`,
+    `ref_prev_sample_mean` and `std_dev` and uses `reference_kl`; `"none"` adds nothing (the `kl` reported is 0).
+    """
+    if kl_type not in ("none", "rollout", "reference"):
+        raise ValueError(f"kl_type={kl_type!r} is not allowed; choose 'none', 'rollout' or 'reference'.")
+    policy = policy_loss(log_prob, old_log_prob, advantages, clip_range)
+    if kl_type == "rollout":
+        kl = rollout_kl(log_prob, old_log_prob)
+    elif kl_type == "reference":
+        if prev_sample_mean is None or ref_prev_sample_mean is None or std_dev is None:
+            raise ValueError("kl_type='reference' needs prev_sample_mean, ref_prev_sample_mean and std_dev.")
+        kl = reference_kl(prev_sample_mean, ref_prev_sample_mean, std_dev)
+    else:
+        kl = policy.loss.new_zeros(())
+    loss = policy.loss + kl_coeff * kl if kl_type != "none" else policy.loss
+    return GRPOLossOutput(loss=loss, policy_loss=policy.loss, kl=kl, policy=policy)

@@ -1,0 +1,51 @@
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_mixgrpo.rewards import load_reward
+
+
+def _jpeg_kb(array: np.ndarray) -> float:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+    return len(buffer.getvalue()) / 1000.0
+
+
+@pytest.fixture
+def flat_and_noisy():
+    flat = np.full((64, 64, 3), 128, dtype=np.uint8)
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    return np.stack([noisy, flat])
+
+
+def test_incompressibility_is_the_jpeg_size_in_kb(flat_and_noisy):
+    scores = load_reward("jpeg_incompressibility")(flat_and_noisy, ["x", "y"])
+    expected = torch.tensor([_jpeg_kb(a) for a in flat_and_noisy])
+    assert scores.dtype == torch.float32 and scores.shape == (2,)
+    torch.testing.assert_close(scores, expected)
+    assert scores[0] > 5 * scores[1]  # noise is far larger than a flat image
+
+
+def test_compressibility_is_minus_incompressibility(flat_and_noisy):
+    inc = load_reward("jpeg_incompressibility")(flat_and_noisy, ["x", "y"])
+    com = load_reward("jpeg_compressibility")(flat_and_noisy, ["x", "y"])
+    torch.testing.assert_close(com, -inc)
+    assert com[1] > com[0]
+
+
+def test_pil_uint8_and_float_inputs_agree(flat_and_noisy):
+    reward = load_reward("jpeg_incompressibility")
+    nchw = torch.from_numpy(flat_and_noisy).permute(0, 3, 1, 2)
+    pil = [Image.fromarray(a) for a in flat_and_noisy]
+    ref = reward(nchw, None)
+    torch.testing.assert_close(reward(pil, None), ref)
+    torch.testing.assert_close(reward(nchw.float() / 255.0, None), ref)
+    torch.testing.assert_close(reward(flat_and_noisy, None), ref)  # (B, H, W, 3) numpy
+
+
+def test_prompt_count_must_match(flat_and_noisy):
+    with pytest.raises(ValueError, match="prompts"):
+        load_reward("jpeg_compressibility")(flat_and_noisy, ["only one", "two", "three"])

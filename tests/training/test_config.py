@@ -1,0 +1,266 @@
+"""GRPOConfig: presets, explicit values winning, YAML/CLI parsing, validation messages, no secrets in to_dict."""
+
+import dataclasses
+import glob
+import os
+import typing
+
+import pytest
+import yaml
+
+from diffusers_mixgrpo.schedulers.sliding_window import SlidingWindowSchedule
+from diffusers_mixgrpo.training.config import (
+    DEFAULT_LORA_TARGET_MODULES,
+    METHOD_PRESETS,
+    GRPOConfig,
+    infer_model_family,
+    parse_args,
+    parse_reward_weights,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO, "examples", "configs")
+
+
+def test_every_field_has_type_default_and_help():
+    for f in dataclasses.fields(GRPOConfig):
+        assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, f.name
+        assert f.metadata.get("help"), f"{f.name} has no help"
+    hints = typing.get_type_hints(GRPOConfig)
+    assert set(hints) >= {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
+def test_every_field_is_documented_in_the_docstring():
+    doc = GRPOConfig.__doc__
+    missing = [f.name for f in dataclasses.fields(GRPOConfig) if f"{f.name} (" not in doc]
+    assert not missing
+
+
+def test_defaults_are_the_mixgrpo_paper_values():
+    c = GRPOConfig()
+    assert c.method == "mixgrpo"
+    assert (c.num_inference_steps, c.shift, c.eta, c.sde_type) == (25, 3.0, 0.7, "flow_grpo")
+    assert (c.window_size, c.window_shift_interval, c.window_stride) == (4, 25, 1)
+    assert (c.tail_solver, c.tail_ratio) == ("euler", None)
+    assert (c.num_generations, c.clip_range, c.adv_clip_max) == (12, 1e-4, 5.0)
+    assert (c.learning_rate, c.weight_decay, c.max_grad_norm, c.gradient_accumulation_steps) == (1e-5, 1e-4, 1.0, 3)
+    assert c.use_lora and c.kl_type == "none" and c.kl_coeff == 0.0
+    assert c.reward_mix == "advantage_aggr"
+    assert c.train_timestep_fraction == 1.0 and c.num_train_timesteps == 4
+
+
+@pytest.mark.parametrize(
+    "method, expected",
+    [
+        ("flash", {"window_shift_interval": 20, "window_stride": 1, "tail_solver": "dpmsolver++", "tail_ratio": 0.4}),
+        ("flash_star", {"window_shift_interval": 20, "window_stride": 0, "tail_ratio": 0.2}),
+        ("dancegrpo", {"sde_type": "dance_grpo", "eta": 0.3, "window_size": 24, "train_timestep_fraction": 0.6}),
+    ],
+)
+def test_method_presets_fill_unset_fields(method, expected):
+    c = GRPOConfig(method=method)
+    for name, value in expected.items():
+        assert getattr(c, name) == value, name
+
+
+def test_dancegrpo_trains_14_of_24_steps_at_n25():
+    c = GRPOConfig(method="dancegrpo")
+    assert c.window_size == 24 and c.num_train_timesteps == 14  # algorithm notes section 7
+
+
+def test_explicit_values_win_over_the_preset():
+    c = GRPOConfig(method="flash", tail_ratio=0.3, window_shift_interval=7, eta=0.5)
+    assert (c.tail_ratio, c.window_shift_interval, c.eta) == (0.3, 7, 0.5)
+    assert c.tail_solver == "dpmsolver++"  # not given: from the preset
+
+
+def test_every_preset_only_names_real_fields():
+    names = {f.name for f in dataclasses.fields(GRPOConfig)}
+    for preset in METHOD_PRESETS.values():
+        assert set(preset) <= names
+
+
+def test_resolution_fills_height_and_width_unless_given():
+    c = GRPOConfig(resolution=720)
+    assert (c.height, c.width) == (720, 720)
+    c = GRPOConfig(resolution=720, width=512)
+    assert (c.height, c.width) == (720, 512)
+
+
+def test_model_family_selects_default_lora_targets():
+    c = GRPOConfig(model_family="flux")
+    assert c.lora_target_modules == DEFAULT_LORA_TARGET_MODULES["flux"]
+    c.lora_target_modules.append("x")  # a copy, not the module-level default
+    assert "x" not in DEFAULT_LORA_TARGET_MODULES["flux"]
+    assert GRPOConfig(model_family="sd15", lora_target_modules=["to_q"]).lora_target_modules == ["to_q"]
+
+
+def test_infer_model_family_from_class_names():
+    assert infer_model_family("FluxPipeline") == "flux"
+    assert infer_model_family("StableDiffusion3Pipeline") == "sd3"
+    assert infer_model_family("StableDiffusionPipeline") == "sd15"
+    with pytest.raises(ValueError, match="model_family"):
+        infer_model_family("KandinskyPipeline")
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ({"hpsv2.1": 1, "pickscore": "0.5"}, {"hpsv2.1": 1.0, "pickscore": 0.5}),
+        ('{"hpsv2.1": 1.0}', {"hpsv2.1": 1.0}),
+        ("hpsv2.1=1.0, pickscore=0.5", {"hpsv2.1": 1.0, "pickscore": 0.5}),
+        ("toy", {"toy": 1.0}),
+        (["a", "b=2"], {"a": 1.0, "b": 2.0}),
+        (None, None),
+    ],
+)
+def test_reward_weights_forms(value, expected):
+    assert parse_reward_weights(value) == expected
+    assert GRPOConfig(rewards=value).rewards == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"method": "grpo"}, "method='grpo'"),
+        ({"window_size": 25}, "window_size=25"),
+        ({"window_size": 0}, "window_size=0"),
+        ({"window_max_start": 24}, "window_max_start=24"),
+        ({"num_generations": 1}, "num_generations=1"),
+        ({"eta": 0.0}, "eta=0.0"),
+        ({"tail_ratio": 1.5}, "tail_ratio=1.5"),
+        ({"tail_solver_order": 3}, "tail_solver_order=3"),
+        ({"kl_coeff": 0.1}, "kl_coeff=0.1 has no effect with kl_type='none'"),
+        ({"sample_same_noise": False}, "sample_share_prefix=True needs sample_same_noise=True"),
+        ({"adv_trim": 0.4, "num_generations": 3}, "adv_trim=0.4"),
+        ({"lr_scheduler": "warmup"}, "lr_scheduler='warmup'"),
+        ({"mixed_precision": "fp8"}, "mixed_precision='fp8'"),
+        ({"height": 100}, "height=100"),
+        ({"report_to": "comet"}, "'comet'"),
+        ({"rewards": {"hps": float("nan")}}, "not finite"),
+        ({"checkpoints_total_limit": 0}, "checkpoints_total_limit=0"),
+        ({"clip_range": 0.0}, "clip_range=0.0"),
+    ],
+)
+def test_invalid_values_fail_with_one_sentence_naming_the_value(kwargs, fragment):
+    with pytest.raises(ValueError) as info:
+        GRPOConfig(**kwargs)
+    message = str(info.value)
+    assert fragment in message
+    assert message.count(". ") <= 1 and message.endswith((".", "?"))
+
+
+def test_to_dict_never_contains_the_hub_token():
+    c = GRPOConfig(hub_token="hf_SECRET123", push_to_hub=True)
+    assert c.hub_token == "hf_SECRET123"
+    assert "hub_token" not in c.to_dict()
+    assert "hf_SECRET123" not in repr(c)
+    assert "hf_SECRET123" not in c.to_yaml()
+
+
+def test_yaml_round_trip(tmp_path):
+    c = GRPOConfig(method="flash", rewards={"hpsv2.1": 1.0}, resolution=64, lora_target_modules=["to_q"])
+    path = tmp_path / "c.yaml"
+    c.to_yaml(path)
+    again = GRPOConfig.from_yaml(path)
+    assert again == c
+
+
+def test_from_yaml_overrides_win_and_unknown_keys_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: flash\nlearning_rate: 2.0e-5\n")
+    c = GRPOConfig.from_yaml(path, learning_rate=3e-5)
+    assert c.learning_rate == 3e-5 and c.tail_ratio == 0.4
+    path.write_text("learning_rat: 1.0e-5\n")
+    with pytest.raises(ValueError, match="Did you mean 'learning_rate'"):
+        GRPOConfig.from_yaml(path)
+
+
+def test_parse_args_cli_overrides_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: flash_star\nlearning_rate: 2.0e-5\nnum_generations: 6\nrewards: {toy: 1.0}\n")
+    c = parse_args(["--config", str(path), "--learning_rate", "5e-5", "--window_stride", "2", "--no_use_lora"])
+    assert isinstance(c, GRPOConfig)
+    assert c.method == "flash_star" and c.num_generations == 6 and c.rewards == {"toy": 1.0}
+    assert c.learning_rate == 5e-5 and c.window_stride == 2  # CLI wins over YAML and over the preset
+    assert c.tail_ratio == 0.2 and not c.use_lora
+
+
+def test_parse_args_without_yaml_and_list_and_json_flags():
+    c = parse_args(
+        ["--method", "dancegrpo", "--rewards", '{"hpsv2.1": 1.0, "pickscore": 2}', "--lora_target_modules", "a", "b"]
+    )
+    assert c.eta == 0.3 and c.rewards == {"hpsv2.1": 1.0, "pickscore": 2.0} and c.lora_target_modules == ["a", "b"]
+
+
+def test_parse_args_rejects_unknown_flags_and_yaml_keys(tmp_path):
+    with pytest.raises((ValueError, SystemExit)):
+        parse_args(["--not_a_field", "1"])
+    path = tmp_path / "c.yaml"
+    path.write_text("windw_size: 3\n")
+    with pytest.raises(ValueError, match="window_size"):
+        parse_args(["--config", str(path)])
+
+
+def test_sliding_window_kwargs_build_the_schedule():
+    c = GRPOConfig(method="flash_star")
+    schedule = SlidingWindowSchedule(**c.sliding_window_kwargs())
+    assert schedule.current() == (0, 4) and schedule.stride == 0 and schedule.shift_interval == 20
+    for _ in range(100):
+        schedule.step()
+    assert schedule.current() == (0, 4)  # Flash*: frozen window
+
+
+def test_hub_model_id_defaults_to_output_dir_name():
+    assert GRPOConfig(output_dir="runs/flux-mix/").resolved_hub_model_id() == "flux-mix"
+    assert GRPOConfig(hub_model_id="me/x").resolved_hub_model_id() == "me/x"
+
+
+SHIPPED = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
+
+
+def test_example_configs_are_shipped():
+    names = {os.path.basename(p) for p in SHIPPED}
+    assert {
+        "flux_mixgrpo.yaml",
+        "flux_mixgrpo_flash.yaml",
+        "flux_mixgrpo_flash_star.yaml",
+        "flux_dancegrpo.yaml",
+        "sd3_mixgrpo.yaml",
+        "sd15_mixgrpo.yaml",
+    } <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=os.path.basename)
+def test_example_configs_load(path):
+    c = GRPOConfig.from_yaml(path)
+    with open(path) as f:
+        assert "hub_token" not in yaml.safe_load(f)
+    assert c.num_inference_steps >= 2
+
+
+def test_flux_example_configs_hold_the_paper_hyper_parameters():
+    common = {
+        "learning_rate": 1e-5,
+        "weight_decay": 1e-4,
+        "max_grad_norm": 1.0,
+        "gradient_accumulation_steps": 3,
+        "mixed_precision": "bf16",
+        "gradient_checkpointing": True,
+        "height": 720,
+        "width": 720,
+        "guidance_scale": 3.5,
+        "num_generations": 12,
+        "num_inference_steps": 25,
+        "shift": 3.0,
+    }
+    expected = {
+        "flux_mixgrpo.yaml": {"eta": 0.7, "window_size": 4, "window_shift_interval": 25, "tail_ratio": None},
+        "flux_mixgrpo_flash.yaml": {"window_size": 4, "window_shift_interval": 20, "tail_ratio": 0.4},
+        "flux_mixgrpo_flash_star.yaml": {"window_size": 4, "window_stride": 0, "tail_ratio": 0.2},
+        "flux_dancegrpo.yaml": {"eta": 0.3, "sde_type": "dance_grpo", "train_timestep_fraction": 0.6},
+    }
+    for name, values in expected.items():
+        c = GRPOConfig.from_yaml(os.path.join(CONFIG_DIR, name))
+        for field_name, value in {**common, **values}.items():
+            assert getattr(c, field_name) == value, (name, field_name)
