@@ -48,6 +48,7 @@ def make_variants():
         ("MixODESDEScheduler.step, SDE step (flow_grpo, draws noise)", at_step(sde, generator=g)),
         ("MixODESDEScheduler.step, SDE step (flow_grpo, noise given)", at_step(sde, noise=noise)),
         ("MixODESDEScheduler.step_log_prob (training recomputation)", lambda: sde.step_log_prob(v, x, prev, STEP)),
+        ("reference: torch.randn of the latent alone", lambda: torch.randn(SHAPE, generator=g)),
     ]
 
 
@@ -55,7 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few repeats only (checks that the script runs)")
     parser.add_argument("--repeats", type=int, default=500, help="timed calls per variant (default 500)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (default 1: stable timings on a shared machine)"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     repeats = 5 if args.smoke else args.repeats
     variants = make_variants()
 

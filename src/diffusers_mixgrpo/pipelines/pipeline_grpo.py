@@ -211,7 +211,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         negative_prompt: Optional[str] = None,
         height: Optional[int] = None,
         width: Optional[int] = None,
-        generator: Optional[torch.Generator] = None,
+        generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         share_prefix: bool = True,
         same_initial_noise: bool = True,
@@ -234,7 +234,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 (CFG runs when > 1). The same value is stored in the batch and used by `log_prob`.
             negative_prompt (`str`, *optional*): for CFG families.
             height, width (`int`, *optional*): image size (default: the model's native size).
-            generator (`torch.Generator`, *optional*): draws the initial noise (first) and then the SDE noise.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the initial noise and the
+                per-sample seeds of the SDE noise. A list gives one generator per prompt, which makes each group's
+                samples independent of the other prompts in the batch (the trainer uses it so that a run gives
+                the same rollouts whatever the number of processes).
             latents (`torch.Tensor`, *optional*): initial noise, one row per prompt (or per sample when
                 `same_initial_noise=False`), in the denoiser's layout.
             share_prefix (`bool`): compute the pre-window ODE steps once per prompt (needs `same_initial_noise`).
@@ -280,7 +283,13 @@ class GRPOTrainingPipeline(DiffusionPipeline):
 
         # Initial noise: one row per prompt (shared by the group) or one per sample.
         noise_rows = num_prompts if same_initial_noise else batch
-        if latents is None:
+        per_prompt = isinstance(generator, (list, tuple))
+        if per_prompt and len(generator) != num_prompts:
+            raise ValueError(f"generator is a list of {len(generator)}; pass one generator per prompt ({num_prompts}).")
+        if latents is None and per_prompt:
+            rows = 1 if same_initial_noise else group
+            noise = torch.cat([self.adapter.prepare_noise(rows, height, width, g, device, dtype) for g in generator])
+        elif latents is None:
             noise = self.adapter.prepare_noise(noise_rows, height, width, generator, device, dtype)
         else:
             if latents.shape[0] != noise_rows:
@@ -292,8 +301,14 @@ class GRPOTrainingPipeline(DiffusionPipeline):
 
         # SDE noise comes from one generator per sample, seeded from `generator`, so a sample's trajectory does not
         # depend on how the batch is chunked or whether the prefix is shared.
-        seed_device = generator.device if isinstance(generator, torch.Generator) else "cpu"
-        seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=seed_device).tolist()
+        def draw_seeds(n, gen):
+            seed_device = gen.device if isinstance(gen, torch.Generator) else "cpu"
+            return torch.randint(0, 2**62, (n,), generator=gen, device=seed_device).tolist()
+
+        if per_prompt:
+            seeds = [s for g in generator for s in draw_seeds(group, g)]
+        else:
+            seeds = draw_seeds(batch, generator)
         sample_generators = [torch.Generator(device).manual_seed(s) for s in seeds]
 
         scheduler, timestep_kwargs = self._configured_scheduler(noise, num_inference_steps, sde_window, device)

@@ -22,13 +22,6 @@ class Reward(Protocol):
     def __call__(self, images: ImageBatch, prompts: Sequence[str]) -> torch.Tensor: ...
 
 
-def _missing_extra(package: str, extra: str) -> ImportError:
-    return ImportError(
-        f"This reward needs `{package}`, which is not installed. Install it with "
-        f"`pip install 'diffusers-mixgrpo[{extra}]'` (or `pip install {package}`)."
-    )
-
-
 def to_pil_images(images: ImageBatch) -> list[Image.Image]:
     """Convert a batch of images (PIL list, uint8 or [0, 1] float tensor/array) to a list of RGB PIL images."""
     if isinstance(images, Image.Image):

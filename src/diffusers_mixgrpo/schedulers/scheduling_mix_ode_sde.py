@@ -462,7 +462,7 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
             c_x1 = math.sqrt(max(sigma_next**2 - std**2, 0.0))
             c_x = (1 - sigma_next) + c_x1
             c_v = -sigma * (1 - sigma_next) + (1 - sigma) * c_x1
-        mean = torch.add(x * c_x, v, alpha=c_v)
+        mean = (x * c_x).add_(v, alpha=c_v)
         return mean, std
 
     def _compute_dtype(self, dtype: torch.dtype) -> torch.dtype:

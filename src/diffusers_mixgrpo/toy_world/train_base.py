@@ -31,6 +31,7 @@ from .base_model import (
     build_untrained_toy_pipeline,
     evaluate_toy_pipeline,
 )
+from .reward import ToyWorldReward
 from .world import heldout_prompts, render_batch, train_prompt_pool, train_prompts
 
 
@@ -56,9 +57,9 @@ class ToyBaseTrainingConfig:
     seed: int = 0
     num_train_images: int = 12288
     two_object_fraction: float = 0.5
-    vae_steps: int = 400
+    vae_steps: int = 600
     vae_batch_size: int = 32
-    vae_lr: float = 2e-3
+    vae_lr: float = 5e-3
     vae_kl_weight: float = 1e-6
     num_layers: int = 2
     num_single_layers: int = 2
@@ -161,8 +162,10 @@ def build_toy_base_pipeline(
         latents = (raw - shift) * scale
         with torch.no_grad():
             recon = pipe.vae.decode(raw[:256]).sample
+        vae_check = ToyWorldReward().evaluate((recon + 1) / 2, prompts[:256])
         log_fn(
-            f"vae done: recon mse {F.mse_loss(recon, images[:256]).item():.4f}, shift {shift:.4f}, "
+            f"vae done: recon mse {F.mse_loss(recon, images[:256]).item():.4f}, reward on reconstructions "
+            f"{vae_check.score.mean():.3f} (accuracy {vae_check.correct.mean():.3f}), shift {shift:.4f}, "
             f"scale {scale:.4f} ({time.time() - t_start:.0f} s)"
         )
         b, c, h, w = latents.shape

@@ -13,7 +13,7 @@ ADAPTERS: dict[str, type[ModelFamilyAdapter]] = {a.name: a for a in (FluxAdapter
 _DENOISER_FAMILY = {
     "FluxTransformer2DModel": "flux",
     "SD3Transformer2DModel": "sd3",
-    "UNet2DConditionModel": "stable_diffusion",
+    "UNet2DConditionModel": "sd15",
 }
 SUPPORTED_PIPELINES = {a.stock_pipeline_class: a.name for a in ADAPTERS.values()}
 

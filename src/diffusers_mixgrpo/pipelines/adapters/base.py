@@ -17,7 +17,7 @@ class ModelFamilyAdapter(ABC):
     registering it in `adapters/__init__.py`; the rollout, log-prob and training code does not change.
 
     Class attributes:
-        name: the family name stored in the pipeline config (`"flux"`, `"sd3"`, `"stable_diffusion"`).
+        name: the family name stored in the pipeline config (`"flux"`, `"sd3"`, `"sd15"`).
         stock_pipeline_class: name of the diffusers pipeline class this family comes from.
         component_names: the components of that pipeline this adapter passes on.
         denoiser_name: `"transformer"` or `"unet"`.
@@ -43,9 +43,16 @@ class ModelFamilyAdapter(ABC):
     def extra_stock_kwargs(self) -> dict:
         return {}
 
+    # A distributed wrapper (DDP / FSDP from `accelerator.prepare`) to call instead of the bare denoiser, so that
+    # gradient synchronisation hooks run; the bare module is still used for its config.
+    forward_module: Optional[torch.nn.Module] = None
+
     @property
     def denoiser(self) -> torch.nn.Module:
         return getattr(self.pipeline, self.denoiser_name)
+
+    def call_denoiser(self, *args, **kwargs):
+        return (self.forward_module or self.denoiser)(*args, **kwargs)
 
     @property
     def vae_scale_factor(self) -> int:

@@ -57,7 +57,7 @@ class FluxAdapter(ModelFamilyAdapter):
         if self.denoiser.config.guidance_embeds:
             guidance = torch.full((b,), float(guidance_scale), device=latents.device, dtype=torch.float32)
         t = timestep.expand(b).to(latents.dtype) if timestep.ndim == 0 else timestep.to(latents.dtype)
-        return self.denoiser(
+        return self.call_denoiser(
             hidden_states=latents,
             timestep=t / 1000,
             guidance=guidance,

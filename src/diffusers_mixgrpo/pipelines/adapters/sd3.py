@@ -75,7 +75,7 @@ class SD3Adapter(ModelFamilyAdapter):
         else:
             x, enc, pooled = latents, embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
         t = timestep.expand(x.shape[0]) if timestep.ndim == 0 else timestep.repeat(x.shape[0] // timestep.shape[0])
-        out = self.denoiser(
+        out = self.call_denoiser(
             hidden_states=x, timestep=t, encoder_hidden_states=enc, pooled_projections=pooled, return_dict=False
         )[0]
         if cfg:

@@ -7,7 +7,7 @@ from .base import ModelFamilyAdapter
 
 
 class StableDiffusionAdapter(ModelFamilyAdapter):
-    name = "stable_diffusion"
+    name = "sd15"
     stock_pipeline_class = "StableDiffusionPipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "unet")
     denoiser_name = "unet"
@@ -43,7 +43,7 @@ class StableDiffusionAdapter(ModelFamilyAdapter):
             enc = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
         else:
             x, enc = latents, embeds["prompt_embeds"]
-        out = self.denoiser(x, timestep, encoder_hidden_states=enc, return_dict=False)[0]
+        out = self.call_denoiser(x, timestep, encoder_hidden_states=enc, return_dict=False)[0]
         if cfg:
             uncond, cond = out[:b], out[b:]
             out = self._pooled_cfg(cond, uncond, guidance_scale)
