@@ -32,7 +32,7 @@ from .base_model import (
     evaluate_toy_pipeline,
 )
 from .reward import ToyWorldReward
-from .world import heldout_prompts, render_batch, train_prompt_pool, train_prompts
+from .world import heldout_prompts, render_batch, train_prompts
 
 
 @dataclass

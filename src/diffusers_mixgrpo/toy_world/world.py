@@ -15,7 +15,7 @@ combinations never seen in training.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Optional, Union
 
 import numpy as np
@@ -136,7 +136,7 @@ def is_heldout_prompt(prompt: Union[str, Sequence[ToyObject]]) -> bool:
     return any(is_heldout_object(o) for o in objects)
 
 
-@lru_cache(maxsize=None)
+@cache
 def all_prompts(num_objects: int) -> tuple[str, ...]:
     """Every prompt of the grammar with `num_objects` objects (96 single-object, 2208 two-object), in a fixed order."""
     singles = [ToyObject(c, s, p) for p in POSITIONS for c in COLOR_NAMES for s in SHAPES]
@@ -152,7 +152,7 @@ def all_prompts(num_objects: int) -> tuple[str, ...]:
     raise ValueError(f"num_objects must be 1 or 2, got {num_objects}.")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _split(num_objects: int, heldout: bool) -> tuple[str, ...]:
     return tuple(p for p in all_prompts(num_objects) if is_heldout_prompt(p) == heldout)
 
@@ -184,7 +184,7 @@ def train_prompts(n: int, seed: int = 0, two_object_fraction: float = 0.5) -> li
 HELDOUT_NUM_TWO_OBJECT = 16
 
 
-@lru_cache(maxsize=None)
+@cache
 def _heldout_list() -> tuple[str, ...]:
     pairs = _split(2, True)
     picked = np.random.default_rng(1234).choice(len(pairs), size=HELDOUT_NUM_TWO_OBJECT, replace=False)

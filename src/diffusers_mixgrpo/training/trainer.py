@@ -260,9 +260,10 @@ class GRPOTrainer:
         lo = acc.process_index * cfg.sample_prompts_per_device
         return out[lo : lo + cfg.sample_prompts_per_device]
 
-    def _prompt_generators(self, step: int, global_indices: Sequence[int]) -> list[torch.Generator]:
+    def _prompt_generators(self, step: int, global_slots: Sequence[int]) -> list[torch.Generator]:
+        """One generator per prompt slot of the global batch: a group's noise depends on (seed, step, slot) only."""
         base = self.config.seed * 1_000_003 + step * 7919
-        return [torch.Generator().manual_seed(base + 31 * j + i) for j, i in enumerate(global_indices)]
+        return [torch.Generator().manual_seed(base + 31 * slot) for slot in global_slots]
 
     def _global_slot_offset(self) -> int:
         return self.accelerator.process_index * self.config.sample_prompts_per_device

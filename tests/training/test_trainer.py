@@ -1,0 +1,209 @@
+"""GRPOTrainer end to end on a tiny FLUX: exact resume, NaN policy, failing rewards, LoRA export, Hub folder, DDP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+from diffusers import FluxPipeline
+
+from diffusers_mixgrpo import GRPOTrainingPipeline
+from diffusers_mixgrpo.training.config import GRPOConfig
+from diffusers_mixgrpo.training.trainer import GRPOTrainer, TrainingStopped
+from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
+
+PROMPTS = ["a red circle on the left", "a blue square on the right", "a green cross on the top", "a cat"]
+
+
+def brightness(images, prompts):
+    return images.float().mean(dim=(1, 2, 3))
+
+
+def make_config(tmp_path, **overrides) -> GRPOConfig:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        method="mixgrpo",
+        num_inference_steps=6,
+        num_generations=4,
+        sample_prompts_per_device=2,
+        resolution=32,
+        window_size=2,
+        window_shift_interval=2,
+        learning_rate=1e-3,
+        max_train_steps=4,
+        report_to="none",
+        lora_rank=4,
+        lora_alpha=4,
+        gradient_accumulation_steps=1,
+        checkpointing_steps=0,
+        validation_steps=0,
+        seed=3,
+    )
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def make_trainer(config, rewards=None, seed=0) -> GRPOTrainer:
+    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=seed))
+    return GRPOTrainer(config, pipe, rewards=rewards or {brightness: 1.0}, train_prompts=PROMPTS)
+
+
+def lora_weights(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.pipeline.denoiser.named_parameters() if "lora" in n}
+
+
+def test_training_changes_only_the_lora_weights_and_logs_the_phases(tmp_path):
+    trainer = make_trainer(make_config(tmp_path, max_train_steps=1))
+    base = {n: p.detach().clone() for n, p in trainer.pipeline.denoiser.named_parameters() if "lora" not in n}
+    before = lora_weights(trainer)
+    logs = trainer.train_step()
+    after = lora_weights(trainer)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    assert all(torch.equal(p, base[n]) for n, p in trainer.pipeline.denoiser.named_parameters() if "lora" not in n)
+    for key in ("reward/mean", "train/loss", "train/clip_fraction", "train/ratio_mean", "window/start",
+                "nfe/rollout_per_image", "time/rollout", "time/reward", "time/update"):
+        assert key in logs, key
+    # on-policy first update: the ratio of the first micro-batch is exactly 1 -> nothing clipped on average
+    assert logs["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert logs["nfe/rollout_per_image"] == pytest.approx((0 + 4 * 6) / 4)  # window at 0: no shared prefix
+    assert logs["nfe/train_per_image"] == 2
+
+
+def test_window_slides_with_the_schedule(tmp_path):
+    trainer = make_trainer(make_config(tmp_path, max_train_steps=4, window_shift_interval=1))
+    starts = [trainer.train_step()["window/start"] for _ in range(4)]
+    assert starts == [0, 1, 2, 3]
+
+
+def test_dancegrpo_trains_a_seeded_sixty_percent_of_the_steps(tmp_path):
+    config = make_config(tmp_path, method="dancegrpo", window_size=None, num_inference_steps=6)
+    trainer = make_trainer(config)
+    batch = trainer._rollout(0)
+    assert batch.step_indices == [0, 1, 2, 3, 4]  # every trainable step is an SDE step
+    chosen = trainer._train_steps(batch, 0)
+    assert len(chosen) == 3 and chosen == trainer._train_steps(batch, 0)
+
+
+def test_resume_continues_exactly(tmp_path):
+    """4 updates straight == 2 updates, checkpoint, a fresh process-like trainer resuming, 2 more (<= 1e-6)."""
+    straight = make_trainer(make_config(tmp_path / "a", max_train_steps=4))
+    straight.train()
+    reference = lora_weights(straight)
+
+    first = make_trainer(make_config(tmp_path / "b", max_train_steps=2, checkpointing_steps=2))
+    first.train()
+    assert os.path.isdir(tmp_path / "b" / "run" / "checkpoint-2")
+    resumed = make_trainer(make_config(tmp_path / "b", max_train_steps=4, resume_from_checkpoint="latest"))
+    out = resumed.train()
+    assert out.global_step == 4
+    assert resumed.window.state_dict() == straight.window.state_dict()
+    got = lora_weights(resumed)
+    for name, value in reference.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6)
+
+
+def test_non_finite_rewards_drop_the_group_and_never_reach_the_optimizer(tmp_path):
+    def half_nan(images, prompts):
+        r = brightness(images, prompts)
+        r[: len(r) // 2] = float("nan")  # the first prompt's group
+        return r
+
+    trainer = make_trainer(make_config(tmp_path), rewards={half_nan: 1.0})
+    logs = trainer.train_step()
+    assert logs["data/dropped_samples"] == 4
+    assert all(torch.isfinite(p).all() for p in lora_weights(trainer).values())
+    assert trainer.bad_group_streak == 1
+
+
+def test_too_many_non_finite_steps_stop_the_run_with_the_last_checkpoint_intact(tmp_path):
+    calls = {"n": 0}
+
+    def breaks_later(images, prompts):
+        calls["n"] += 1
+        r = brightness(images, prompts)
+        return r if calls["n"] <= 2 else torch.full_like(r, float("nan"))
+
+    config = make_config(tmp_path, max_train_steps=10, checkpointing_steps=2, max_consecutive_bad_groups=2)
+    trainer = make_trainer(config, rewards={breaks_later: 1.0})
+    with pytest.raises(TrainingStopped, match="2 training steps in a row had non-finite rewards"):
+        trainer.train()
+    latest = trainer.checkpoints.latest()
+    assert latest is not None and latest.endswith("checkpoint-2")
+    weights = lora_weights(trainer)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_failing_reward_model_stops_the_run_naming_it_and_the_prompts(tmp_path):
+    def broken_reward(images, prompts):
+        raise RuntimeError("CUDA out of memory")
+
+    trainer = make_trainer(make_config(tmp_path), rewards={broken_reward: 1.0})
+    with pytest.raises(TrainingStopped, match=r"Reward model 'broken_reward' failed at step 0 on prompts \["):
+        trainer.train_step()
+
+
+def test_saved_lora_loads_into_a_stock_flux_pipeline(tmp_path):
+    trainer = make_trainer(make_config(tmp_path, max_train_steps=2))
+    trainer.train()
+    out_dir = Path(trainer.config.output_dir)
+    assert (out_dir / "pytorch_lora_weights.safetensors").is_file()
+    assert (out_dir / "reward_curve.png").is_file()
+    assert "hub_token" not in (out_dir / "training_config.yaml").read_text()
+
+    stock = build_tiny_flux_pipeline(seed=0)
+    stock.load_lora_weights(str(out_dir))
+    trained = trainer.pipeline.denoiser
+    x = torch.randn(1, 64, 16)
+    kwargs = dict(
+        hidden_states=x, timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+        pooled_projections=torch.randn(1, 32), encoder_hidden_states=torch.randn(1, 16, 32),
+        txt_ids=torch.zeros(16, 3), img_ids=FluxPipeline._prepare_latent_image_ids(1, 8, 8, "cpu", torch.float32),
+        return_dict=False,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(stock.transformer(**kwargs)[0], trained(**kwargs)[0], rtol=0, atol=1e-5)
+        stock.unload_lora_weights()
+        assert not torch.allclose(stock.transformer(**kwargs)[0], trained(**kwargs)[0], atol=1e-5)
+
+
+def test_push_to_hub_uploads_card_weights_and_config_without_the_token(tmp_path):
+    config = make_config(tmp_path, max_train_steps=1, push_to_hub=True, hub_model_id="me/flux-mixgrpo-lora",
+                         hub_token="hf_secret_token_123")
+    trainer = make_trainer(config)
+    with mock.patch("huggingface_hub.HfApi.create_repo") as create, \
+            mock.patch("huggingface_hub.HfApi.upload_folder") as upload:
+        create.return_value = mock.Mock(repo_id="me/flux-mixgrpo-lora")
+        trainer.train()
+    assert create.call_args.args[0] == "me/flux-mixgrpo-lora"
+    assert upload.call_args.kwargs["repo_id"] == "me/flux-mixgrpo-lora"
+    folder = Path(upload.call_args.kwargs["folder_path"])
+    names = {p.name for p in folder.iterdir()}
+    assert {"README.md", "pytorch_lora_weights.safetensors", "training_config.yaml", "reward_curve.png"} <= names
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in {".md", ".yaml", ".json", ".txt"}:
+            assert "hf_secret_token_123" not in path.read_text()
+    assert "load_lora_weights" in (folder / "README.md").read_text()
+
+
+DDP_SCRIPT = Path(__file__).with_name("ddp_equivalence_script.py")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU), 1 prompt per rank, vs 1 process with 2 prompts and 2 accumulation
+    micro-batches: same global batch, same LoRA weights after 2 updates (<= 1e-5; gloo all-reduce order)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = tmp_path / "two.pt"
+    one = tmp_path / "one.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(DDP_SCRIPT), str(tmp_path / "two"), str(two), "1", "1"]
+    subprocess.run(cmd, check=True, env=env, timeout=600)
+    subprocess.run([sys.executable, str(DDP_SCRIPT), str(tmp_path / "one"), str(one), "2", "2"], check=True,
+                   env=env, timeout=600)
+    a, b = torch.load(two), torch.load(one)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
