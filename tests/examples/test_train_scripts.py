@@ -7,16 +7,42 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline, build_tiny_sd3_pipeline, build_tiny_sd_pipeline
+from diffusers_mixgrpo.utils.tiny_models import (
+    build_tiny_flux_pipeline,
+    build_tiny_sd3_pipeline,
+    build_tiny_sd_pipeline,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDERS = {"flux": build_tiny_flux_pipeline, "sd3": build_tiny_sd3_pipeline, "sd15": build_tiny_sd_pipeline}
 CONFIGS = {"flux": "flux_mixgrpo.yaml", "sd3": "sd3_mixgrpo.yaml", "sd15": "sd15_mixgrpo.yaml"}
 TINY_FLAGS = [
-    "--max_train_steps", "1", "--resolution", "32", "--num_inference_steps", "4", "--num_generations", "2",
-    "--window_size", "2", "--rewards", "jpeg_compressibility=1.0", "--mixed_precision", "no",
-    "--gradient_checkpointing", "false", "--report_to", "none", "--lora_rank", "4", "--lora_alpha", "4",
-    "--validation_steps", "0", "--checkpointing_steps", "1",
+    "--max_train_steps",
+    "1",
+    "--resolution",
+    "32",
+    "--num_inference_steps",
+    "4",
+    "--num_generations",
+    "2",
+    "--window_size",
+    "2",
+    "--rewards",
+    "jpeg_compressibility=1.0",
+    "--mixed_precision",
+    "no",
+    "--gradient_checkpointing",
+    "false",
+    "--report_to",
+    "none",
+    "--lora_rank",
+    "4",
+    "--lora_alpha",
+    "4",
+    "--validation_steps",
+    "0",
+    "--checkpointing_steps",
+    "1",
 ]
 
 
@@ -37,8 +63,17 @@ def test_training_script_trains_and_writes_a_lora_a_stock_pipeline_loads(family,
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle on the left\na blue square on the right\n")
     out = tmp_path / "out"
-    argv = ["--config", str(ROOT / "examples" / "configs" / CONFIGS[family]), "--pretrained_model_name_or_path",
-            str(model), "--prompt_file", str(prompts), "--output_dir", str(out), *TINY_FLAGS]
+    argv = [
+        "--config",
+        str(ROOT / "examples" / "configs" / CONFIGS[family]),
+        "--pretrained_model_name_or_path",
+        str(model),
+        "--prompt_file",
+        str(prompts),
+        "--output_dir",
+        str(out),
+        *TINY_FLAGS,
+    ]
     run_script(family, argv)
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "checkpoint-1").is_dir()
@@ -57,15 +92,39 @@ def test_a_flux_script_refuses_an_sd3_model(tmp_path):
     build_tiny_sd3_pipeline().save_pretrained(model)
     (tmp_path / "p.txt").write_text("a cat\n")
     with pytest.raises(ValueError, match="is a 'sd3' model but this run expects 'flux'"):
-        run_script("flux", ["--pretrained_model_name_or_path", str(model), "--prompt_file", str(tmp_path / "p.txt"),
-                            "--output_dir", str(tmp_path / "o"), "--rewards", "jpeg_compressibility=1.0",
-                            "--report_to", "none"])
+        run_script(
+            "flux",
+            [
+                "--pretrained_model_name_or_path",
+                str(model),
+                "--prompt_file",
+                str(tmp_path / "p.txt"),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--rewards",
+                "jpeg_compressibility=1.0",
+                "--report_to",
+                "none",
+            ],
+        )
 
 
 def test_missing_weights_fail_with_a_clear_message(tmp_path):
     (tmp_path / "p.txt").write_text("a cat\n")
     with pytest.raises(OSError, match="huggingface-cli download"):
-        run_script("flux", ["--pretrained_model_name_or_path", str(tmp_path / "nowhere"), "--prompt_file",
-                            str(tmp_path / "p.txt"), "--output_dir", str(tmp_path / "o"),
-                            "--rewards", "jpeg_compressibility=1.0", "--report_to", "none"])
+        run_script(
+            "flux",
+            [
+                "--pretrained_model_name_or_path",
+                str(tmp_path / "nowhere"),
+                "--prompt_file",
+                str(tmp_path / "p.txt"),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--rewards",
+                "jpeg_compressibility=1.0",
+                "--report_to",
+                "none",
+            ],
+        )
     assert torch.__version__  # the process is still usable

@@ -8,7 +8,6 @@ from peft import LoraConfig
 from diffusers_mixgrpo import GRPOTrainingPipeline, MixDDIMSDEScheduler, MixODESDEScheduler
 from diffusers_mixgrpo.pipelines.rollout_batch import PromptEmbeds
 
-
 PROMPTS = ["a red circle on the left", "a blue square on the right"]
 FAMILY_NAMES = ["flux", "sd3", "sd15-eps", "sd15-v"]
 # rollout guidance and image size per family (the builders and LoRA targets are in conftest.FAMILIES)
@@ -142,8 +141,9 @@ def test_empty_window_reproduces_the_stock_flux_pipeline(tiny_stock_pipes):
     ours = pipe.rollout(PROMPTS[:1], 1, 6, (0, 0), height=32, width=32, latents=noise, guidance_scale=3.5)
     reference = FluxPipeline(**stock.components)
     reference.set_progress_bar_config(disable=True)
-    ref = reference(PROMPTS[0], height=32, width=32, num_inference_steps=6, latents=noise, guidance_scale=3.5,
-                    output_type="pt").images
+    ref = reference(
+        PROMPTS[0], height=32, width=32, num_inference_steps=6, latents=noise, guidance_scale=3.5, output_type="pt"
+    ).images
     assert ours.log_probs.shape == (1, 0)
     torch.testing.assert_close(ours.images, ref, rtol=0, atol=1e-6)
 
@@ -156,8 +156,9 @@ def test_empty_window_reproduces_the_stock_cfg_pipelines(tiny_stock_pipes, famil
     ours = pipe.rollout(PROMPTS[:1], 1, 6, (0, 0), height=32, width=32, latents=noise, guidance_scale=5.0)
     reference = type(stock)(**stock.components)
     reference.set_progress_bar_config(disable=True)
-    ref = reference(PROMPTS[0], height=32, width=32, num_inference_steps=6, latents=noise, guidance_scale=5.0,
-                    output_type="pt").images
+    ref = reference(
+        PROMPTS[0], height=32, width=32, num_inference_steps=6, latents=noise, guidance_scale=5.0, output_type="pt"
+    ).images
     torch.testing.assert_close(ours.images, ref, rtol=0, atol=1e-6)
 
 
@@ -199,7 +200,9 @@ def test_bad_rollout_input_gets_a_clear_error(tiny_stock_pipes, kwargs, message)
     pipe = grpo(tiny_stock_pipes["flux"])
     size = kwargs.pop("height", 32)
     with pytest.raises(ValueError, match=message):
-        pipe.rollout(PROMPTS, **{"num_generations": 2, "num_inference_steps": 6, "height": size, "width": 32, **kwargs})
+        pipe.rollout(
+            PROMPTS, **{"num_generations": 2, "num_inference_steps": 6, "height": size, "width": 32, **kwargs}
+        )
 
 
 def test_prompt_embeddings_must_have_one_row_per_prompt(tiny_stock_pipes):
@@ -212,5 +215,7 @@ def test_prompt_embeddings_must_have_one_row_per_prompt(tiny_stock_pipes):
 def test_log_prob_of_a_step_that_was_not_recorded_is_refused(tiny_stock_pipes):
     pipe = grpo(tiny_stock_pipes["flux"])
     batch = rollout(pipe, "flux")
-    with pytest.raises(ValueError, match=r"step_index=0 was not recorded in this rollout; recorded SDE steps: \[1, 2\]"):
+    with pytest.raises(
+        ValueError, match=r"step_index=0 was not recorded in this rollout; recorded SDE steps: \[1, 2\]"
+    ):
         pipe.log_prob(batch, 0)

@@ -18,15 +18,33 @@ def brightness(images, prompts):
 def main(output_dir: str, result: str, prompts_per_device: int, accumulation: int) -> None:
     torch.set_num_threads(1)
     config = GRPOConfig(
-        output_dir=output_dir, method="mixgrpo", num_inference_steps=6, num_generations=4,
-        sample_prompts_per_device=prompts_per_device, sample_max_batch_size=4, resolution=32, window_size=2,
-        learning_rate=1e-3, max_train_steps=2, report_to="none", lora_rank=4, lora_alpha=4,
-        gradient_accumulation_steps=accumulation, checkpointing_steps=0, validation_steps=0, seed=5,
+        output_dir=output_dir,
+        method="mixgrpo",
+        num_inference_steps=6,
+        num_generations=4,
+        sample_prompts_per_device=prompts_per_device,
+        sample_max_batch_size=4,
+        resolution=32,
+        window_size=2,
+        learning_rate=1e-3,
+        max_train_steps=2,
+        report_to="none",
+        lora_rank=4,
+        lora_alpha=4,
+        gradient_accumulation_steps=accumulation,
+        checkpointing_steps=0,
+        validation_steps=0,
+        seed=5,
     )
     accelerator = Accelerator(cpu=True)
     pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
-    trainer = GRPOTrainer(config, pipe, rewards={brightness: 1.0}, train_prompts=["a red circle", "a blue square",
-                          "a green cross", "a cat"], accelerator=accelerator)
+    trainer = GRPOTrainer(
+        config,
+        pipe,
+        rewards={brightness: 1.0},
+        train_prompts=["a red circle", "a blue square", "a green cross", "a cat"],
+        accelerator=accelerator,
+    )
     trainer.train()
     if accelerator.is_main_process:
         weights = {n: p.detach().cpu() for n, p in pipe.denoiser.named_parameters() if "lora" in n}

@@ -63,8 +63,17 @@ def test_training_changes_only_the_lora_weights_and_logs_the_phases(tmp_path):
     after = lora_weights(trainer)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     assert all(torch.equal(p, base[n]) for n, p in trainer.pipeline.denoiser.named_parameters() if "lora" not in n)
-    for key in ("reward/mean", "train/loss", "train/clip_fraction", "train/ratio_mean", "window/start",
-                "nfe/rollout_per_image", "time/rollout", "time/reward", "time/update"):
+    for key in (
+        "reward/mean",
+        "train/loss",
+        "train/clip_fraction",
+        "train/ratio_mean",
+        "window/start",
+        "nfe/rollout_per_image",
+        "time/rollout",
+        "time/reward",
+        "time/update",
+    ):
         assert key in logs, key
     # on-policy first update: the ratio of the first micro-batch is exactly 1 -> nothing clipped on average
     assert logs["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
@@ -158,9 +167,13 @@ def test_saved_lora_loads_into_a_stock_flux_pipeline(tmp_path):
     trained = trainer.pipeline.denoiser
     x = torch.randn(1, 64, 16)
     kwargs = dict(
-        hidden_states=x, timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
-        pooled_projections=torch.randn(1, 32), encoder_hidden_states=torch.randn(1, 16, 32),
-        txt_ids=torch.zeros(16, 3), img_ids=FluxPipeline._prepare_latent_image_ids(1, 8, 8, "cpu", torch.float32),
+        hidden_states=x,
+        timestep=torch.tensor([0.5]),
+        guidance=torch.tensor([3.5]),
+        pooled_projections=torch.randn(1, 32),
+        encoder_hidden_states=torch.randn(1, 16, 32),
+        txt_ids=torch.zeros(16, 3),
+        img_ids=FluxPipeline._prepare_latent_image_ids(1, 8, 8, "cpu", torch.float32),
         return_dict=False,
     )
     with torch.no_grad():
@@ -170,11 +183,18 @@ def test_saved_lora_loads_into_a_stock_flux_pipeline(tmp_path):
 
 
 def test_push_to_hub_uploads_card_weights_and_config_without_the_token(tmp_path):
-    config = make_config(tmp_path, max_train_steps=1, push_to_hub=True, hub_model_id="me/flux-mixgrpo-lora",
-                         hub_token="hf_secret_token_123")
+    config = make_config(
+        tmp_path,
+        max_train_steps=1,
+        push_to_hub=True,
+        hub_model_id="me/flux-mixgrpo-lora",
+        hub_token="hf_secret_token_123",
+    )
     trainer = make_trainer(config)
-    with mock.patch("huggingface_hub.HfApi.create_repo") as create, \
-            mock.patch("huggingface_hub.HfApi.upload_folder") as upload:
+    with (
+        mock.patch("huggingface_hub.HfApi.create_repo") as create,
+        mock.patch("huggingface_hub.HfApi.upload_folder") as upload,
+    ):
         create.return_value = mock.Mock(repo_id="me/flux-mixgrpo-lora")
         trainer.train()
     assert create.call_args.args[0] == "me/flux-mixgrpo-lora"
@@ -198,11 +218,24 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two.pt"
     one = tmp_path / "one.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(DDP_SCRIPT), str(tmp_path / "two"), str(two), "1", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(DDP_SCRIPT),
+        str(tmp_path / "two"),
+        str(two),
+        "1",
+        "1",
+    ]
     subprocess.run(cmd, check=True, env=env, timeout=600)
-    subprocess.run([sys.executable, str(DDP_SCRIPT), str(tmp_path / "one"), str(one), "2", "2"], check=True,
-                   env=env, timeout=600)
+    subprocess.run(
+        [sys.executable, str(DDP_SCRIPT), str(tmp_path / "one"), str(one), "2", "2"], check=True, env=env, timeout=600
+    )
     a, b = torch.load(two), torch.load(one)
     assert a.keys() == b.keys() and a
     for name in a:

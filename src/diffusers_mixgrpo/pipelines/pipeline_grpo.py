@@ -285,7 +285,9 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         noise_rows = num_prompts if same_initial_noise else batch
         per_prompt = isinstance(generator, (list, tuple))
         if per_prompt and len(generator) != num_prompts:
-            raise ValueError(f"generator is a list of {len(generator)}; pass one generator per prompt ({num_prompts}).")
+            raise ValueError(
+                f"generator is a list of {len(generator)}; pass one generator per prompt ({num_prompts})."
+            )
         if latents is None and per_prompt:
             rows = 1 if same_initial_noise else group
             noise = torch.cat([self.adapter.prepare_noise(rows, height, width, g, device, dtype) for g in generator])
@@ -340,8 +342,17 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     if key not in prefix_cache:
                         x, sched = noise[prompt_ids.to(noise.device)], copy.deepcopy(scheduler)
                         x = self._denoise(
-                            sched, x, prompt_embeds.select(prompt_ids), 0, start, guidance_scale, height, width,
-                            None, autocast_dtype, bar,
+                            sched,
+                            x,
+                            prompt_embeds.select(prompt_ids),
+                            0,
+                            start,
+                            guidance_scale,
+                            height,
+                            width,
+                            None,
+                            autocast_dtype,
+                            bar,
                         )
                         prefix_cache = {key: (x, sched)}  # only the current prompts' prefix is ever reused
                     x, sched = prefix_cache[key]
@@ -354,12 +365,30 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     rows = sample_groups if same_initial_noise else sample_ids
                     embeds = prompt_embeds.select(sample_groups)
                     x = self._denoise(
-                        sched, noise[rows.to(noise.device)], embeds, 0, start, guidance_scale, height, width,
-                        None, autocast_dtype, bar,
+                        sched,
+                        noise[rows.to(noise.device)],
+                        embeds,
+                        0,
+                        start,
+                        guidance_scale,
+                        height,
+                        width,
+                        None,
+                        autocast_dtype,
+                        bar,
                     )
                 x = self._denoise(
-                    sched, x, embeds, start, num_steps, guidance_scale, height, width,
-                    [sample_generators[b] for b in sample_ids.tolist()], autocast_dtype, bar,
+                    sched,
+                    x,
+                    embeds,
+                    start,
+                    num_steps,
+                    guidance_scale,
+                    height,
+                    width,
+                    [sample_generators[b] for b in sample_ids.tolist()],
+                    autocast_dtype,
+                    bar,
                     record=(recorded, log_probs, sample_ids, start),
                 )
                 images[ci] = self.adapter.decode(x, height, width)
@@ -422,7 +451,18 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         return scheduler, kwargs
 
     def _denoise(
-        self, sched, x, embeds, first, last, guidance_scale, height, width, generators, autocast_dtype, bar,
+        self,
+        sched,
+        x,
+        embeds,
+        first,
+        last,
+        guidance_scale,
+        height,
+        width,
+        generators,
+        autocast_dtype,
+        bar,
         record=None,
     ) -> torch.Tensor:
         """Steps `[first, last)` of `sched`'s grid on `x` (one generator per row for SDE noise); with `record`,

@@ -55,7 +55,9 @@ class PromptEmbeds:
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, str(path / "embeds.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}, str(path / "embeds.safetensors")
+        )
         (path / "meta.json").write_text(json.dumps({"shared": list(self.shared)}))
 
     @classmethod
@@ -177,7 +179,9 @@ class RolloutBatch:
             latents=self.latents[index],
             log_probs=self.log_probs[index],
             chunks=[torch.arange(len(index))],
-            extras={k: (v[index] if isinstance(v, torch.Tensor) and v.shape[:1] == (self.batch_size,) else v)
-                    for k, v in self.extras.items()},
+            extras={
+                k: (v[index] if isinstance(v, torch.Tensor) and v.shape[:1] == (self.batch_size,) else v)
+                for k, v in self.extras.items()
+            },
         )
         return RolloutBatch(**kwargs)

@@ -19,8 +19,16 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, re
         raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {reduction!r}.")
     x, mean = x.float(), mean.float()
     std = torch.as_tensor(std, device=x.device).float()
-    log_prob = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
-    dims = tuple(range(1, log_prob.ndim))
+    diff = x - mean
+    dims = tuple(range(1, diff.ndim))
+    if std.numel() == 1:
+        # One scale for every element (all our SDE forms): reduce the squared error first, add the constant once —
+        # one full-size temporary instead of five (the step is memory-bound at 1024 px).
+        sq = (diff * diff).mean(dim=dims) if reduction == "mean" else (diff * diff).sum(dim=dims)
+        const = -torch.log(std.reshape(())) - 0.5 * math.log(2 * math.pi)
+        count = 1 if reduction == "mean" else math.prod(diff.shape[1:])
+        return -sq / (2 * std.reshape(()) ** 2) + const * count
+    log_prob = -(diff**2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return log_prob.mean(dim=dims) if reduction == "mean" else log_prob.sum(dim=dims)
 
 

@@ -4,10 +4,10 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 from accelerate import Accelerator
@@ -54,7 +54,7 @@ def load_training_pipeline(config: GRPOConfig, torch_dtype: Optional[torch.dtype
         stock = DiffusionPipeline.from_pretrained(
             path, revision=config.revision, variant=config.variant, torch_dtype=torch_dtype
         )
-    except (OSError, EnvironmentError, ValueError) as err:
+    except (OSError, ValueError) as err:
         raise OSError(
             f"Could not load the pipeline {path!r}: {err}\nIf it is a Hub id, download it first while online "
             f"(`huggingface-cli download {path}`) or pass a local folder written by `save_pretrained`."
@@ -135,7 +135,11 @@ class GRPOTrainer:
         if callable(rewards) and not isinstance(rewards, Mapping):
             rewards = {rewards: 1.0}
         return MultiReward(
-            rewards, mix=cfg.reward_mix, device=self.accelerator.device, std=cfg.adv_std, trim=cfg.adv_trim,
+            rewards,
+            mix=cfg.reward_mix,
+            device=self.accelerator.device,
+            std=cfg.adv_std,
+            trim=cfg.adv_trim,
             clip=cfg.adv_clip_max,
         )
 
@@ -150,8 +154,11 @@ class GRPOTrainer:
         if pipe.adapter.scheduler_kind == "flow":
             # The paper's grid: a fixed shift s (no resolution-dependent `mu`), Flash tail per the method preset.
             scheduler_overrides.update(
-                shift=cfg.shift, use_dynamic_shifting=False, tail_solver=cfg.tail_solver,
-                tail_solver_order=cfg.tail_solver_order, tail_ratio=cfg.tail_ratio,
+                shift=cfg.shift,
+                use_dynamic_shifting=False,
+                tail_solver=cfg.tail_solver,
+                tail_solver_order=cfg.tail_solver_order,
+                tail_ratio=cfg.tail_ratio,
             )
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **scheduler_overrides)
         pipe.adapter.stock.scheduler = pipe.scheduler
@@ -169,8 +176,11 @@ class GRPOTrainer:
             targets = cfg.lora_target_modules or default_lora_target_modules(pipe.model_family)
             denoiser.add_adapter(
                 LoraConfig(
-                    r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                    target_modules=targets, init_lora_weights="gaussian",
+                    r=cfg.lora_rank,
+                    lora_alpha=cfg.lora_alpha,
+                    lora_dropout=cfg.lora_dropout,
+                    target_modules=targets,
+                    init_lora_weights="gaussian",
                 )
             )
         else:
@@ -191,13 +201,18 @@ class GRPOTrainer:
                 raise ImportError("optimizer='adamw8bit' needs bitsandbytes: pip install bitsandbytes") from err
             optimizer_cls = bnb.optim.AdamW8bit
         optimizer = optimizer_cls(
-            self.trainable, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay,
+            self.trainable,
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_epsilon,
+            weight_decay=cfg.weight_decay,
         )
         from diffusers.optimization import get_scheduler
 
         lr_scheduler = get_scheduler(
-            cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
             num_training_steps=self._optimizer_steps_per_iteration() * cfg.max_train_steps * acc.num_processes,
         )
         wrapped, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, optimizer, lr_scheduler)
@@ -205,7 +220,8 @@ class GRPOTrainer:
         self.model = wrapped
         self.ema = (
             ParameterEMA(self.trainable, decay=cfg.ema_decay, update_interval=cfg.ema_update_interval)
-            if cfg.use_ema else None
+            if cfg.use_ema
+            else None
         )
         if cfg.use_lora:
             acc.register_save_state_pre_hook(self._save_lora_hook)
@@ -217,7 +233,8 @@ class GRPOTrainer:
         g = cfg.num_generations
         chunks = (
             math.ceil(cfg.sample_prompts_per_device / max(1, per_chunk // g))
-            if g <= per_chunk else cfg.sample_prompts_per_device * math.ceil(g / per_chunk)
+            if g <= per_chunk
+            else cfg.sample_prompts_per_device * math.ceil(g / per_chunk)
         )
         return cfg.num_inner_epochs * math.ceil(chunks / cfg.gradient_accumulation_steps)
 
@@ -229,8 +246,10 @@ class GRPOTrainer:
             state = get_peft_model_state_dict(self.accelerator.unwrap_model(self.pipeline.denoiser))
             from safetensors.torch import save_file
 
-            save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()},
-                      os.path.join(output_dir, "lora_adapter.safetensors"))
+            save_file(
+                {k: v.detach().float().contiguous().cpu() for k, v in state.items()},
+                os.path.join(output_dir, "lora_adapter.safetensors"),
+            )
         while weights:
             weights.pop()
 
@@ -304,7 +323,9 @@ class GRPOTrainer:
                     f"{sorted(set(batch.prompts))[:4]}: {type(err).__name__}: {err}"
                 ) from err
             if s.numel() != batch.batch_size:
-                raise TrainingStopped(f"Reward model {name!r} returned {s.numel()} scores for {batch.batch_size} images.")
+                raise TrainingStopped(
+                    f"Reward model {name!r} returned {s.numel()} scores for {batch.batch_size} images."
+                )
             scores[name] = s
         return scores
 
@@ -319,8 +340,13 @@ class GRPOTrainer:
         per_reward = {}
         if keep.any():
             kept_adv, per_reward = compute_advantages(
-                {k: v[keep] for k, v in all_scores.items()}, all_groups[keep], weights=self.reward.weights,
-                mix=self.reward.mix, std=cfg.adv_std, trim=cfg.adv_trim, clip=cfg.adv_clip_max,
+                {k: v[keep] for k, v in all_scores.items()},
+                all_groups[keep],
+                weights=self.reward.weights,
+                mix=self.reward.mix,
+                std=cfg.adv_std,
+                trim=cfg.adv_trim,
+                clip=cfg.adv_clip_max,
             )
             adv[keep] = kept_adv
         n_local = batch.batch_size
@@ -371,11 +397,19 @@ class GRPOTrainer:
                         ref_mean = None
                         if cfg.kl_type == "reference" and cfg.kl_coeff > 0:
                             with torch.no_grad(), self._reference_policy():
-                                _, ref_mean, _ = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
+                                _, ref_mean, _ = pipe.log_prob(
+                                    batch, t, idx, autocast_dtype=autocast, return_stats=True
+                                )
                         out = grpo_loss(
-                            logp, batch.log_probs[idx, j].to(logp.device), advantages[idx.to(advantages.device)],
-                            clip_range=cfg.clip_range, kl_type=cfg.kl_type if cfg.kl_coeff > 0 else "none",
-                            kl_coeff=cfg.kl_coeff, prev_sample_mean=mean, ref_prev_sample_mean=ref_mean, std_dev=std,
+                            logp,
+                            batch.log_probs[idx, j].to(logp.device),
+                            advantages[idx.to(advantages.device)],
+                            clip_range=cfg.clip_range,
+                            kl_type=cfg.kl_type if cfg.kl_coeff > 0 else "none",
+                            kl_coeff=cfg.kl_coeff,
+                            prev_sample_mean=mean,
+                            ref_prev_sample_mean=ref_mean,
+                            std_dev=std,
                         )
                         loss = out.loss / (len(train_steps) * in_group)
                         if not torch.isfinite(loss):
@@ -383,7 +417,9 @@ class GRPOTrainer:
                             continue
                         acc.backward(loss)
                         for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
-                            stats.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
+                            stats.setdefault(key, []).append(
+                                float(value.detach() if torch.is_tensor(value) else value)
+                            )
                 if sync:
                     grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.trainable)
                     if grads_ok and skipped == 0:
@@ -440,17 +476,19 @@ class GRPOTrainer:
                 logs[f"reward/{k}"] = float(v.mean())
             for k, v in per_reward.items():
                 logs[f"advantage/{k}_std"] = float(v.std()) if v.numel() > 1 else 0.0
-        logs.update({
-            "advantage/mean": float(advantages[keep].mean()) if keep.any() else 0.0,
-            "advantage/abs_mean": float(advantages[keep].abs().mean()) if keep.any() else 0.0,
-            "window/start": start,
-            "window/size": size,
-            "nfe/rollout_per_image": batch.nfe / batch.batch_size,
-            "nfe/train_per_image": len(self._train_steps(batch, step)) * cfg.num_inner_epochs,
-            "data/dropped_samples": dropped,
-            "lr": self.lr_scheduler.get_last_lr()[0],
-            **times,
-        })
+        logs.update(
+            {
+                "advantage/mean": float(advantages[keep].mean()) if keep.any() else 0.0,
+                "advantage/abs_mean": float(advantages[keep].abs().mean()) if keep.any() else 0.0,
+                "window/start": start,
+                "window/size": size,
+                "nfe/rollout_per_image": batch.nfe / batch.batch_size,
+                "nfe/train_per_image": len(self._train_steps(batch, step)) * cfg.num_inner_epochs,
+                "data/dropped_samples": dropped,
+                "lr": self.lr_scheduler.get_last_lr()[0],
+                **times,
+            }
+        )
         if "reward/mean" in logs:
             self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
         return logs
@@ -469,9 +507,15 @@ class GRPOTrainer:
         with ctx:
             gens = [torch.Generator().manual_seed(seed * 100003 + i) for i in range(len(prompts))]
             batch = self.pipeline.rollout(
-                prompts, num_generations=num_images_per_prompt, num_inference_steps=cfg.num_inference_steps,
-                sde_window=(0, 0), guidance_scale=cfg.guidance_scale, height=cfg.height or cfg.resolution,
-                width=cfg.width or cfg.resolution, generator=gens, max_batch_size=cfg.sample_max_batch_size,
+                prompts,
+                num_generations=num_images_per_prompt,
+                num_inference_steps=cfg.num_inference_steps,
+                sde_window=(0, 0),
+                guidance_scale=cfg.guidance_scale,
+                height=cfg.height or cfg.resolution,
+                width=cfg.width or cfg.resolution,
+                generator=gens,
+                max_batch_size=cfg.sample_max_batch_size,
                 autocast_dtype=self._autocast_dtype(),
             )
         scores = self._score(batch)
@@ -484,10 +528,13 @@ class GRPOTrainer:
         if total is None:
             return None
         self.history.setdefault("eval_reward", []).append((self.global_step, total))
-        self.accelerator.log({"eval/reward": total, **{f"eval/{k}": v for k, v in means.items()}}, step=self.global_step)
+        self.accelerator.log(
+            {"eval/reward": total, **{f"eval/{k}": v for k, v in means.items()}}, step=self.global_step
+        )
         if self.accelerator.is_main_process:
-            log_image_grid(self.accelerator, batch.pil_images(), self.global_step, tag="validation",
-                           captions=batch.prompts)
+            log_image_grid(
+                self.accelerator, batch.pil_images(), self.global_step, tag="validation", captions=batch.prompts
+            )
         return total
 
     # ------------------------------------------------------------------ checkpoints
@@ -528,7 +575,9 @@ class GRPOTrainer:
         init_trackers(acc, cfg)
         if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
             self._log_eval()
-        bar = tqdm(total=cfg.max_train_steps, initial=self.global_step, desc="MixGRPO", disable=not acc.is_local_main_process)
+        bar = tqdm(
+            total=cfg.max_train_steps, initial=self.global_step, desc="MixGRPO", disable=not acc.is_local_main_process
+        )
         while self.global_step < cfg.max_train_steps:
             logs = self.train_step()
             if self.global_step % cfg.logging_steps == 0:
@@ -579,7 +628,11 @@ class GRPOTrainer:
         cfg = self.config
         repo_id = cfg.resolved_hub_model_id()
         write_model_card(
-            cfg.output_dir, cfg, base_model=cfg.pretrained_model_name_or_path, method=cfg.method,
-            reward_history=self.history, repo_id=repo_id,
+            cfg.output_dir,
+            cfg,
+            base_model=cfg.pretrained_model_name_or_path,
+            method=cfg.method,
+            reward_history=self.history,
+            repo_id=repo_id,
         )
         return push_folder_to_hub(cfg.output_dir, repo_id, private=cfg.hub_private, token=cfg.hub_token)
