@@ -37,7 +37,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import costs  # noqa: E402
-from costs import LABELS, VARIANTS  # noqa: E402
+from costs import VARIANTS  # noqa: E402
 
 SUITES = {
     # 1 iteration each, tiny sizes: CI checks that the script runs and the NFE counts are right (< ~60 s).
@@ -67,7 +67,7 @@ SUITES = {
         "memory_iterations": 2,
         "rollout_repeats": 3,
         "scaling": {"sizes": [(32, 4), (64, 4), (32, 8)], "repeats": 2, "variants": ["dancegrpo", "mixgrpo", "flash"]},
-        "toy": {"iterations": 24, "eval_every": 6, "eval_prompts": 16, "group_size": 4, "num_prompts": 1, "seeds": 2},
+        "toy": {"iterations": 20, "eval_every": 5, "eval_prompts": 16, "group_size": 4, "num_prompts": 1, "seeds": 2},
     },
     "full": {
         "num_steps": 25,
@@ -157,6 +157,7 @@ def make_trainer(
     shift_interval=None,
     max_sequence_length=None,
     output_dir=None,
+    copy_stock: bool = True,
 ):
     """A `GRPOTrainer` of `method` on a private copy of `stock` (LoRA is added in place, so never share one)."""
     from diffusers_mixgrpo import GRPOTrainingPipeline
@@ -185,7 +186,7 @@ def make_trainer(
         values["window_size"] = window_size
     if shift_interval is not None:
         values["window_shift_interval"] = shift_interval
-    pipe = GRPOTrainingPipeline.from_pipe(copy.deepcopy(stock))
+    pipe = GRPOTrainingPipeline.from_pipe(copy.deepcopy(stock) if copy_stock else stock)
     pipe.max_sequence_length = max_sequence_length
     return GRPOTrainer(GRPOConfig(**values), pipe, rewards={"toy_world": 1.0}, train_prompts=prompts)
 
@@ -266,7 +267,12 @@ def measure_costs(cfg: dict, prompts: list, log) -> dict:
     for i, c in enumerate(combos):
         row = {**c, **summarise(samples[i])}
         exp = costs.expected_nfe(
-            c["method"], cfg["num_steps"], cfg["window_size"], c["start"], cfg["group_size"], cfg["num_prompts"],
+            c["method"],
+            cfg["num_steps"],
+            cfg["window_size"],
+            c["start"],
+            cfg["group_size"],
+            cfg["num_prompts"],
             c["share_prefix"],
         )
         row["expected"] = {
@@ -283,8 +289,12 @@ def measure_costs(cfg: dict, prompts: list, log) -> dict:
     fwd = base["time_rollout"] / base["nfe_sampling_per_iteration"]
     fwd_bwd = base["time_update"] / base["nfe_training_per_iteration"]
     backward_factor = fwd_bwd / fwd
-    base_units = costs.cost_units(costs.expected_nfe("dancegrpo", cfg["num_steps"], cfg["window_size"], 0,
-                                                     cfg["group_size"], cfg["num_prompts"]), backward_factor)
+    base_units = costs.cost_units(
+        costs.expected_nfe(
+            "dancegrpo", cfg["num_steps"], cfg["window_size"], 0, cfg["group_size"], cfg["num_prompts"]
+        ),
+        backward_factor,
+    )
     for row in rows:
         for phase in ("rollout", "reward", "update", "total"):
             row[f"ratio_{phase}"] = row[f"time_{phase}"] / base["time_total"]
@@ -292,21 +302,29 @@ def measure_costs(cfg: dict, prompts: list, log) -> dict:
         pairs = [a / b for a, b in zip(row["time_total_all"], base["time_total_all"])]
         row["ratio_total_paired"] = statistics.median(pairs)
         exp = costs.expected_nfe(
-            row["method"], cfg["num_steps"], cfg["window_size"], row["start"], cfg["group_size"], cfg["num_prompts"],
+            row["method"],
+            cfg["num_steps"],
+            cfg["window_size"],
+            row["start"],
+            cfg["group_size"],
+            cfg["num_prompts"],
             row["share_prefix"],
         )
         row["expected_ratio"] = costs.cost_units(exp, backward_factor) / base_units
         row["expected_ratio_3x"] = costs.cost_units(exp, 3.0) / costs.cost_units(
-            costs.expected_nfe("dancegrpo", cfg["num_steps"], cfg["window_size"], 0, cfg["group_size"],
-                               cfg["num_prompts"]), 3.0
+            costs.expected_nfe(
+                "dancegrpo", cfg["num_steps"], cfg["window_size"], 0, cfg["group_size"], cfg["num_prompts"]
+            ),
+            3.0,
         )
     schedule = {}
     for method in VARIANTS:
         for share in (False, True):
             ratio = costs.schedule_average_cost(
                 method, cfg["num_steps"], cfg["window_size"], cfg["group_size"], share, 3.0
-            ) / costs.schedule_average_cost("dancegrpo", cfg["num_steps"], cfg["window_size"], cfg["group_size"],
-                                            False, 3.0)
+            ) / costs.schedule_average_cost(
+                "dancegrpo", cfg["num_steps"], cfg["window_size"], cfg["group_size"], False, 3.0
+            )
             schedule[f"{method}/{'share' if share else 'noshare'}"] = ratio
     return {
         "rows": rows,
@@ -317,8 +335,37 @@ def measure_costs(cfg: dict, prompts: list, log) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- 2. memory
+def _proc_status_kib(field: str):
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_child(spec: dict) -> dict:
-    """In a fresh process: build the trainer, note max RSS, run the iterations, note max RSS again."""
+    """In a fresh process: build the trainer, then the peak RSS of `iterations` iterations above the RSS before them.
+
+    Method: on Linux the peak-RSS mark (VmHWM) is reset to the current RSS after setup (`/proc/self/clear_refs`), so
+    transient setup peaks (model construction) do not hide the iteration's own peak; elsewhere the delta of
+    `resource.getrusage(RUSAGE_SELF).ru_maxrss` (a lower bound when setup peaked higher). One variant per process, so
+    no variant reuses memory another one freed.
+    """
+    import gc
+
     import torch
 
     quiet_libraries()
@@ -327,15 +374,35 @@ def memory_child(spec: dict) -> dict:
 
     stock = tiny_flux()
     trainer = make_trainer(
-        spec["method"], stock, share_prefix=spec["share_prefix"], prompts=train_prompts(16, seed=0),
+        spec["method"],
+        stock,
+        share_prefix=spec["share_prefix"],
+        prompts=train_prompts(16, seed=0),
+        copy_stock=False,
         **{k: spec[k] for k in ("num_steps", "window_size", "group_size", "num_prompts", "resolution")},
     )
-    kib = 1024  # ru_maxrss is in KiB on Linux
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+    gc.collect()
+    kib = 1024
+    rusage_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib  # KiB on Linux
+    rss_before = _proc_status_kib("VmRSS")
+    hwm = rss_before is not None and _reset_peak_rss()
     for _ in range(spec["iterations"]):
         timed_step(trainer, spec["start"])
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
-    return {"peak_rss_bytes": after, "setup_rss_bytes": before, "iteration_rss_delta_bytes": after - before}
+    rusage_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
+    if hwm:
+        peak = _proc_status_kib("VmHWM") * kib
+        return {
+            "method": "VmHWM reset",
+            "peak_rss_bytes": rusage_after,
+            "setup_rss_bytes": rss_before * kib,
+            "iteration_rss_delta_bytes": peak - rss_before * kib,
+        }
+    return {
+        "method": "ru_maxrss delta",
+        "peak_rss_bytes": rusage_after,
+        "setup_rss_bytes": rusage_before,
+        "iteration_rss_delta_bytes": rusage_after - rusage_before,
+    }
 
 
 def measure_memory(cfg: dict, threads: int, log) -> dict:
@@ -351,7 +418,9 @@ def measure_memory(cfg: dict, threads: int, log) -> dict:
         }
         proc = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(spec)],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode != 0 or not lines:
@@ -373,8 +442,14 @@ def measure_rollouts(cfg: dict, prompts: list, log) -> dict:
         c = GRPOConfig(method=method, num_inference_steps=cfg["num_steps"], report_to="none")
         pipe = GRPOTrainingPipeline.from_pipe(copy.deepcopy(stock))
         pipe.scheduler = type(pipe.scheduler).from_config(
-            pipe.scheduler.config, sde_type=c.sde_type, eta=c.eta, shift=c.shift, use_dynamic_shifting=False,
-            tail_solver=c.tail_solver, tail_solver_order=c.tail_solver_order, tail_ratio=c.tail_ratio,
+            pipe.scheduler.config,
+            sde_type=c.sde_type,
+            eta=c.eta,
+            shift=c.shift,
+            use_dynamic_shifting=False,
+            tail_solver=c.tail_solver,
+            tail_solver_order=c.tail_solver_order,
+            tail_ratio=c.tail_ratio,
         )
         pipe.set_progress_bar_config(disable=True)
         pipes[method] = (pipe, c)
@@ -388,8 +463,13 @@ def measure_rollouts(cfg: dict, prompts: list, log) -> dict:
             window = costs.window_of(combo["method"], cfg["num_steps"], cfg["window_size"], combo["start"])
             t0 = time.perf_counter()
             batch = pipe.rollout(
-                prompts[:p], num_generations=g, num_inference_steps=cfg["num_steps"], sde_window=window,
-                height=cfg["resolution"], width=cfg["resolution"], share_prefix=combo["share_prefix"],
+                prompts[:p],
+                num_generations=g,
+                num_inference_steps=cfg["num_steps"],
+                sde_window=window,
+                height=cfg["resolution"],
+                width=cfg["resolution"],
+                share_prefix=combo["share_prefix"],
                 generator=torch_generator(r),
             )
             elapsed = time.perf_counter() - t0
@@ -399,16 +479,19 @@ def measure_rollouts(cfg: dict, prompts: list, log) -> dict:
     for i, combo in enumerate(combos):
         secs = median([s["seconds"] for s in samples[i]])
         nfe, images = samples[i][0]["nfe"], samples[i][0]["images"]
-        exp = costs.expected_nfe(combo["method"], cfg["num_steps"], cfg["window_size"], combo["start"], g, p,
-                                 combo["share_prefix"])
-        rows.append({
-            **combo,
-            "seconds": secs,
-            "images_per_s": images / secs,
-            "nfe_per_rollout": nfe / images,
-            "expected_nfe_per_rollout": exp.sampling_per_rollout,
-            "repeats": len(samples[i]),
-        })
+        exp = costs.expected_nfe(
+            combo["method"], cfg["num_steps"], cfg["window_size"], combo["start"], g, p, combo["share_prefix"]
+        )
+        rows.append(
+            {
+                **combo,
+                "seconds": secs,
+                "images_per_s": images / secs,
+                "nfe_per_rollout": nfe / images,
+                "expected_nfe_per_rollout": exp.sampling_per_rollout,
+                "repeats": len(samples[i]),
+            }
+        )
     base = next(r for r in rows if r["method"] == "dancegrpo" and not r["share_prefix"])
     for row in rows:
         row["throughput_vs_dancegrpo"] = row["images_per_s"] / base["images_per_s"]
@@ -431,8 +514,15 @@ def measure_scaling(cfg: dict, prompts: list, log) -> dict:
     for res, g in sc["sizes"]:
         for method in sc["variants"]:
             trainer = make_trainer(
-                method, stock, num_steps=cfg["num_steps"], window_size=cfg["window_size"], group_size=g,
-                num_prompts=1, resolution=res, share_prefix=True, prompts=prompts,
+                method,
+                stock,
+                num_steps=cfg["num_steps"],
+                window_size=cfg["window_size"],
+                group_size=g,
+                num_prompts=1,
+                resolution=res,
+                share_prefix=True,
+                prompts=prompts,
             )
             runs.append({"resolution": res, "group_size": g, "method": method, "trainer": trainer, "samples": []})
     for r in range(1 + sc["repeats"]):
@@ -443,25 +533,33 @@ def measure_scaling(cfg: dict, prompts: list, log) -> dict:
     rows = []
     for run in runs:
         s = summarise(run["samples"])
-        rows.append({
-            "resolution": run["resolution"],
-            "group_size": run["group_size"],
-            "method": run["method"],
-            "tokens": (run["resolution"] // 4) ** 2,  # tiny FLUX: VAE /2, then 2x2 packing
-            "time_rollout": s["time_rollout"],
-            "time_update": s["time_update"],
-            "time_total": s["time_total"],
-            "nfe_sampling_per_iteration": s["nfe_sampling_per_iteration"],
-            "nfe_training_per_iteration": s["nfe_training_per_iteration"],
-        })
+        rows.append(
+            {
+                "resolution": run["resolution"],
+                "group_size": run["group_size"],
+                "method": run["method"],
+                "tokens": (run["resolution"] // 4) ** 2,  # tiny FLUX: VAE /2, then 2x2 packing
+                "time_rollout": s["time_rollout"],
+                "time_update": s["time_update"],
+                "time_total": s["time_total"],
+                "nfe_sampling_per_iteration": s["nfe_sampling_per_iteration"],
+                "nfe_training_per_iteration": s["nfe_training_per_iteration"],
+            }
+        )
     for row in rows:
         base = next(
-            r for r in rows if r["method"] == "dancegrpo" and r["resolution"] == row["resolution"]
+            r
+            for r in rows
+            if r["method"] == "dancegrpo"
+            and r["resolution"] == row["resolution"]
             and r["group_size"] == row["group_size"]
         )
         row["ratio_vs_dancegrpo"] = row["time_total"] / base["time_total"]
         small = next(
-            r for r in rows if r["method"] == row["method"] and r["resolution"] == sc["sizes"][0][0]
+            r
+            for r in rows
+            if r["method"] == row["method"]
+            and r["resolution"] == sc["sizes"][0][0]
             and r["group_size"] == sc["sizes"][0][1]
         )
         row["time_vs_smallest"] = row["time_total"] / small["time_total"]
@@ -473,13 +571,13 @@ def measure_scaling(cfg: dict, prompts: list, log) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ 5. toy task
-def run_toy(cfg: dict, seeds: list, log) -> dict:
+def run_toy(cfg: dict, seeds: list, log, model_path=None) -> dict:
     """GRPO on the toy task: every variant and seed stepped round-robin; held-out reward every `eval_every` steps."""
     from diffusers_mixgrpo.toy_world import TOY_MAX_SEQUENCE_LENGTH, heldout_prompts, load_toy_base_pipeline
     from diffusers_mixgrpo.toy_world import train_prompts as toy_train_prompts
 
     try:
-        stock = load_toy_base_pipeline(rebuild_if_missing=False)
+        stock = load_toy_base_pipeline(model_path, rebuild_if_missing=False)
     except FileNotFoundError as err:
         return {"skipped": f"toy base model not available: {err}"}
     tc = cfg["toy"]
@@ -493,32 +591,62 @@ def run_toy(cfg: dict, seeds: list, log) -> dict:
     for seed in seeds:
         prompts = toy_train_prompts(64, seed=seed)
         for method in VARIANTS:
-            tau = max(1, round(costs.SHIFT_INTERVAL[method] * scale))
+            # Non-DanceGRPO variants run more iterations in the same time (up to ~1 / their cost ratio).
+            tau = max(1, round(costs.SHIFT_INTERVAL[method] * scale * (1 if method == "dancegrpo" else 2)))
             trainer = make_trainer(
-                method, stock, num_steps=cfg["num_steps"], window_size=cfg["window_size"],
-                group_size=tc["group_size"], num_prompts=tc["num_prompts"], resolution=32, share_prefix=True,
-                prompts=prompts, seed=seed, learning_rate=tc.get("learning_rate", 3e-4), shift_interval=tau,
+                method,
+                stock,
+                num_steps=cfg["num_steps"],
+                window_size=cfg["window_size"],
+                group_size=tc["group_size"],
+                num_prompts=tc["num_prompts"],
+                resolution=32,
+                share_prefix=True,
+                prompts=prompts,
+                seed=seed,
+                learning_rate=tc.get("learning_rate", 1e-3),
+                shift_interval=tau,
                 max_sequence_length=TOY_MAX_SEQUENCE_LENGTH,
             )
             runs.append({"method": method, "seed": seed, "trainer": trainer, "wall": 0.0, "curve": [], "iters": []})
 
-    def evaluate(run, it):
+    def evaluate(run):
         reward, _, _ = run["trainer"].evaluate(evals, seed=0)
-        run["curve"].append({"iteration": it, "wall_s": run["wall"], "heldout_reward": reward})
+        run["curve"].append({"iteration": run["done"], "wall_s": run["wall"], "heldout_reward": reward})
+
+    def step(run):
+        logs = run["trainer"].train_step()
+        spent = logs["time/rollout"] + logs["time/reward"] + logs["time/update"]
+        run["wall"] += spent
+        run["done"] += 1
+        run["iters"].append(
+            {
+                "iteration": run["done"],
+                "seconds": spent,
+                "train_reward": logs.get("reward/mean"),
+                "window_start": logs["window/start"],
+            }
+        )
 
     for run in runs:
-        evaluate(run, 0)
+        run["done"] = 0
+        evaluate(run)
+    # Equal wall-time budgets: DanceGRPO runs `iterations` steps; every other variant of the same seed steps until
+    # its own wall time catches up with DanceGRPO's, so the curves share a time axis and the cheap variants get
+    # more iterations, as they would in a run with a fixed time budget.
     for it in range(1, n_iter + 1):
-        for run in runs:
-            logs = run["trainer"].train_step()
-            spent = logs["time/rollout"] + logs["time/reward"] + logs["time/update"]
-            run["wall"] += spent
-            run["iters"].append({"iteration": it, "seconds": spent, "train_reward": logs.get("reward/mean"),
-                                 "window_start": logs["window/start"]})
-            if it % tc["eval_every"] == 0 or it == n_iter:
-                evaluate(run, it)
+        for seed in seeds:
+            group = [r for r in runs if r["seed"] == seed]
+            dance = next(r for r in group if r["method"] == "dancegrpo")
+            step(dance)
+            for run in group:
+                while run is not dance and run["wall"] < dance["wall"]:
+                    step(run)
+        if it % tc["eval_every"] == 0 or it == n_iter:
+            for run in runs:
+                evaluate(run)
         if it % max(1, n_iter // 4) == 0:
-            log(f"  toy iteration {it}/{n_iter} (load {_loadavg()})")
+            log(f"  toy: DanceGRPO iteration {it}/{n_iter} (load {_loadavg()})")
     out_runs = [{k: v for k, v in run.items() if k != "trainer"} for run in runs]
     return {
         "iterations": n_iter,
@@ -526,8 +654,8 @@ def run_toy(cfg: dict, seeds: list, log) -> dict:
         "eval_prompts": evals,
         "group_size": tc["group_size"],
         "num_prompts": tc["num_prompts"],
-        "learning_rate": tc.get("learning_rate", 3e-4),
-        "shift_intervals": {m: max(1, round(costs.SHIFT_INTERVAL[m] * scale)) for m in VARIANTS},
+        "learning_rate": tc.get("learning_rate", 1e-3),
+        "shift_intervals": {r["method"]: r["trainer"].config.window_shift_interval for r in runs},
         "runs": out_runs,
         "summary": summarise_toy(out_runs),
     }
@@ -543,7 +671,7 @@ def summarise_toy(runs: list) -> dict:
         points = list(zip(*[r["curve"] for r in mine]))
         curve = [
             {
-                "iteration": pts[0]["iteration"],
+                "iteration": statistics.mean(p["iteration"] for p in pts),
                 "wall_s": statistics.mean(p["wall_s"] for p in pts),
                 "heldout_reward": statistics.mean(p["heldout_reward"] for p in pts),
             }
@@ -551,9 +679,10 @@ def summarise_toy(runs: list) -> dict:
         ]
         by_method[method] = {"curve": curve, "total_wall_s": curve[-1]["wall_s"], "final": curve[-1]["heldout_reward"]}
     base = by_method.get("dancegrpo")
-    if base:
+    # The target only means something when DanceGRPO improved on the base model (else it is reached at time 0).
+    if base and base["final"] > base["curve"][0]["heldout_reward"]:
         target = base["final"]
-        for method, info in by_method.items():
+        for info in by_method.values():
             hit = next((p for p in info["curve"] if p["heldout_reward"] >= target), None)
             info["target"] = target
             info["wall_to_target_s"] = hit["wall_s"] if hit else None
@@ -572,6 +701,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared box)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["costs", "memory", "rollouts", "scaling", "toy"])
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--toy-model", default=None, help="toy base pipeline folder (default: the shipped weights)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -607,7 +737,7 @@ def main(argv=None) -> dict:
         ("memory", lambda: measure_memory(cfg, args.threads, log) if cfg["memory"] else {"skipped": "suite"}),
         ("rollouts", lambda: measure_rollouts(cfg, prompts, log)),
         ("scaling", lambda: measure_scaling(cfg, prompts, log) if cfg["scaling"] else {"skipped": "suite"}),
-        ("toy", lambda: run_toy(cfg, seeds, log)),
+        ("toy", lambda: run_toy(cfg, seeds, log, args.toy_model)),
     ]
     for name, fn in sections:
         if name in args.skip:

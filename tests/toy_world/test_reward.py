@@ -64,6 +64,21 @@ def test_partial_credit_orders_the_errors():
     assert all_wrong < 0.1 < wrong_colour < wrong_shape
 
 
+def test_noise_and_clutter_earn_nothing():
+    gen = torch.Generator().manual_seed(0)
+    prompts = ["a red circle on the left", "a blue square on the top and a white cross on the bottom"] * 8
+    noise = torch.rand(16, 3, 32, 32, generator=gen)
+    blobs = torch.nn.functional.interpolate(torch.rand(16, 3, 8, 8, generator=gen), size=32, mode="bilinear")
+    reward = ToyWorldReward()
+    # measured: 0.0 for both (without the clutter penalty uniform noise scored 0.87)
+    assert reward(noise, prompts).max() < 0.05 and reward(blobs, prompts).max() < 0.05
+    # an extra object costs part of the reward and the "correct" judgement
+    clean = render_batch(["a red circle on the left"], [0])
+    extra = render_batch(["a red circle on the left and a green cross on the right"], [0])
+    result = reward.evaluate(np.concatenate([clean, extra]), ["a red circle on the left"] * 2)
+    assert result.correct.tolist() == [True, False] and result.score[1] < 0.6 * result.score[0]
+
+
 def test_two_object_prompt_needs_both_objects():
     prompt = "a green triangle on the top and a white cross on the bottom"
     both = render_batch([prompt], [1])

@@ -1,9 +1,9 @@
 """The offline toy text-to-image task: prompts, procedural renderer, programmatic reward and a tiny FLUX base model.
 
-    from diffusers_mixgrpo.toy_world import heldout_prompts, load_toy_base_pipeline, train_prompts
+    from diffusers_mixgrpo.toy_world import TOY_PIPELINE_CALL_KWARGS, heldout_prompts, load_toy_base_pipeline
     from diffusers_mixgrpo.rewards import load_reward
 
-    pipe = load_toy_base_pipeline()  # FluxPipeline, 32x32 images
+    pipe = load_toy_base_pipeline()  # a stock FluxPipeline, 32x32 images; sample with TOY_PIPELINE_CALL_KWARGS
     reward = load_reward("toy_world")  # (images, prompts) -> (B,) float32 in [0, 1]
     prompts = heldout_prompts()
     images = pipe(prompts, **TOY_PIPELINE_CALL_KWARGS, output_type="pt").images

@@ -179,7 +179,9 @@ def build_untrained_toy_pipeline(
 
 def default_cache_dir() -> Path:
     """Where a locally rebuilt base model is cached (``$DIFFUSERS_MIXGRPO_CACHE`` or ``~/.cache/diffusers_mixgrpo``)."""
-    root = os.environ.get("DIFFUSERS_MIXGRPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "diffusers_mixgrpo")
+    root = os.environ.get("DIFFUSERS_MIXGRPO_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "diffusers_mixgrpo"
+    )
     return Path(root) / "toy_flux_base"
 
 
@@ -189,7 +191,7 @@ def _is_pipeline_dir(path: Path) -> bool:
 
 def load_toy_base_pipeline(
     path: Optional[Union[str, os.PathLike]] = None,
-    torch_dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype = torch.float32,
     rebuild_if_missing: bool = True,
 ):
     """Load the trained toy-world FLUX base model as a `FluxPipeline`, fully offline.
@@ -205,7 +207,7 @@ def load_toy_base_pipeline(
     candidates = [Path(path)] if path is not None else [ASSETS_DIR, default_cache_dir()]
     for candidate in candidates:
         if _is_pipeline_dir(candidate):
-            pipe = FluxPipeline.from_pretrained(candidate, torch_dtype=torch_dtype, local_files_only=True)
+            pipe = FluxPipeline.from_pretrained(candidate, dtype=dtype, local_files_only=True)
             pipe.set_progress_bar_config(disable=True)
             return pipe
     if path is not None or not rebuild_if_missing:
@@ -221,7 +223,7 @@ def load_toy_base_pipeline(
         f"cores) and caching it in {target}."
     )
     build_toy_base_pipeline(output_dir=target, progress=True)
-    return load_toy_base_pipeline(target, torch_dtype=torch_dtype, rebuild_if_missing=False)
+    return load_toy_base_pipeline(target, dtype=dtype, rebuild_if_missing=False)
 
 
 @torch.no_grad()

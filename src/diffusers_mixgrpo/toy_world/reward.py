@@ -9,8 +9,11 @@ each candidate scores
           + w_shape * softmax_k(IoU(candidate, template_k) / temperature)[named shape]
 
 where template_k is shape k drawn into the candidate's bounding box. Objects take distinct candidates (the best
-assignment); the image's reward is the mean over objects, in [0, 1]. An image is judged *correct* when every named
-object has a candidate of the right colour, on the right side, whose best-matching template is the named shape.
+assignment); the image's reward is the mean over objects times a clutter factor, ``1 - min(1, unexplained / scale)``,
+where `unexplained` is the foreground area outside the matched candidates and `scale` about one object's area, so
+noise and extra blobs earn nothing. The reward is in [0, 1]. An image is judged *correct* when every named object has
+its own candidate of the right colour, on the right side, whose best-matching template is the named shape, and
+little foreground is left unexplained.
 """
 
 from collections.abc import Sequence
@@ -47,6 +50,10 @@ class _Component:
     mask: np.ndarray  # (h, w) bool crop at the bounding box
     cx: float
     cy: float
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
 
 
 def _to_float_images(images) -> np.ndarray:
@@ -104,9 +111,16 @@ class ToyWorldReward:
         foreground_threshold (`float`, defaults to 0.35): minimum max-channel value of an object pixel.
         white_threshold (`float`, defaults to 0.55): minimum value of a pixel classed as white (dimmer greys are
             ignored, so dark halos do not form white objects).
-        min_area (`int`, defaults to 3): components smaller than this many pixels are noise.
-        position_softness (`float`, defaults to 1.0): pixels over which the position credit goes from 0.27 to 0.73.
+        min_area (`int`, defaults to 8): components smaller than this many pixels are not candidate objects (a
+            rendered object covers 33 to 90 pixels of a 32x32 image).
+        position_softness (`float`, defaults to 1.0): the sigmoid's scale, in pixels, of the position credit.
         shape_temperature (`float`, defaults to 0.04): temperature of the softmax over template IoUs.
+        clutter_fraction (`float`, defaults to 0.06): foreground area, as a fraction of the image, not explained by
+            the matched objects at which the clutter penalty reaches 1 (the score is multiplied by
+            ``1 - min(1, unexplained / (clutter_fraction * H * W))``; 0.06 of 32x32 is about one object). It keeps
+            noise and scattered blobs from collecting credit. 0 disables the penalty.
+        clutter_tolerance (`float`, defaults to 0.25): an image is judged correct only if its unexplained
+            foreground is at most this fraction of the clutter scale.
     """
 
     def __init__(
@@ -118,9 +132,11 @@ class ToyWorldReward:
         shape_weight: float = 0.3,
         foreground_threshold: float = 0.35,
         white_threshold: float = 0.55,
-        min_area: int = 3,
+        min_area: int = 8,
         position_softness: float = 1.0,
         shape_temperature: float = 0.04,
+        clutter_fraction: float = 0.06,
+        clutter_tolerance: float = 0.25,
     ):
         weights = np.array([color_weight, position_weight, shape_weight], dtype=np.float64)
         if (weights < 0).any() or weights.sum() <= 0:
@@ -134,6 +150,8 @@ class ToyWorldReward:
         self.min_area = int(min_area)
         self.position_softness = position_softness
         self.shape_temperature = shape_temperature
+        self.clutter_fraction = clutter_fraction
+        self.clutter_tolerance = clutter_tolerance
 
     def __repr__(self) -> str:
         return f"ToyWorldReward(weights={self.weights.round(3).tolist()}, device={self.device})"
@@ -146,6 +164,10 @@ class ToyWorldReward:
 
     def components(self, images) -> list[list[_Component]]:
         """The candidate objects of each image: connected components per palette colour."""
+        return self._components(images)[0]
+
+    def _components(self, images) -> tuple[list[list[_Component]], np.ndarray]:
+        """Candidates per image and each image's foreground pixel count."""
         x = _to_float_images(images)
         b, h, w, _ = x.shape
         value = x.max(axis=-1)
@@ -167,7 +189,7 @@ class ToyWorldReward:
                     # Centroid in [0, 1] image units (pixel centres at (i + 0.5) / size).
                     comps.append(_Component(c, crop, (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h))
             out.append(comps)
-        return out
+        return out, fg.reshape(b, -1).sum(axis=1)
 
     def _credits(self, obj: ToyObject, comp: _Component, size: int) -> tuple[float, float, float, bool]:
         """(colour, position, shape) credits of one candidate for one object, and whether its best shape is right."""
@@ -186,12 +208,13 @@ class ToyWorldReward:
 
     def evaluate(self, images, prompts: Union[str, Sequence[str]]) -> ToyWorldEvaluation:
         """Scores and per-component judgements of a batch (see the module docstring)."""
-        comps = self.components(images)
+        comps, fg_area = self._components(images)
         b = len(comps)
         prompts = [prompts] * b if isinstance(prompts, str) else list(prompts)
         if len(prompts) != b:
             raise ValueError(f"Got {b} images but {len(prompts)} prompts; give one prompt per image.")
         size = _to_float_images(images).shape[1] if b else 0
+        clutter_scale = self.clutter_fraction * size * size
         score = np.zeros(b, dtype=np.float32)
         correct = np.zeros(b, dtype=bool)
         color_ok, position_ok, shape_ok = (np.zeros(b, dtype=np.float32) for _ in range(3))
@@ -208,7 +231,9 @@ class ToyWorldReward:
                 total = sum(values[j, a] for j, a in enumerate(assign))
                 if total > best:
                     best, best_assign = total, assign
-            score[i] = best / n
+            unexplained = fg_area[i] - sum(cands[a].area for a in best_assign)
+            clutter = min(1.0, unexplained / clutter_scale) if clutter_scale > 0 else 0.0
+            score[i] = best / n * (1.0 - clutter)
             # Judgements use each object's best candidate of the named colour (independently of the others).
             oks = []
             for row in credits:
@@ -220,7 +245,12 @@ class ToyWorldReward:
             position_ok[i] = np.mean([o[1] for o in oks])
             shape_ok[i] = np.mean([o[2] for o in oks])
             full_assign = best_assign is not None and len(best_assign) == n
-            correct[i] = bool(shape_ok[i] == 1.0) and full_assign and _distinct_full(credits, len(cands))
+            correct[i] = (
+                bool(shape_ok[i] == 1.0)
+                and full_assign
+                and clutter <= self.clutter_tolerance
+                and _distinct_full(credits, len(cands))
+            )
         return ToyWorldEvaluation(score.clip(0, 1), correct, color_ok, position_ok, shape_ok)
 
 

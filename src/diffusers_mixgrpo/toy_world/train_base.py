@@ -109,7 +109,9 @@ def _train_vae(vae, images: torch.Tensor, cfg: ToyBaseTrainingConfig, log) -> No
 
 @torch.no_grad()
 def _encode_latents(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    return torch.cat([vae.encode(images[i : i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [vae.encode(images[i : i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)]
+    )
 
 
 def _image_seq_len_shift(pipe) -> float:

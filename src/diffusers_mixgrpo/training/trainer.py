@@ -15,7 +15,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
-from ..pipelines.rollout_batch import PromptEmbeds, RolloutBatch
+from ..pipelines.rollout_batch import RolloutBatch
 from ..rewards import MultiReward
 from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
@@ -113,7 +113,7 @@ class GRPOTrainer:
         self.bad_group_streak = 0
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._setup_model()
-        self._prompt_cache: Optional[PromptEmbeds] = None
+        self._bar = None
 
     # ------------------------------------------------------------------ setup
     def _load_prompts(self, prompts: Optional[Sequence[str]]) -> list[str]:
@@ -442,9 +442,11 @@ class GRPOTrainer:
         times = {}
         t0 = time.perf_counter()
         start, size = self.window.current()
+        self._phase("rollout")
         batch = self._rollout(step)
         times["time/rollout"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        self._phase("reward")
         scores = self._score(batch)
         times["time/reward"] = time.perf_counter() - t0
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
@@ -461,6 +463,7 @@ class GRPOTrainer:
         else:
             self.bad_group_streak = 0
         t0 = time.perf_counter()
+        self._phase("update")
         update_stats = self._update(batch, advantages, keep, step) if keep.any() else {}
         times["time/update"] = time.perf_counter() - t0
         self.window.step()
@@ -493,6 +496,11 @@ class GRPOTrainer:
             self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
         return logs
 
+    def _phase(self, name: str) -> None:
+        """Show the current phase (rollout / reward / update / eval) on the run's progress bar."""
+        if self._bar is not None:
+            self._bar.set_description(f"MixGRPO [{name}]")
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, prompts: Optional[Sequence[str]] = None, num_images_per_prompt: int = 1, seed: int = 0):
@@ -524,6 +532,7 @@ class GRPOTrainer:
         return total, means, batch
 
     def _log_eval(self) -> Optional[float]:
+        self._phase("eval")
         total, means, batch = self.evaluate()
         if total is None:
             return None
@@ -575,7 +584,7 @@ class GRPOTrainer:
         init_trackers(acc, cfg)
         if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
             self._log_eval()
-        bar = tqdm(
+        self._bar = bar = tqdm(
             total=cfg.max_train_steps, initial=self.global_step, desc="MixGRPO", disable=not acc.is_local_main_process
         )
         while self.global_step < cfg.max_train_steps:
@@ -589,6 +598,7 @@ class GRPOTrainer:
             if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
         bar.close()
+        self._bar = None
         self.save_model(cfg.output_dir)
         acc.wait_for_everyone()
         if cfg.push_to_hub and acc.is_main_process:
