@@ -198,7 +198,7 @@ def load_toy_base_pipeline(
 
     Looks in `path` if given, else in the weights shipped with the package
     (``diffusers_mixgrpo/toy_world/assets/toy_flux_base``), else in the cache (`default_cache_dir()`). If none has
-    it and `rebuild_if_missing`, trains it with the default recipe (about 15-20 minutes on 2 CPU cores) and caches it.
+    it and `rebuild_if_missing`, trains it with the default recipe (about 4 minutes on 2 idle CPU cores) and caches it.
 
     Sample with ``pipe(prompts, **TOY_PIPELINE_CALL_KWARGS)`` (32x32, guidance 3.5, 10 steps, 16 text tokens).
     """
@@ -219,8 +219,8 @@ def load_toy_base_pipeline(
 
     target = default_cache_dir()
     print(
-        f"The toy-world base model is not shipped with this install; training it now (about 15-20 minutes on 2 CPU "
-        f"cores) and caching it in {target}."
+        f"The toy-world base model is not shipped with this install; training it now (about 4 minutes on 2 idle CPU "
+        f"cores, longer on a busy machine) and caching it in {target}."
     )
     build_toy_base_pipeline(output_dir=target, progress=True)
     return load_toy_base_pipeline(target, dtype=dtype, rebuild_if_missing=False)
