@@ -36,6 +36,7 @@ DEMO_DEFAULTS = dict(
     num_inference_steps=TOY_NUM_INFERENCE_STEPS,
     resolution=TOY_IMAGE_SIZE,
     guidance_scale=TOY_GUIDANCE_SCALE,
+    shift=None,  # the base model's own grid (FLUX dynamic shifting at 64 tokens, s = exp(mu) = 1.6), as it was trained
     num_generations=8,
     sample_prompts_per_device=4,
     sample_max_batch_size=16,

@@ -427,7 +427,13 @@ class GRPOConfig:
     )
     height: Optional[int] = field(default=None, metadata={"help": "Image height (multiple of 8)."})
     width: Optional[int] = field(default=None, metadata={"help": "Image width (multiple of 8)."})
-    shift: float = field(default=3.0, metadata={"help": "Time shift s of the flow-matching grid."})
+    shift: Optional[float] = field(
+        default=3.0,
+        metadata={
+            "help": "Time shift s of the flow-matching grid (paper: 3, fixed, no resolution-dependent mu). None: keep "
+            "the model's own scheduler grid (e.g. FLUX dynamic shifting)."
+        },
+    )
     guidance_scale: float = field(
         default=3.5, metadata={"help": "FLUX: embedded guidance (no CFG); SD3/SD1.5: the CFG scale."}
     )
@@ -657,7 +663,8 @@ class GRPOConfig:
                 isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value % 8
             ):
                 fail(f"{name}={value!r} is not allowed; it must be a positive multiple of 8.")
-        check_float("shift", 0.0, inf, True, True)
+        if self.shift is not None:
+            check_float("shift", 0.0, inf, True, True)
         check_float("guidance_scale", 0.0, inf, False, True)
         check_int("num_generations", 2)
         check_int("sample_prompts_per_device", 1)

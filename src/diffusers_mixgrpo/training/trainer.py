@@ -153,9 +153,9 @@ class GRPOTrainer:
         }
         if pipe.adapter.scheduler_kind == "flow":
             # The paper's grid: a fixed shift s (no resolution-dependent `mu`), Flash tail per the method preset.
+            if cfg.shift is not None:
+                scheduler_overrides.update(shift=cfg.shift, use_dynamic_shifting=False)
             scheduler_overrides.update(
-                shift=cfg.shift,
-                use_dynamic_shifting=False,
                 tail_solver=cfg.tail_solver,
                 tail_solver_order=cfg.tail_solver_order,
                 tail_ratio=cfg.tail_ratio,
