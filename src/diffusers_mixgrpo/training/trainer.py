@@ -114,6 +114,7 @@ class GRPOTrainer:
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._setup_model()
         self._bar = None
+        self.eval_images_per_prompt = 1  # images per prompt of the periodic evaluation
 
     # ------------------------------------------------------------------ setup
     def _load_prompts(self, prompts: Optional[Sequence[str]]) -> list[str]:
@@ -503,11 +504,14 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, prompts: Optional[Sequence[str]] = None, num_images_per_prompt: int = 1, seed: int = 0):
+    def evaluate(
+        self, prompts: Optional[Sequence[str]] = None, num_images_per_prompt: Optional[int] = None, seed: int = 0
+    ):
         """Deterministic (ODE, no SDE window) samples of `prompts`; returns `(mean reward, per-reward means, images)`.
 
         Uses the EMA weights when EMA is on. Every process evaluates the same prompts (cheap, and no gather)."""
         prompts = list(prompts if prompts is not None else self.eval_prompts)
+        num_images_per_prompt = num_images_per_prompt or self.eval_images_per_prompt
         if not prompts:
             return None, {}, None
         cfg = self.config
