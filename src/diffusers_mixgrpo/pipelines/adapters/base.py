@@ -97,5 +97,14 @@ class ModelFamilyAdapter(ABC):
     def _postprocess(self, image: torch.Tensor) -> torch.Tensor:
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
-    def _pooled_cfg(self, cond: torch.Tensor, uncond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    def _cfg_predict(self, latents, embeds: PromptEmbeds, names: tuple[str, ...], guidance_scale: float, call):
+        """Classifier-free guidance as the stock pipelines do it: one denoiser call on `[uncond, cond]` (the
+        `negative_<name>` rows first), then `uncond + scale * (cond - uncond)`; a plain call when CFG is off.
+        `call(x, *conditioning)` runs the denoiser on a batch."""
+        if not self.uses_cfg(guidance_scale):
+            return call(latents, *(embeds[n] for n in names))
+        b = latents.shape[0]
+        conditioning = [torch.cat([embeds[f"negative_{n}"], embeds[n]]) for n in names]
+        out = call(torch.cat([latents, latents]), *conditioning)
+        uncond, cond = out[:b], out[b:]
         return uncond + guidance_scale * (cond - uncond)

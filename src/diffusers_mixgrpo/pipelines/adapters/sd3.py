@@ -66,22 +66,13 @@ class SD3Adapter(ModelFamilyAdapter):
         return kwargs
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:
-        cfg = self.uses_cfg(guidance_scale)
-        b = latents.shape[0]
-        if cfg:
-            x = torch.cat([latents, latents])
-            enc = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
-            pooled = torch.cat([embeds["negative_pooled_prompt_embeds"], embeds["pooled_prompt_embeds"]])
-        else:
-            x, enc, pooled = latents, embeds["prompt_embeds"], embeds["pooled_prompt_embeds"]
-        t = timestep.expand(x.shape[0]) if timestep.ndim == 0 else timestep.repeat(x.shape[0] // timestep.shape[0])
-        out = self.call_denoiser(
-            hidden_states=x, timestep=t, encoder_hidden_states=enc, pooled_projections=pooled, return_dict=False
-        )[0]
-        if cfg:
-            uncond, cond = out[:b], out[b:]
-            out = self._pooled_cfg(cond, uncond, guidance_scale)
-        return out
+        def call(x, enc, pooled):
+            t = timestep.expand(x.shape[0]) if timestep.ndim == 0 else timestep.repeat(x.shape[0] // timestep.shape[0])
+            return self.call_denoiser(
+                hidden_states=x, timestep=t, encoder_hidden_states=enc, pooled_projections=pooled, return_dict=False
+            )[0]
+
+        return self._cfg_predict(latents, embeds, ("prompt_embeds", "pooled_prompt_embeds"), guidance_scale, call)
 
     def decode(self, latents, height, width) -> torch.Tensor:
         vae = self.stock.vae

@@ -36,18 +36,10 @@ class StableDiffusionAdapter(ModelFamilyAdapter):
         return self.stock.prepare_latents(num, channels, height, width, dtype, device, generator)
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:
-        cfg = self.uses_cfg(guidance_scale)
-        b = latents.shape[0]
-        if cfg:
-            x = torch.cat([latents, latents])
-            enc = torch.cat([embeds["negative_prompt_embeds"], embeds["prompt_embeds"]])
-        else:
-            x, enc = latents, embeds["prompt_embeds"]
-        out = self.call_denoiser(x, timestep, encoder_hidden_states=enc, return_dict=False)[0]
-        if cfg:
-            uncond, cond = out[:b], out[b:]
-            out = self._pooled_cfg(cond, uncond, guidance_scale)
-        return out
+        def call(x, enc):
+            return self.call_denoiser(x, timestep, encoder_hidden_states=enc, return_dict=False)[0]
+
+        return self._cfg_predict(latents, embeds, ("prompt_embeds",), guidance_scale, call)
 
     def decode(self, latents, height, width) -> torch.Tensor:
         vae = self.stock.vae
