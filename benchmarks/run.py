@@ -141,6 +141,10 @@ def tiny_flux(seed: int = 0):
     return build_tiny_flux_pipeline(seed=seed, vocab=VOCABULARY)
 
 
+# Set by --gradient-checkpointing: the paper trains with it (the backward then re-runs the forward).
+GRADIENT_CHECKPOINTING = False
+
+
 def make_trainer(
     method: str,
     stock,
@@ -181,6 +185,7 @@ def make_trainer(
         "validation_steps": 0,
         "max_train_steps": 10_000,
         "seed": seed,
+        "gradient_checkpointing": GRADIENT_CHECKPOINTING,
     }
     if method != "dancegrpo":
         values["window_size"] = window_size
@@ -701,6 +706,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared box)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["costs", "memory", "rollouts", "scaling", "toy"])
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument(
+        "--gradient-checkpointing", action="store_true", help="train with gradient checkpointing (the paper's setting)"
+    )
     parser.add_argument("--toy-model", default=None, help="toy base pipeline folder (default: the shipped weights)")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -713,6 +721,8 @@ def main(argv=None) -> dict:
 
     quiet_libraries()
     torch.set_num_threads(args.threads)
+    global GRADIENT_CHECKPOINTING
+    GRADIENT_CHECKPOINTING = args.gradient_checkpointing
     from diffusers_mixgrpo.toy_world import train_prompts
 
     cfg = SUITES[args.suite]
