@@ -334,63 +334,45 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             for c in chunks
         )
         with self.progress_bar(total=total_calls) as bar:
+
+            def denoise(sched, x, embeds, first, last, generators=None, record=None):
+                return self._denoise(
+                    sched,
+                    x,
+                    embeds,
+                    first,
+                    last,
+                    guidance_scale,
+                    height,
+                    width,
+                    generators,
+                    autocast_dtype,
+                    bar,
+                    record,
+                )
+
             for ci, sample_ids in enumerate(chunks):
                 sample_groups = group_of_sample[sample_ids]
                 prompt_ids = torch.unique_consecutive(sample_groups)
+                embeds = prompt_embeds.select(sample_groups)
                 if share_prefix:
                     key = tuple(prompt_ids.tolist())
                     if key not in prefix_cache:
-                        x, sched = noise[prompt_ids.to(noise.device)], copy.deepcopy(scheduler)
-                        x = self._denoise(
-                            sched,
-                            x,
-                            prompt_embeds.select(prompt_ids),
-                            0,
-                            start,
-                            guidance_scale,
-                            height,
-                            width,
-                            None,
-                            autocast_dtype,
-                            bar,
+                        sched = copy.deepcopy(scheduler)
+                        x = denoise(
+                            sched, noise[prompt_ids.to(noise.device)], prompt_embeds.select(prompt_ids), 0, start
                         )
                         prefix_cache = {key: (x, sched)}  # only the current prompts' prefix is ever reused
                     x, sched = prefix_cache[key]
                     repeats = len(sample_ids) // len(prompt_ids)
                     x, sched = x.repeat_interleave(repeats, dim=0), copy.deepcopy(sched)
                     sched.repeat_interleave_state(repeats)
-                    embeds = prompt_embeds.select(sample_groups)
                 else:
                     sched = copy.deepcopy(scheduler)
                     rows = sample_groups if same_initial_noise else sample_ids
-                    embeds = prompt_embeds.select(sample_groups)
-                    x = self._denoise(
-                        sched,
-                        noise[rows.to(noise.device)],
-                        embeds,
-                        0,
-                        start,
-                        guidance_scale,
-                        height,
-                        width,
-                        None,
-                        autocast_dtype,
-                        bar,
-                    )
-                x = self._denoise(
-                    sched,
-                    x,
-                    embeds,
-                    start,
-                    num_steps,
-                    guidance_scale,
-                    height,
-                    width,
-                    [sample_generators[b] for b in sample_ids.tolist()],
-                    autocast_dtype,
-                    bar,
-                    record=(recorded, log_probs, sample_ids, start),
-                )
+                    x = denoise(sched, noise[rows.to(noise.device)], embeds, 0, start)
+                generators = [sample_generators[b] for b in sample_ids.tolist()]
+                x = denoise(sched, x, embeds, start, num_steps, generators, (recorded, log_probs, sample_ids, start))
                 images[ci] = self.adapter.decode(x, height, width)
 
         image_tensor = torch.empty((batch, *images[0].shape[1:]), dtype=torch.float32, device=images[0].device)
@@ -430,11 +412,16 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     chunks.append(torch.arange(p * group + g0, p * group + min(g0 + max_batch_size, group)))
         return chunks
 
-    def _configured_scheduler(self, noise, num_inference_steps, sde_window, device) -> tuple[SchedulerMixin, dict]:
-        """A private copy of the scheduler with the rollout's grid and window, and the `set_timesteps` kwargs used."""
+    def _private_scheduler(self) -> SchedulerMixin:
+        """A copy of the scheduler to run steps on, without trajectory recording (the pipeline records itself)."""
         scheduler = copy.deepcopy(self.scheduler)
         if "record_trajectory" in scheduler.config:
-            scheduler.register_to_config(record_trajectory=False)  # the pipeline records what it needs itself
+            scheduler.register_to_config(record_trajectory=False)
+        return scheduler
+
+    def _configured_scheduler(self, noise, num_inference_steps, sde_window, device) -> tuple[SchedulerMixin, dict]:
+        """A private copy of the scheduler with the rollout's grid and window, and the `set_timesteps` kwargs used."""
+        scheduler = self._private_scheduler()
         if sde_window is not None:
             if len(sde_window) != 2:
                 raise ValueError(f"sde_window must be a (start, size) pair, got {sde_window!r}.")
@@ -539,9 +526,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         cached = getattr(self, "_log_prob_sched_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        sched = copy.deepcopy(self.scheduler)
-        if "record_trajectory" in sched.config:
-            sched.register_to_config(record_trajectory=False)
+        sched = self._private_scheduler()
         start, end = batch.sde_window
         sched.set_sde_window(start, end - start)
         sched.set_timesteps(device=batch.latents.device, **batch.scheduler_kwargs)
