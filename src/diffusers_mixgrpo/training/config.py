@@ -10,7 +10,6 @@ default to `None`, which means "take the preset's value"; any value given explic
 command line) wins over the preset.
 """
 
-import argparse
 import dataclasses
 import difflib
 import importlib.util
@@ -18,10 +17,12 @@ import json
 import logging
 import math
 import os
-import sys
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
+
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,12 @@ DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
     "sd15": ["to_k", "to_q", "to_v", "to_out.0"],
 }
 
+# List fields whose items may contain commas: a string given for one of them is a single item.
+_WHOLE_STRING_LISTS = frozenset({"validation_prompts"})
+
+#: Validation prompts taken from the training prompts when `validation_prompts` is unset.
+DEFAULT_NUM_VALIDATION_PROMPTS = 4
+
 # Never written by `to_dict`/`to_yaml`, never shown by `repr`, never sent to a tracker.
 SECRET_FIELDS = frozenset({"hub_token"})
 
@@ -151,9 +158,14 @@ def parse_reward_weights(value: Union[None, str, Mapping[str, Any], Sequence[str
             try:
                 value = json.loads(text)
             except json.JSONDecodeError as e:
-                raise ValueError(f"rewards={value!r} is not a valid JSON object ({e.msg}).") from None
+                raise ConfigError(f"rewards={value!r} is not a valid JSON object ({e.msg}).") from None
         else:
             value = [part for part in text.split(",") if part.strip()]
+    if not isinstance(value, (Mapping, list, tuple)):
+        raise ConfigError(
+            f"rewards={value!r} is not allowed; give reward names with weights, e.g. "
+            "{'hpsv2.1': 1.0, 'pickscore': 1.0} or 'hpsv2.1=1.0,pickscore=1.0'."
+        )
     if not isinstance(value, Mapping):
         items = {}
         for part in value:
@@ -163,15 +175,100 @@ def parse_reward_weights(value: Union[None, str, Mapping[str, Any], Sequence[str
     weights = {}
     for name, weight in value.items():
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"rewards has an empty or non-string reward name: {name!r}.")
+            raise ConfigError(f"rewards has an empty or non-string reward name: {name!r}.")
+        if isinstance(weight, bool):
+            raise ConfigError(f"rewards[{name!r}]={weight!r} is not a number; weights must be finite floats.")
         try:
             w = float(weight)
         except (TypeError, ValueError):
-            raise ValueError(f"rewards[{name!r}]={weight!r} is not a number; weights must be finite floats.") from None
+            raise ConfigError(
+                f"rewards[{name!r}]={weight!r} is not a number; weights must be finite floats."
+            ) from None
         if not math.isfinite(w):
-            raise ValueError(f"rewards[{name!r}]={weight!r} is not finite; weights must be finite floats.")
+            raise ConfigError(f"rewards[{name!r}]={weight!r} is not finite; weights must be finite floats.")
         weights[name.strip()] = w
     return weights
+
+
+def parse_reward_kwargs(value: Union[None, str, Mapping[str, Any], Sequence[str]]) -> Optional[dict[str, dict]]:
+    """Normalise a `reward_kwargs` value to `{reward name: {option: value}}`.
+
+    Accepts a mapping (YAML), a JSON object string, or `name.option=value` items (the command line:
+    `unifiedreward.base_url=http://host:8000/v1 hpsv2.1.checkpoint=/models/HPS_v2.1_compressed.pt`; the option is
+    what follows the last dot, values are read as YAML scalars, so `30` is a number and `true` a boolean).
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"reward_kwargs={text!r} is not a valid JSON object ({e.msg}).") from None
+        else:
+            value = text.split()
+    if isinstance(value, (list, tuple)):
+        import yaml
+
+        items: dict[str, dict] = {}
+        for part in value:
+            key, sep, raw = str(part).partition("=")
+            name, dot, option = key.strip().rpartition(".")
+            if not sep or not dot or not name or not option:
+                raise ConfigError(
+                    f"reward_kwargs item {part!r} is not allowed; write it as name.option=value, e.g. "
+                    "'unifiedreward.timeout=30'."
+                )
+            try:
+                parsed = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                parsed = raw
+            items.setdefault(name, {})[option] = parsed
+        value = items
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"reward_kwargs={value!r} is not allowed; give {{reward name: {{option: value}}}}, e.g. "
+            "{'unifiedreward': {'base_url': 'http://127.0.0.1:8000/v1', 'timeout': 30}}."
+        )
+    out = {}
+    for name, options in value.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"reward_kwargs has an empty or non-string reward name: {name!r}.")
+        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+            raise ConfigError(
+                f"reward_kwargs[{name!r}]={options!r} is not allowed; it must map option names to values."
+            )
+        out[name.strip()] = dict(options)
+    return out
+
+
+_TRUE_STRINGS = ("true", "yes", "y", "on", "1")
+_FALSE_STRINGS = ("false", "no", "n", "off", "0")
+
+
+def _field_kind(annotation: Any) -> tuple[str, bool]:
+    """What a field's annotation asks for, as `(kind, optional)`; kind is one of "bool", "int", "float", "str",
+    "list", "choice" or "other"."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    optional = False
+    if origin is Union:
+        members = [a for a in args if a is not type(None)]
+        optional = len(members) < len(args)
+        if len(members) != 1:
+            return "other", optional
+        annotation = members[0]
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "choice", optional
+    if origin is list:
+        return "list", optional
+    for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if annotation is cls:
+            return kind, optional
+    return "other", optional
 
 
 @dataclass
@@ -224,6 +321,10 @@ class GRPOConfig:
         guidance_scale (`float`, defaults to 3.5):
             FLUX.1-dev: the embedded guidance value (no CFG, one forward per step). SD3 / SD1.5: the classifier-free
             guidance scale (two forwards per step when > 1).
+        max_sequence_length (`int`, *optional*):
+            Text tokens of the T5 prompt encoder (FLUX, SD3). `None`: the model folder's `sampling_defaults.json`
+            when it has one, else the pipeline's default (FLUX 512, SD3 256). A model trained on short prompts
+            needs its own length: longer padding is input it never saw.
         num_generations (`int`, defaults to 12):
             G, the group size: images generated per prompt, normalised against each other.
         sample_prompts_per_device (`int`, defaults to 1):
@@ -312,6 +413,13 @@ class GRPOConfig:
             weighted sum of the rewards, then one advantage).
         reward_batch_size (`int`, defaults to 8):
             Images per reward-model forward.
+        reward_kwargs (`dict[str, dict]`, *optional*):
+            Options of each reward, `{name: {option: value}}`: local weights (`hpsv2.1: {checkpoint: /m/hps.pt}`),
+            the UnifiedReward server (`unifiedreward: {base_url: ..., timeout: 30, max_retries: 2}`), ... On the
+            command line: `name.option=value` items or a JSON object. See docs/rewards.md for each reward's options.
+        reward_timeout (`float`, *optional*):
+            Seconds one call of a reward may take; a slower (hung) reward stops the run with its name. `None`: no
+            limit.
 
         > Optimisation
 
@@ -379,7 +487,8 @@ class GRPOConfig:
         validation_steps (`int`, defaults to 50):
             Log a grid of sample images every this many training steps (0: never).
         validation_prompts (`list[str]`, *optional*):
-            Prompts of the sample grids. `None`: the first training prompts.
+            Prompts of the periodic evaluation (ODE samples, `eval/reward`, image grid). `None`: the first
+            `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts. A single string is one prompt.
 
         > Checkpointing
 
@@ -388,7 +497,8 @@ class GRPOConfig:
         checkpoints_total_limit (`int`, *optional*):
             Keep at most this many checkpoints (oldest deleted first). `None`: keep all.
         resume_from_checkpoint (`str`, *optional*):
-            `"latest"` or a checkpoint path to resume from.
+            `"latest"` (the newest complete checkpoint of `output_dir`; a fresh start when there is none) or a
+            checkpoint folder. `None`: a fresh run (the trainer never resumes on its own).
 
         > Hub
 
@@ -401,6 +511,9 @@ class GRPOConfig:
         hub_token (`str`, *optional*):
             Token for the Hub. Prefer `hf auth login` or the `HF_TOKEN` environment variable. Never saved, logged or
             shown.
+        hub_base_model (`str`, *optional*):
+            Hub id of the base model, for the model card, when `pretrained_model_name_or_path` is a local folder.
+            `None`: the Hub id when the model was loaded by id (or from the Hugging Face cache), else none.
     """
 
     # Model and output
@@ -436,6 +549,13 @@ class GRPOConfig:
     )
     guidance_scale: float = field(
         default=3.5, metadata={"help": "FLUX: embedded guidance (no CFG); SD3/SD1.5: the CFG scale."}
+    )
+    max_sequence_length: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "T5 prompt tokens (FLUX, SD3); None: the model folder's sampling_defaults.json, else the "
+            "pipeline's default (FLUX 512, SD3 256)."
+        },
     )
     num_generations: int = field(default=12, metadata={"help": "G, images per prompt (group size)."})
     sample_prompts_per_device: int = field(default=1, metadata={"help": "Prompts per device per training step."})
@@ -517,6 +637,16 @@ class GRPOConfig:
         default="advantage_aggr", metadata={"help": "'advantage_aggr' (paper) or 'reward_aggr'."}
     )
     reward_batch_size: int = field(default=8, metadata={"help": "Images per reward-model forward."})
+    reward_kwargs: Optional[Union[dict[str, dict], str, list[str]]] = field(
+        default=None,
+        metadata={
+            "help": "Options of each reward: name.option=value items (e.g. hpsv2.1.checkpoint=/m/hps.pt "
+            "unifiedreward.base_url=http://host:8000/v1 unifiedreward.timeout=30) or a JSON object."
+        },
+    )
+    reward_timeout: Optional[float] = field(
+        default=None, metadata={"help": "Seconds one reward call may take before the run stops; None: no limit."}
+    )
 
     # Optimisation
     optimizer: Literal["adamw", "adamw8bit"] = field(
@@ -562,7 +692,7 @@ class GRPOConfig:
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every this many training steps."})
     validation_steps: int = field(default=50, metadata={"help": "Log a sample grid every N steps (0: never)."})
     validation_prompts: Optional[list[str]] = field(
-        default=None, metadata={"help": "Prompts of the sample grids; None: the first training prompts."}
+        default=None, metadata={"help": "Prompts of the periodic evaluation; None: the first 4 training prompts."}
     )
 
     # Checkpointing
@@ -573,7 +703,11 @@ class GRPOConfig:
         default=None, metadata={"help": "Keep at most this many checkpoints; None: all."}
     )
     resume_from_checkpoint: Optional[str] = field(
-        default=None, metadata={"help": "'latest' or a checkpoint path to resume from."}
+        default=None,
+        metadata={
+            "help": "'latest' or a checkpoint folder to resume from; the run's saved training_config.yaml "
+            "supplies every value not given. None: a fresh run."
+        },
     )
 
     # Hub
@@ -587,14 +721,15 @@ class GRPOConfig:
         repr=False,
         metadata={"help": "Hub token (prefer `hf auth login` or HF_TOKEN); never saved or logged."},
     )
+    hub_base_model: Optional[str] = field(
+        default=None, metadata={"help": "Hub id of the base model for the model card, when loaded from a folder."}
+    )
 
     def __post_init__(self):
+        self._normalize_types()
         self._apply_method_preset()
         self.rewards = parse_reward_weights(self.rewards)
-        if self.lora_target_modules is not None:
-            self.lora_target_modules = list(self.lora_target_modules)
-        if self.validation_prompts is not None:
-            self.validation_prompts = list(self.validation_prompts)
+        self.reward_kwargs = parse_reward_kwargs(self.reward_kwargs)
         if self.resolution is not None:
             if self.height is None:
                 self.height = self.resolution
@@ -606,9 +741,53 @@ class GRPOConfig:
             self.report_to = self.report_to.strip().lower()
         self._validate()
 
+    def _normalize_types(self) -> None:
+        """Check every field against its declared type before anything else reads it.
+
+        Strings that spell a boolean (`"no"`, `"true"`) become booleans; a string given for a list becomes a list
+        (`validation_prompts: "a cat"` is one prompt, `lora_target_modules: "to_q,to_k"` two modules); a numeric
+        string for a float field is read as a number (YAML reads `1e-4` without a dot as a string). Anything else
+        of the wrong type fails with one sentence naming the field.
+        """
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind, optional = _field_kind(hints[f.name])
+            if value is None:
+                if optional or kind == "other":
+                    continue
+                raise ConfigError(f"{f.name}=None is not allowed; it needs a value.")
+            if kind == "bool":
+                if isinstance(value, str) and value.strip().lower() in _TRUE_STRINGS + _FALSE_STRINGS:
+                    value = value.strip().lower() in _TRUE_STRINGS
+                elif not isinstance(value, bool):
+                    raise ConfigError(f"{f.name}={value!r} is not allowed; it must be true or false.")
+            elif kind == "int":
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(f"{f.name}={value!r} is not allowed; it must be an integer.")
+            elif kind == "float":
+                if isinstance(value, str):
+                    try:
+                        value = float(value)
+                    except ValueError:
+                        raise ConfigError(f"{f.name}={value!r} is not allowed; it must be a number.") from None
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f"{f.name}={value!r} is not allowed; it must be a number.")
+                value = float(value)
+            elif kind == "str":
+                if not isinstance(value, str):
+                    raise ConfigError(f"{f.name}={value!r} is not allowed; it must be a string.")
+            elif kind == "list":
+                if isinstance(value, str):
+                    value = [value] if f.name in _WHOLE_STRING_LISTS else [v.strip() for v in value.split(",")]
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{f.name}={value!r} is not allowed; it must be a list of strings.")
+                value = [v for v in value if v.strip()] if f.name not in _WHOLE_STRING_LISTS else list(value)
+            setattr(self, f.name, value)
+
     def _apply_method_preset(self) -> None:
         if self.method not in METHOD_PRESETS:
-            raise ValueError(f"method={self.method!r} is not a known preset; allowed: {', '.join(METHODS)}.")
+            raise ConfigError(f"method={self.method!r} is not a known preset; allowed: {', '.join(METHODS)}.")
         for name, value in METHOD_PRESETS[self.method].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -617,7 +796,7 @@ class GRPOConfig:
 
     def _validate(self) -> None:
         def fail(message: str) -> None:
-            raise ValueError(message)
+            raise ConfigError(message)
 
         def check_choice(name: str, allowed: Sequence[Any]) -> None:
             value = getattr(self, name)
@@ -666,6 +845,7 @@ class GRPOConfig:
         if self.shift is not None:
             check_float("shift", 0.0, inf, True, True)
         check_float("guidance_scale", 0.0, inf, False, True)
+        check_int("max_sequence_length", 1, allow_none=True)
         check_int("num_generations", 2)
         check_int("sample_prompts_per_device", 1)
         check_int("sample_max_batch_size", 1, allow_none=True)
@@ -679,8 +859,8 @@ class GRPOConfig:
         check_float("eta", 0.0, inf, True, True)
         if not (isinstance(self.window_size, int) and 1 <= self.window_size <= n - 1):
             fail(
-                f"window_size={self.window_size!r} is not allowed; it must lie in [1, num_inference_steps - 1] "
-                f"= [1, {n - 1}] (the last sampling step is never trained)."
+                f"window_size={self.window_size!r} is not allowed; it must be an integer in "
+                f"[1, num_inference_steps - 1] = [1, {n - 1}] (the last sampling step is never trained)."
             )
         check_int("window_shift_interval", 1)
         check_int("window_stride", 0)
@@ -722,6 +902,11 @@ class GRPOConfig:
                 f"kl_coeff={self.kl_coeff} has no effect with kl_type='none'; set kl_type to 'rollout' or "
                 f"'reference', or kl_coeff to 0."
             )
+        if self.kl_type == "reference" and not self.use_lora:
+            fail(
+                "kl_type='reference' needs use_lora=True (the reference policy is the base model with the LoRA "
+                "switched off); use kl_type='rollout' for a full fine-tune."
+            )
         if self.kl_type != "none" and self.kl_coeff == 0:
             logger.warning(
                 "kl_type=%r with kl_coeff=0: the KL is computed and logged but not trained on.", self.kl_type
@@ -730,6 +915,15 @@ class GRPOConfig:
 
         # Rewards
         check_int("reward_batch_size", 1)
+        if self.reward_timeout is not None:
+            check_float("reward_timeout", 0.0, inf, True, True)
+        if self.reward_kwargs and self.rewards is not None:
+            extra = sorted(set(self.reward_kwargs) - set(self.rewards))
+            if extra:
+                fail(
+                    f"reward_kwargs names {', '.join(map(repr, extra))}, which is not among rewards "
+                    f"({', '.join(map(repr, self.rewards))}); fix the name or add the reward."
+                )
         if self.rewards is not None and not self.rewards:
             fail("rewards={} names no reward; give at least one name -> weight, or leave rewards unset.")
 
@@ -764,6 +958,8 @@ class GRPOConfig:
         for tracker in self.report_to_list():
             if tracker not in REPORT_TO:
                 fail(f"report_to={self.report_to!r} names {tracker!r}; allowed: {', '.join(REPORT_TO)}.")
+        if not self.output_dir.strip():
+            fail("output_dir='' is not allowed; give the folder the run writes to.")
         check_int("logging_steps", 1)
         check_int("validation_steps", 0)
         check_int("checkpointing_steps", 0)
@@ -826,7 +1022,7 @@ class GRPOConfig:
             if isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, dict):
-                value = dict(value)
+                value = {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()}
             elif isinstance(value, list):
                 value = list(value)
             out[f.name] = value
@@ -859,9 +1055,9 @@ def _check_known_keys(cls: type, values: Mapping[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(cls) if f.init}
     for key in values:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{key!r} is not a {cls.__name__} field.{hint}")
+            raise ConfigError(f"{key!r} is not a {cls.__name__} field.{hint}")
 
 
 def _load_yaml(path: Union[str, os.PathLike]) -> dict[str, Any]:
@@ -870,7 +1066,7 @@ def _load_yaml(path: Union[str, os.PathLike]) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         values = yaml.safe_load(f) or {}
     if not isinstance(values, dict):
-        raise ValueError(
+        raise ConfigError(
             f"{os.fspath(path)!r} must hold a mapping of field: value pairs, got {type(values).__name__}."
         )
     return values
@@ -881,43 +1077,19 @@ def parse_args(
 ) -> Union[GRPOConfig, tuple[Any, ...]]:
     """Parse `--config file.yaml` plus command-line flags into a `GRPOConfig` (flags override the YAML file).
 
-    Like TRL's `TrlParser`: the YAML file sets the parser's defaults, then `HfArgumentParser` parses `argv` (default:
-    `sys.argv[1:]`), so `--help` lists every field. Extra dataclasses (e.g. a script's own arguments) may be given in
-    `dataclass_types`; the YAML file may fill their fields too. Returns the `GRPOConfig` alone when it is the only
-    dataclass, else a tuple in the order of `dataclass_types`.
+    Like TRL's `TrlParser`: the YAML file gives values, the flags (default: `sys.argv[1:]`) override them, and
+    `--help` lists every field. Extra dataclasses (e.g. a script's own arguments) may be given in `dataclass_types`;
+    the YAML file may fill their fields too. Returns the `GRPOConfig` alone when it is the only dataclass, else a
+    tuple in the order of `dataclass_types`. The parser itself lives in `training.arguments`.
     """
-    from transformers import HfArgumentParser
+    import sys
+
+    from .arguments import parse_command_line
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(tuple(dataclass_types))
-    parser.add_argument("--config", type=str, default=None, help="YAML file of field: value pairs (CLI flags win).")
-    config_path = None
-    rest = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--config":
-            if i + 1 >= len(argv):
-                raise ValueError("--config needs a path to a YAML file.")
-            config_path, i = argv[i + 1], i + 2
-            continue
-        if arg.startswith("--config="):
-            config_path = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
-        i += 1
-    if config_path is not None:
-        values = _load_yaml(config_path)
-        known = {f.name for dtype in dataclass_types for f in dataclasses.fields(dtype) if f.init}
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"{config_path}: {key!r} is not a known field.{hint}")
-        parser.set_defaults(**values)
-    outputs = parser.parse_args_into_dataclasses(args=rest, look_for_args_file=False, return_remaining_strings=True)
-    *objs, remaining = outputs
-    objs = [o for o in objs if not isinstance(o, argparse.Namespace)]  # the `--config` leftover
-    if remaining:
-        raise ValueError(f"Unknown command-line arguments: {remaining}.")
+    given = parse_command_line(argv, dataclass_types).values
+    objs = []
+    for cls in dataclass_types:
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        objs.append(cls(**{k: v for k, v in given.items() if k in names}))
     return objs[0] if len(objs) == 1 else tuple(objs)
