@@ -65,7 +65,8 @@ def group_advantages(
 
     Returns:
         `torch.Tensor`: (B,) float32 advantages on the device of `rewards`. A group whose rewards are all equal gets
-        advantage 0 (with `std="group"`: 0 / eps).
+        advantage 0 (with `std="group"`: 0 / eps). The statistics are computed in float64, so any finite float32
+        rewards (even ~1e38, whose float32 sum or square overflows) give finite advantages.
     """
     if std not in ("group", "global", "none"):
         raise ValueError(f"std must be 'group', 'global' or 'none', got {std!r}.")
@@ -76,6 +77,8 @@ def group_advantages(
     r = torch.as_tensor(rewards).reshape(-1).to(torch.float32)
     if not torch.isfinite(r).all():
         raise ValueError("rewards contain NaN or inf; fix the reward model (or drop those samples) before GRPO.")
+    out_device = r.device
+    r = r.to("cpu" if r.device.type == "mps" else r.device, torch.float64)  # MPS has no float64
     index = _group_index(group_ids, r.numel(), r.device)
 
     def _std(v: torch.Tensor) -> torch.Tensor:
@@ -94,7 +97,7 @@ def group_advantages(
             adv[members] = centred / (denom + eps)
     if clip is not None:
         adv = adv.clamp(-clip, clip)
-    return adv
+    return adv.to(out_device, torch.float32)
 
 
 @dataclass

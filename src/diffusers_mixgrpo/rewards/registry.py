@@ -25,13 +25,14 @@ registered, so their module-level ``register_reward`` calls run without the user
 
 from collections.abc import Callable
 from importlib import import_module
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-import torch
+if TYPE_CHECKING:  # importing the registry (e.g. for `--help`) must not import torch
+    import torch
 
-from .base import Reward
+    from .base import Reward
 
-RewardFactory = Callable[..., Reward]
+RewardFactory = Callable[..., "Reward"]
 FactoryLike = Union[RewardFactory, str]
 
 # Built-in rewards: name -> "module:attribute" of the factory, resolved on first use.
@@ -111,7 +112,9 @@ def _load_plugins() -> None:
 
 
 def available_rewards() -> list[str]:
-    """The registered reward names, sorted (built-ins plus anything registered by the user or a plugin)."""
+    """The registered reward names, sorted (built-ins plus anything registered by the user or a plugin).
+
+    Imports nothing heavy: the built-ins and the plugins' registrations are lazy strings."""
     _load_plugins()
     return sorted(_REGISTRY)
 
@@ -137,11 +140,11 @@ def get_reward_factory(name: str) -> RewardFactory:
 
 
 def load_reward(
-    name_or_reward: Union[str, Reward],
-    device: Optional[Union[str, torch.device]] = None,
-    dtype: Optional[torch.dtype] = None,
+    name_or_reward: Union[str, "Reward"],
+    device: Optional[Union[str, "torch.device"]] = None,
+    dtype: Optional["torch.dtype"] = None,
     **kwargs: Any,
-) -> Reward:
+) -> "Reward":
     """Build a reward by name, or pass a callable through unchanged.
 
     Args:

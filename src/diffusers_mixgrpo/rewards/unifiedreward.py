@@ -6,6 +6,13 @@ dependency), each with a timeout, retried with exponential backoff on timeouts, 
 and malformed answers. A request that still fails raises `UnifiedRewardError` naming the image, the prompt and the
 last error or answer: a reward is never silently replaced by a default value.
 
+Threads: one pool of `max_concurrency` worker threads per `UnifiedReward`, reused across calls (`close()` ends it).
+A request that reaches its timeout has its connection shut down, so its worker thread returns at once instead of
+waiting on a slow server: calls against a server that never answers do not pile up threads.
+
+An API key other than the placeholder "EMPTY" is only sent over HTTPS or to this machine (127.0.0.0/8, ::1,
+localhost); sending it in clear text to another host needs `allow_insecure_api_key=True`.
+
 Serving the judge, e.g.::
 
     vllm serve CodeGoat24/UnifiedReward-qwen-7b --port 8000
@@ -14,12 +21,15 @@ Serving the judge, e.g.::
 import asyncio
 import base64
 import concurrent.futures
+import http.client
 import io
+import ipaddress
 import json
 import os
 import re
-import urllib.error
-import urllib.request
+import socket
+import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -71,6 +81,43 @@ def parse_score(text: str, low: float = 1.0, high: float = 5.0) -> float:
     return score
 
 
+class _Request:
+    """One HTTP attempt's connection, so that a timed-out attempt can be aborted from the event loop's thread."""
+
+    def __init__(self):
+        self.conn: Optional[http.client.HTTPConnection] = None
+        self.aborted = False
+        self.lock = threading.Lock()
+
+    def attach(self, conn: http.client.HTTPConnection) -> None:
+        with self.lock:
+            self.conn = conn
+            if self.aborted:
+                raise _Retryable("aborted before it started")
+
+    def abort(self) -> None:
+        """Shut the socket down: a worker blocked in `recv` returns at once."""
+        with self.lock:
+            self.aborted = True
+            sock = getattr(self.conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _is_loopback(host: Optional[str]) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _image_data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -96,6 +143,8 @@ class UnifiedReward:
         backoff (`float`, defaults to 1.0): the wait before retry k is ``min(max_backoff, backoff * 2**k)`` seconds.
         max_backoff (`float`, defaults to 30.0): the longest wait between attempts.
         normalize (`bool`, defaults to `True`): divide the 1-5 score by 5 (the reference code's scale, in [0.2, 1]).
+        allow_insecure_api_key (`bool`, defaults to `False`): allow sending a real `api_key` over plain HTTP to a
+            host other than this machine (it would travel in clear text).
         temperature (`float`, defaults to 0.0): sampling temperature of the judge.
         max_tokens (`int`, *optional*): cap on the answer's length.
         prompt_template (`str`): the question, with ``{prompt}`` where the caption goes.
@@ -120,16 +169,34 @@ class UnifiedReward:
         temperature: float = 0.0,
         max_tokens: Optional[int] = None,
         prompt_template: str = UNIFIEDREWARD_TEMPLATE,
+        allow_insecure_api_key: bool = False,
     ):
         if max_concurrency < 1 or max_retries < 0 or timeout <= 0 or backoff < 0:
-            raise ValueError("Need max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0.")
+            raise ValueError(
+                f"UnifiedReward needs max_concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0; got "
+                f"max_concurrency={max_concurrency}, max_retries={max_retries}, timeout={timeout}, backoff={backoff}."
+            )
         if "{prompt}" not in prompt_template:
             raise ValueError("prompt_template must contain '{prompt}'.")
         self.device = resolve_device(device)
         base_url = base_url or os.environ.get("UNIFIEDREWARD_BASE_URL", UNIFIEDREWARD_URL)
         self.url = base_url.rstrip("/") + "/chat/completions"
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url={base_url!r} is not an http(s) URL such as 'http://127.0.0.1:8000/v1'.")
+        self._parts = parts
         self.model = model or os.environ.get("UNIFIEDREWARD_MODEL", UNIFIEDREWARD_MODEL)
         self.api_key = api_key or os.environ.get("UNIFIEDREWARD_API_KEY", "EMPTY")
+        if (
+            self.api_key != "EMPTY"
+            and parts.scheme == "http"
+            and not _is_loopback(parts.hostname)
+            and not allow_insecure_api_key
+        ):
+            raise ValueError(
+                f"Refusing to send the UnifiedReward API key in clear text to {parts.hostname!r} over plain HTTP; use "
+                f"an https:// base_url, or pass allow_insecure_api_key=True if that network is trusted."
+            )
         self.image_size = image_size
         self.max_concurrency = max_concurrency
         self.timeout = float(timeout)
@@ -140,6 +207,28 @@ class UnifiedReward:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.prompt_template = prompt_template
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._pool_lock = threading.Lock()
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    max_workers=self.max_concurrency, thread_name_prefix="unifiedreward"
+                )
+            return self._pool
+
+    def close(self) -> None:
+        """End the worker threads (a later call starts new ones)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def __del__(self):
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _payload(self, image: Image.Image, prompt: str) -> bytes:
         if self.image_size is not None:
@@ -161,24 +250,28 @@ class UnifiedReward:
             body["max_tokens"] = self.max_tokens
         return json.dumps(body).encode("utf-8")
 
-    def _post(self, payload: bytes) -> str:
+    def _post(self, payload: bytes, request: Optional[_Request] = None) -> str:
         """One blocking request; returns the answer text. `_Retryable` for transient failures."""
-        request = urllib.request.Request(
-            self.url,
-            data=payload,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"},
-            method="POST",
-        )
+        parts = self._parts
+        conn_cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = conn_cls(parts.hostname, parts.port, timeout=self.timeout)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"}
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as err:
-            detail = err.read()[:300].decode("utf-8", "replace")
-            if err.code in _RETRY_STATUS:
-                raise _Retryable(f"HTTP {err.code} from {self.url}: {detail}") from err
-            raise UnifiedRewardError(f"HTTP {err.code} from {self.url} (not retried): {detail}") from err
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            if request is not None:
+                request.attach(conn)
+            conn.request("POST", path, body=payload, headers=headers)
+            response = conn.getresponse()
+            status, raw = response.status, response.read()
+        except (OSError, http.client.HTTPException) as err:
             raise _Retryable(f"{type(err).__name__} talking to {self.url}: {err}") from err
+        finally:
+            conn.close()
+        if status >= 400:
+            detail = raw[:300].decode("utf-8", "replace")
+            if status in _RETRY_STATUS:
+                raise _Retryable(f"HTTP {status} from {self.url}: {detail}")
+            raise UnifiedRewardError(f"HTTP {status} from {self.url} (not retried): {detail}")
         try:
             return json.loads(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as err:
@@ -189,10 +282,12 @@ class UnifiedReward:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 await asyncio.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+            request = _Request()
             try:
-                text = await asyncio.wait_for(loop.run_in_executor(pool, self._post, payload), self.timeout)
+                text = await asyncio.wait_for(loop.run_in_executor(pool, self._post, payload, request), self.timeout)
                 return parse_score(text)
             except asyncio.TimeoutError:
+                request.abort()  # the worker thread returns now instead of waiting on the server
                 last = f"timed out after {self.timeout} s"
             except (_Retryable, MalformedAnswerError) as err:
                 last = str(err)
@@ -209,16 +304,13 @@ class UnifiedReward:
         payloads = [self._payload(im, p) for im, p in zip(pil, texts)]
         loop = asyncio.get_running_loop()
         semaphore = asyncio.Semaphore(self.max_concurrency)
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=self.max_concurrency)
+        pool = self._executor()
 
         async def bounded(i: int) -> float:
             async with semaphore:
                 return await self._score_one(loop, pool, i, payloads[i], texts[i])
 
-        try:
-            results = await asyncio.gather(*(bounded(i) for i in range(len(pil))), return_exceptions=True)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+        results = await asyncio.gather(*(bounded(i) for i in range(len(pil))), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             summary = "\n".join(f"  - {e}" for e in errors[:5])
