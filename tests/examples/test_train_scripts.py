@@ -87,11 +87,11 @@ def test_training_script_trains_and_writes_a_lora_a_stock_pipeline_loads(family,
     assert (out / "checkpoint-2").is_dir()
 
 
-def test_a_flux_script_refuses_an_sd3_model(tmp_path):
+def test_a_flux_script_refuses_an_sd3_model_in_one_line_before_loading_it(tmp_path, capsys):
     model = tmp_path / "model"
     build_tiny_sd3_pipeline().save_pretrained(model)
     (tmp_path / "p.txt").write_text("a cat\n")
-    with pytest.raises(ValueError, match="is a 'sd3' model but this run expects 'flux'"):
+    with pytest.raises(SystemExit) as exit_info:
         run_script(
             "flux",
             [
@@ -107,11 +107,15 @@ def test_a_flux_script_refuses_an_sd3_model(tmp_path):
                 "none",
             ],
         )
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "is a 'sd3' model but this run expects 'flux'" in err
+    assert "Traceback" not in err and "Loading pipeline components" not in err  # refused before the model loads
 
 
-def test_missing_weights_fail_with_a_clear_message(tmp_path):
+def test_missing_weights_fail_with_a_clear_message(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a cat\n")
-    with pytest.raises(OSError, match="huggingface-cli download"):
+    with pytest.raises(SystemExit) as exit_info:
         run_script(
             "flux",
             [
@@ -127,4 +131,7 @@ def test_missing_weights_fail_with_a_clear_message(tmp_path):
                 "none",
             ],
         )
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: Could not load the pipeline") and "huggingface-cli download" in err[-1]
     assert torch.__version__  # the process is still usable

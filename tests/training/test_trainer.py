@@ -182,7 +182,7 @@ def test_saved_lora_loads_into_a_stock_flux_pipeline(tmp_path):
         assert not torch.allclose(stock.transformer(**kwargs)[0], trained(**kwargs)[0], atol=1e-5)
 
 
-def test_push_to_hub_uploads_card_weights_and_config_without_the_token(tmp_path):
+def test_push_to_hub_uploads_card_weights_and_config_without_the_token_or_local_paths(tmp_path):
     config = make_config(
         tmp_path,
         max_train_steps=1,
@@ -191,21 +191,32 @@ def test_push_to_hub_uploads_card_weights_and_config_without_the_token(tmp_path)
         hub_token="hf_secret_token_123",
     )
     trainer = make_trainer(config)
+    uploaded = {}
+
+    def capture(**kwargs):  # the staging folder is deleted after the upload: read it now
+        root = Path(kwargs["folder_path"])
+        for path in root.rglob("*"):
+            if path.is_file():
+                uploaded[str(path.relative_to(root))] = path.read_bytes()
+        return mock.Mock()
+
     with (
         mock.patch("huggingface_hub.HfApi.create_repo") as create,
-        mock.patch("huggingface_hub.HfApi.upload_folder") as upload,
+        mock.patch("huggingface_hub.HfApi.upload_folder", side_effect=capture) as upload,
     ):
         create.return_value = mock.Mock(repo_id="me/flux-mixgrpo-lora")
         trainer.train()
     assert create.call_args.args[0] == "me/flux-mixgrpo-lora"
     assert upload.call_args.kwargs["repo_id"] == "me/flux-mixgrpo-lora"
-    folder = Path(upload.call_args.kwargs["folder_path"])
-    names = {p.name for p in folder.iterdir()}
-    assert {"README.md", "pytorch_lora_weights.safetensors", "training_config.yaml", "reward_curve.png"} <= names
-    for path in folder.rglob("*"):
-        if path.is_file() and path.suffix in {".md", ".yaml", ".json", ".txt"}:
-            assert "hf_secret_token_123" not in path.read_text()
-    assert "load_lora_weights" in (folder / "README.md").read_text()
+    assert {"README.md", "pytorch_lora_weights.safetensors", "training_config.yaml", "reward_curve.png"} <= set(
+        uploaded
+    )
+    for name, data in uploaded.items():
+        assert b"hf_secret_token_123" not in data, name
+        assert str(tmp_path).encode() not in data, name  # no local path in the card, the config or the logs
+    assert b"load_lora_weights" in uploaded["README.md"]
+    assert not (tmp_path / "run" / ".hub-upload").exists()
+    assert "/" in (tmp_path / "run" / "training_config.yaml").read_text()  # the local copy keeps its paths
 
 
 DDP_SCRIPT = Path(__file__).with_name("ddp_equivalence_script.py")

@@ -1,30 +1,159 @@
-"""The command line behind `examples/train_*_mixgrpo.py`: parse a `GRPOConfig`, load the model, train."""
+"""The command line behind `examples/train_*.py`: parse, fill in defaults, check, load the model, train, summarise.
+
+`main()` is what a script calls (`examples/train_mixgrpo.py`-style scripts need nothing else): it prints the errors a
+user can fix (`MixGRPOError`: a bad value, an unreadable prompt file, a missing model, a full disk, ...) as one line
+without a traceback and exits with status 1; SIGTERM/SIGINT end the run with a checkpoint, one line, and status
+128 + the signal number. `train_from_command_line()` does the same work but raises, for use from Python.
+
+Where each value comes from, lowest to highest priority: `GRPOConfig`'s defaults; the model folder's
+`sampling_defaults.json` (`model_defaults`); when resuming, the run's saved `training_config.yaml` (so resuming needs
+nothing but `--output_dir` and `--resume_from_checkpoint`); the `--config` YAML file; the flags.
+
+Nothing heavy is imported before the arguments are parsed: `--help` answers in a fraction of a second.
+"""
 
 import logging
+import os
+import sys
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
-import torch
+logger = logging.getLogger(__name__)
 
-from .config import GRPOConfig, parse_args
-from .trainer import GRPOTrainer, TrainOutput, load_training_pipeline
+__all__ = ["main", "train_from_command_line", "resolve_run_values"]
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}
+DEFAULT_DESCRIPTION = (
+    "Align a diffusers text-to-image model with MixGRPO (GRPO trained on a sliding window of SDE steps, ODE "
+    "elsewhere) and write a LoRA (or full fine-tune) that a stock pipeline loads with load_lora_weights. Every "
+    "GRPOConfig field is a flag; --config takes a YAML file of them (flags win). See docs/training.md."
+)
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": None}
 
 
-def main(argv: Optional[Sequence[str]] = None, expected_family: Optional[str] = None) -> TrainOutput:
-    """`--config file.yaml` plus flags (flags win) -> train -> LoRA (or full model) in `output_dir`.
+def _epilog() -> str:
+    from ..rewards.registry import available_rewards
 
-    `expected_family` ("flux", "sd3", "sd15") makes a family-specific script refuse a model of another family.
-    Frozen components are loaded in the mixed-precision dtype; trainable weights are kept in float32.
+    return (
+        "rewards (--rewards name=weight,...): "
+        + ", ".join(available_rewards())
+        + ".\nreward options (--reward_kwargs name.option=value ...): e.g. hpsv2.1.checkpoint=/models/"
+        "HPS_v2.1_compressed.pt, unifiedreward.base_url=http://host:8000/v1 unifiedreward.timeout=30 "
+        "unifiedreward.max_retries=2; see docs/rewards.md.\n"
+        "resume a run: --output_dir DIR --resume_from_checkpoint latest (the run's training_config.yaml supplies "
+        "the rest)."
+    )
+
+
+def resolve_run_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Complete the values given on the command line: the saved config of the run being resumed, then the model
+    folder's sampling defaults. Returns `(values, sampling defaults applied)`."""
+    from .model_defaults import fill_sampling_defaults, read_sampling_defaults
+    from .resume import load_saved_run_config
+
+    values = dict(given)
+    resume = values.get("resume_from_checkpoint")
+    if resume:
+        output_dir = values.get("output_dir")
+        if output_dir is None and resume != "latest" and os.path.isdir(resume):
+            output_dir = os.path.dirname(os.path.abspath(resume))  # a checkpoint folder names its run
+            values["output_dir"] = output_dir
+        if output_dir is None:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"resume_from_checkpoint={resume!r} needs --output_dir, the folder of the run to resume."
+            )
+        saved = load_saved_run_config(output_dir)
+        if saved is not None:
+            saved.pop("resume_from_checkpoint", None)
+            logger.info("Resuming the run in %s with its saved training_config.yaml.", output_dir)
+            values = {**saved, **values}
+    defaults = read_sampling_defaults(values.get("pretrained_model_name_or_path"), values.get("revision"))
+    applied = fill_sampling_defaults(values, defaults)
+    values.update(applied)
+    return values, applied
+
+
+def train_from_command_line(
+    argv: Optional[Sequence[str]] = None,
+    expected_family: Optional[str] = None,
+    description: Optional[str] = None,
+    prog: Optional[str] = None,
+):
+    """Parse `argv` (default `sys.argv[1:]`), check everything that can be checked, load the model and train.
+
+    `expected_family` (e.g. `"flux"`) makes a family-specific script refuse a model of another family. Frozen
+    components are loaded in the mixed-precision dtype; trainable weights are kept in float32. Returns the
+    `TrainOutput`; raises the library's errors.
     """
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    config: GRPOConfig = parse_args(argv)
-    pipeline = load_training_pipeline(config, torch_dtype=_DTYPES[config.mixed_precision])
+    from .arguments import parse_command_line
+    from .config import GRPOConfig
+    from .preflight import check_model_family, check_run_inputs
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = parse_command_line(
+        argv, (GRPOConfig,), description=description or DEFAULT_DESCRIPTION, epilog=_epilog(), prog=prog
+    ).values
+    values, applied = resolve_run_values(given)
+    config = GRPOConfig(**values)
+    if applied:
+        logger.info(
+            "Sampling defaults of %s: %s.",
+            config.pretrained_model_name_or_path,
+            ", ".join(f"{k}={v}" for k, v in applied.items()),
+        )
+    check_run_inputs(config)
+    for family in filter(None, (expected_family, config.model_family)):
+        check_model_family(config.pretrained_model_name_or_path, family)
+
+    import torch  # noqa: F401  (the first heavy import: after every check that needs no model)
+
+    from .errors import ConfigError
+    from .logging_utils import quiet_prompt_truncation
+    from .trainer import GRPOTrainer, load_training_pipeline
+
+    quiet_prompt_truncation()
+    dtype = _DTYPES[config.mixed_precision]
+    pipeline = load_training_pipeline(config, dtype=getattr(torch, dtype) if dtype else None)
     for family in filter(None, (expected_family, config.model_family)):
         if pipeline.model_family != family:
-            raise ValueError(
+            raise ConfigError(
                 f"{config.pretrained_model_name_or_path!r} is a {pipeline.model_family!r} model but this run expects "
-                f"{family!r}; use the train_{pipeline.model_family}_mixgrpo.py script or fix model_family."
+                f"{family!r}; use examples/train_mixgrpo.py (any family) or fix model_family."
             )
     return GRPOTrainer(config, pipeline).train()
+
+
+def _resume_hint(output: Any) -> str:
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "examples/train_mixgrpo.py"
+    return f"resume with: python {script} --output_dir {output.output_dir} --resume_from_checkpoint latest"
+
+
+def main(
+    argv: Optional[Sequence[str]] = None,
+    expected_family: Optional[str] = None,
+    description: Optional[str] = None,
+):
+    """The scripts' entry point: `train_from_command_line`, with the library's errors printed as one line (status 1)
+    and a signal-stopped run ending with one line and status 128 + signal number. Returns the `TrainOutput`."""
+    from .errors import MixGRPOError
+    from .logging_utils import setup_script_logging
+
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train_mixgrpo.py"
+    setup_script_logging()
+    try:
+        output = train_from_command_line(argv, expected_family, description, prog=prog)
+    except MixGRPOError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if output.interrupted_by:
+        import signal
+
+        print(
+            f"Stopped by {output.interrupted_by} at step {output.global_step}; checkpoint saved to "
+            f"{output.checkpoint}; {_resume_hint(output)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + int(getattr(signal, output.interrupted_by, 0)))
+    return output

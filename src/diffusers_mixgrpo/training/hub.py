@@ -4,7 +4,8 @@
 `save_lora_weights`) with `README.md`, `reward_curve.png` and `training_config.yaml`; `push_folder_to_hub` creates the
 repository and uploads the folder. The Hub token comes from huggingface_hub's usual places (`hf auth login`, the
 `HF_TOKEN` environment variable) or the `token` argument, and is never written to the card, the config or a log:
-`push_folder_to_hub` refuses to upload a folder whose files contain it.
+`push_folder_to_hub` refuses to upload a folder whose files contain it. Neither the card nor the uploaded config holds
+a local path (`public_config.public_config_dict`): the base model is named by its Hub id when it has one.
 """
 
 import fnmatch
@@ -16,10 +17,11 @@ from typing import Any, Optional, Union
 from huggingface_hub import HfApi, ModelCardData, get_token
 
 from .logging_utils import RewardHistory, normalize_reward_history, plot_reward_curve
+from .public_config import base_model_hub_id, is_hub_id, public_config_dict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["push_folder_to_hub", "write_model_card", "DEFAULT_IGNORE_PATTERNS"]
+__all__ = ["push_folder_to_hub", "stage_upload_folder", "write_model_card", "DEFAULT_IGNORE_PATTERNS"]
 
 MODEL_CARD_NAME = "README.md"
 REWARD_CURVE_NAME = "reward_curve.png"
@@ -106,10 +108,7 @@ _TABLE_FIELDS = [
 ]
 
 
-def _is_hub_id(name: Optional[str]) -> bool:
-    if not name or os.path.exists(name) or name.startswith((".", "/", "~")) or "\\" in name:
-        return False
-    return name.count("/") == 1 and all(part.strip() for part in name.split("/"))
+_is_hub_id = is_hub_id  # kept for callers of the old private name
 
 
 def _license_for(base_model: Optional[str]) -> dict[str, str]:
@@ -127,8 +126,7 @@ def _config_value(config: Any, name: str) -> Any:
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return {k: v for k, v in values.items() if "token" not in k.lower()}
+    return public_config_dict(config)
 
 
 def _format(value: Any) -> str:
@@ -157,8 +155,9 @@ def write_model_card(
         folder: the folder to upload (the trainer's final weights).
         config (`GRPOConfig` or `dict`): the run's config; saved to `training_config.yaml` without secrets and
             summarised in a table.
-        base_model (`str`, *optional*): the base pipeline; defaults to `config.pretrained_model_name_or_path`. Put in
-            the metadata only when it is a Hub id (not a local path).
+        base_model (`str`, *optional*): the base pipeline; defaults to `config.pretrained_model_name_or_path`. Named
+            (metadata, text, loading code) only by its Hub id (`public_config.base_model_hub_id`: given, found in the
+            Hugging Face cache path, or `config.hub_base_model`); a local path is never written.
         method (`str`, *optional*): `"mixgrpo"`, `"flash"`, `"flash_star"` or `"dancegrpo"`; defaults to
             `config.method`.
         reward_history (*optional*): rewards logged during training (any form `normalize_reward_history` accepts);
@@ -173,7 +172,9 @@ def write_model_card(
     """
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    base_model = base_model or _config_value(config, "pretrained_model_name_or_path")
+    base_model = base_model_hub_id(
+        base_model or _config_value(config, "pretrained_model_name_or_path"), _config_value(config, "hub_base_model")
+    )
     method = method or _config_value(config, "method") or "mixgrpo"
     use_lora = _config_value(config, "use_lora")
     use_lora = True if use_lora is None else bool(use_lora)
@@ -192,7 +193,7 @@ def write_model_card(
         card_tags.append(family)
     card_tags += [t for t in tags if t not in card_tags]
     data = ModelCardData(
-        base_model=base_model if _is_hub_id(base_model) else None,
+        base_model=base_model,
         library_name="diffusers",
         pipeline_tag="text-to-image",
         tags=card_tags,
@@ -223,7 +224,15 @@ def write_model_card(
     table = "| hyper-parameter | value |\n| --- | --- |\n" + "\n".join(rows)
     steps = config_values.get("num_inference_steps", 25)
     guidance = config_values.get("guidance_scale", 3.5)
-    base_for_code = base_model or "<base model>"
+    base_for_code = base_model or "<Hub id or folder of the base model>"
+    family_name = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3", "sd15": "Stable Diffusion 1.5"}.get(family, family)
+    base_text = (
+        f"[{base_model}](https://huggingface.co/{base_model})"
+        if base_model
+        else f"a {family_name} base model"
+        if family_name
+        else "its base model"
+    )
     if use_lora:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
@@ -232,8 +241,7 @@ def write_model_card(
             f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
             'image.save("sample.png")\n```'
         )
-        what = f"LoRA weights for [{base_for_code}]"
-        what += f"(https://huggingface.co/{base_model})" if _is_hub_id(base_model) else ""
+        what = f"LoRA weights for {base_text}"
     else:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
@@ -241,7 +249,7 @@ def write_model_card(
             f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
             'image.save("sample.png")\n```'
         )
-        what = f"A fine-tuned version of {base_for_code}"
+        what = f"A fine-tuned version of {base_text}"
     sections = [
         f"# {os.path.basename(repo_id)}",
         f"{what}, trained with {method_name} using the `diffusers-mixgrpo` library (GRPO for diffusers image models).",
@@ -260,6 +268,46 @@ def write_model_card(
     with open(path, "w", encoding="utf-8") as f:
         f.write(content)
     return path
+
+
+#: Files of a run's output folder that describe the local run (paths, prompts) and are never uploaded as they are.
+LOCAL_ONLY_FILES = ("training_config.yaml", "training_summary.json", "train_prompts.txt", MODEL_CARD_NAME)
+STAGING_DIR = ".hub-upload"
+
+
+def stage_upload_folder(output_dir: Union[str, os.PathLike]) -> str:
+    """Fill `output_dir/.hub-upload` with what a push uploads from a run's folder: everything except resumable
+    checkpoints (`DEFAULT_IGNORE_PATTERNS`) and `LOCAL_ONLY_FILES`, hard-linked (copied where links fail). The
+    caller adds the model card and the public config (`write_model_card`) and deletes the folder afterwards."""
+    import shutil
+
+    output_dir = os.fspath(output_dir)
+    staging = os.path.join(output_dir, STAGING_DIR)
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    for dirpath, dirnames, filenames in os.walk(output_dir):
+        rel_dir = os.path.relpath(dirpath, output_dir).replace(os.sep, "/")
+        dirnames[:] = [
+            d
+            for d in dirnames
+            if d != STAGING_DIR or rel_dir != "."
+            if not any(fnmatch.fnmatch(d if rel_dir == "." else f"{rel_dir}/{d}", p) for p in DEFAULT_IGNORE_PATTERNS)
+        ]
+        for name in filenames:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if (
+                rel in LOCAL_ONLY_FILES
+                or name.startswith(".")
+                or any(fnmatch.fnmatch(rel, p) for p in DEFAULT_IGNORE_PATTERNS)
+            ):
+                continue
+            target = os.path.join(staging, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            try:
+                os.link(os.path.join(dirpath, name), target)
+            except OSError:
+                shutil.copy2(os.path.join(dirpath, name), target)
+    return staging
 
 
 def curves_to_history(curves: dict[str, tuple[list[int], list[float]]]) -> dict[str, list[tuple[int, float]]]:

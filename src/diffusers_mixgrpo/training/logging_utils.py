@@ -1,22 +1,28 @@
 """Logging helpers for the trainer: accelerate trackers (tensorboard by default), sample-image grids, reward curves.
 
 `resolve_report_to` gives the `log_with` argument of `Accelerator`; `init_trackers` starts the trackers with a config
-safe to log (no secrets, flat scalars); `make_image_grid` / `log_image_grid` log validation samples; and
-`plot_reward_curve` draws the reward curve used in the logs and in the model card (`hub.py`).
+safe to log (no secrets, no local paths, flat scalars); `make_image_grid` / `log_image_grid` log validation samples;
+`plot_reward_curve` draws the reward curve used in the logs and in the model card (`hub.py`). `setup_script_logging`
+is the scripts' logging (this package at INFO, other libraries at WARNING), and `quiet_prompt_truncation` replaces the
+pipelines' per-call "input was truncated" warnings (hundreds of `<pad>` tokens each) by one line per run.
 """
 
 import importlib.util
+import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Optional, Union
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
+if TYPE_CHECKING:  # numpy, torch and PIL load on first use: the scripts' `--help` imports this module
+    from PIL import Image
 
 __all__ = [
+    "count_truncated_prompts",
     "init_trackers",
+    "quiet_prompt_truncation",
+    "setup_script_logging",
     "log_image_grid",
     "make_image_grid",
     "normalize_reward_history",
@@ -63,10 +69,12 @@ def resolve_report_to(report_to: Optional[str]) -> Optional[list[str]]:
 def tracker_config(config: Any) -> dict[str, Union[int, float, str, bool]]:
     """A flat dict of scalars to log as hyper-parameters (tensorboard's hparams accept no lists, dicts or None).
 
-    `config` is a `GRPOConfig` (its `to_dict()`, which never holds the Hub token) or a mapping. Lists and dicts are
-    logged as strings, `None` as `"None"`; a key containing "token" is always dropped.
+    `config` is a `GRPOConfig` or a mapping, reduced by `public_config_dict` (no token, no local paths: trackers such
+    as wandb leave the machine). Lists and dicts are logged as strings, `None` as `"None"`.
     """
-    values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    from .public_config import public_config_dict
+
+    values = public_config_dict(config)
     out: dict[str, Union[int, float, str, bool]] = {}
     for key, value in values.items():
         if "token" in key.lower():
@@ -90,7 +98,11 @@ def init_trackers(accelerator: Any, config: Any, project_name: Optional[str] = N
         accelerator.init_trackers(name, config=tracker_config(config))
 
 
-def _to_pil(image: Any) -> Image.Image:
+def _to_pil(image: Any) -> "Image.Image":
+    import numpy as np
+    import torch
+    from PIL import Image
+
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = image.detach().float().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
@@ -109,7 +121,7 @@ def make_image_grid(
     captions: Optional[Sequence[str]] = None,
     padding: int = 2,
     background: tuple[int, int, int] = (255, 255, 255),
-) -> Image.Image:
+) -> "Image.Image":
     """Tile images into one PIL image, row by row.
 
     Args:
@@ -120,6 +132,8 @@ def make_image_grid(
         padding (`int`, defaults to 2): pixels between cells.
         background: fill colour.
     """
+    from PIL import Image, ImageDraw
+
     pil = [_to_pil(im) for im in images]
     if not pil:
         raise ValueError("make_image_grid needs at least one image.")
@@ -155,8 +169,10 @@ def log_image_grid(
     tag: str = "validation",
     captions: Optional[Sequence[str]] = None,
     cols: Optional[int] = None,
-) -> Image.Image:
+) -> "Image.Image":
     """Log `images` as one grid to every tracker of `accelerator` (tensorboard, wandb) and return the grid."""
+    import numpy as np
+
     grid = make_image_grid(images, cols=cols, captions=captions)
     if not accelerator.is_main_process:
         return grid
@@ -218,3 +234,74 @@ def plot_reward_curve(
     path = os.fspath(path)
     fig.savefig(path)
     return path
+
+
+# Messages of other libraries that say nothing actionable to a user of the scripts, or say it at every call.
+_NOISE = (
+    # every prompt-encoding call of a diffusers pipeline, with hundreds of `<pad>` tokens: said once per run instead
+    "The following part of your input was truncated",
+    # diffusers' `from_pipe` casting a model whose list of float32 modules is empty
+    "that should be kept in float32: []",
+    # transformers without torchvision: the PIL image processors are used, which is what the rewards expect
+    "requires torchvision (not installed); falling back",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = str(record.getMessage())
+        except Exception:
+            return True
+        return not any(text in message for text in _NOISE)
+
+
+_NOISE_FILTER = _DropNoise()
+
+
+def quiet_prompt_truncation() -> None:
+    """Drop the library messages in `_NOISE` (the diffusers pipelines' per-call prompt-truncation warnings above all;
+    the trainer says once per run how many prompts are truncated, see `count_truncated_prompts`). Idempotent; only
+    those messages are affected. Imports diffusers' and transformers' logging modules."""
+    loggers = [logging.getLogger(""), logging.getLogger("diffusers"), logging.getLogger("transformers")]
+    for module in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            loggers.append(import_module(module)._get_library_root_logger())
+        except Exception:
+            pass
+    for logger in loggers:
+        for handler in logger.handlers:
+            if _NOISE_FILTER not in handler.filters:
+                handler.addFilter(_NOISE_FILTER)
+
+
+def count_truncated_prompts(pipeline: Any, prompts: Sequence[str], max_sequence_length: Optional[int] = None):
+    """`[(tokenizer name, limit, number of prompts over it, an example)]` for each tokenizer of `pipeline` that
+    truncates some of `prompts`. CLIP-style tokenizers stop at their `model_max_length` (77); T5-style ones at
+    `max_sequence_length` when given."""
+    found = []
+    for slot in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tok = getattr(pipeline, slot, None)
+        if tok is None:
+            continue
+        limit = int(min(getattr(tok, "model_max_length", 10**6) or 10**6, 10**6))
+        if (
+            max_sequence_length is not None
+            and "t5" in type(getattr(pipeline, "text_encoder" + slot[9:], None)).__name__.lower()
+        ):
+            limit = int(max_sequence_length)
+        try:
+            lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=True)["input_ids"]]
+        except Exception:
+            continue
+        over = [p for p, n in zip(prompts, lengths) if n > limit]
+        if over:
+            found.append((slot, limit, len(over), over[0]))
+    return found
+
+
+def setup_script_logging(level: int = logging.INFO) -> None:
+    """Logging for the example scripts: this package's messages at `level`, every other library at WARNING (no
+    per-checkpoint INFO lines from accelerate), one format."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("diffusers_mixgrpo").setLevel(level)

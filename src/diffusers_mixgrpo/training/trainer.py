@@ -1,5 +1,7 @@
 """`GRPOTrainer`: the MixGRPO training loop (rollout -> rewards -> advantages -> clipped GRPO update) on accelerate."""
 
+import concurrent.futures
+import dataclasses
 import logging
 import math
 import os
@@ -19,47 +21,105 @@ from ..pipelines.rollout_batch import RolloutBatch
 from ..rewards import MultiReward
 from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
-from .checkpointing import CheckpointManager
-from .config import GRPOConfig, default_lora_target_modules
+from .checkpointing import CheckpointManager, apply_umask, raise_if_disk_full
+from .config import DEFAULT_NUM_VALIDATION_PROMPTS, GRPOConfig, default_lora_target_modules
 from .ema import ParameterEMA
-from .logging_utils import init_trackers, log_image_grid, plot_reward_curve, resolve_report_to
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    CorruptCheckpointError,
+    ModelLoadError,
+    RewardLoadError,
+    TrainingStopped,
+)
+from .interrupts import GracefulInterrupt, signal_name
+from .logging_utils import (
+    count_truncated_prompts,
+    init_trackers,
+    log_image_grid,
+    plot_reward_curve,
+    quiet_prompt_truncation,
+    resolve_report_to,
+)
 from .losses import grpo_loss
+from .preflight import read_prompt_file
+from .resume import RUN_CONFIG_FILE, check_finite, config_changes, set_learning_rate
+from .run_summary import RunSummary
 
 logger = logging.getLogger(__name__)
 
 RewardSpec = Union[MultiReward, Mapping[Union[str, Callable], float], Callable]
 
-
-class TrainingStopped(RuntimeError):
-    """Raised when the run cannot go on safely (too many non-finite groups in a row, a failing reward model)."""
+#: Training steps in a row whose rewards leave every advantage at 0 before the run warns.
+CONSTANT_REWARD_WARN_STEPS = 3
+PROMPTS_FILE = "train_prompts.txt"
 
 
 @dataclass
 class TrainOutput:
-    """What `GRPOTrainer.train` returns: the step reached and the logged curves."""
+    """What `GRPOTrainer.train` returns: the step reached, the logged curves, the end-of-run summary, and the signal
+    that stopped the run early (`None` when it ran to `max_train_steps`)."""
 
     global_step: int
     reward_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     output_dir: Optional[str] = None
+    summary: Optional[RunSummary] = None
+    interrupted_by: Optional[str] = None
+    checkpoint: Optional[str] = None
 
 
-def load_training_pipeline(config: GRPOConfig, torch_dtype: Optional[torch.dtype] = None) -> GRPOTrainingPipeline:
-    """Load `config.pretrained_model_name_or_path` (Hub id or local folder) as a `GRPOTrainingPipeline`."""
+def _is_registered_reward(name: str) -> bool:
+    from ..rewards.registry import get_reward_factory
+
+    try:
+        get_reward_factory(name)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
+def _reward_options(name: str, config: GRPOConfig) -> dict[str, Any]:
+    """Keyword arguments for a registered reward: `reward_batch_size` (when the factory takes `batch_size`) and
+    the reward's `reward_kwargs`."""
+    from ..rewards.registry import get_reward_factory
+    from .preflight import _accepted_options
+
+    options: dict[str, Any] = {}
+    try:
+        accepted = _accepted_options(get_reward_factory(name))
+    except (KeyError, ValueError):
+        return dict((config.reward_kwargs or {}).get(name, {}))
+    if accepted is not None and "batch_size" in accepted:
+        options["batch_size"] = config.reward_batch_size
+    options.update((config.reward_kwargs or {}).get(name, {}))
+    return options
+
+
+def load_training_pipeline(
+    config: GRPOConfig, dtype: Optional[torch.dtype] = None, torch_dtype: Optional[torch.dtype] = None
+) -> GRPOTrainingPipeline:
+    """Load `config.pretrained_model_name_or_path` (Hub id or local folder) as a `GRPOTrainingPipeline`, in `dtype`
+    (`torch_dtype` is the old name of the argument). A model that cannot be loaded raises `ModelLoadError`."""
+    dtype = dtype if dtype is not None else torch_dtype
     from diffusers import DiffusionPipeline
 
     path = config.pretrained_model_name_or_path
     if path is None:
-        raise ValueError("pretrained_model_name_or_path is required to load the model (a Hub id or a local folder).")
-    try:
-        stock = DiffusionPipeline.from_pretrained(
-            path, revision=config.revision, variant=config.variant, torch_dtype=torch_dtype
+        raise ModelLoadError(
+            "pretrained_model_name_or_path is required to load the model (a Hub id or a local folder)."
         )
+    try:
+        stock = DiffusionPipeline.from_pretrained(path, revision=config.revision, variant=config.variant, dtype=dtype)
     except (OSError, ValueError) as err:
-        raise OSError(
-            f"Could not load the pipeline {path!r}: {err}\nIf it is a Hub id, download it first while online "
-            f"(`huggingface-cli download {path}`) or pass a local folder written by `save_pretrained`."
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"Could not load the pipeline {path!r} ({first_line}); if it is a Hub id, download it first while "
+            f"online (`huggingface-cli download {path}`), else pass a local folder written by `save_pretrained`."
         ) from err
-    return GRPOTrainingPipeline.from_pipe(stock)
+    pipeline = GRPOTrainingPipeline.from_pipe(stock)
+    if config.max_sequence_length is not None:
+        pipeline.max_sequence_length = config.max_sequence_length
+    return pipeline
 
 
 class GRPOTrainer:
@@ -80,7 +140,8 @@ class GRPOTrainer:
             one callable `(images, prompts) -> (B,)`; default: `config.rewards`.
         train_prompts (`Sequence[str]`, *optional*): the prompt dataset; default: `config.prompt_file`.
         eval_prompts (`Sequence[str]`, *optional*): prompts for the periodic evaluation (deterministic ODE samples,
-            mean reward logged as `eval/reward`, image grid logged); default: `config.validation_prompts`.
+            mean reward logged as `eval/reward`, image grid logged); default: `config.validation_prompts`, else the
+            first `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts.
         accelerator (`Accelerator`, *optional*): bring your own; otherwise built from the config.
     """
 
@@ -104,45 +165,115 @@ class GRPOTrainer:
         set_seed(config.seed)
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
+        if config.max_sequence_length is not None:
+            self.pipeline.max_sequence_length = config.max_sequence_length
+        self._prompts_given = train_prompts is not None
         self.train_prompts = self._load_prompts(train_prompts)
-        self.eval_prompts = list(eval_prompts) if eval_prompts is not None else list(config.validation_prompts or [])
+        if eval_prompts is not None:
+            self.eval_prompts = list(eval_prompts)
+        elif config.validation_prompts is not None:
+            self.eval_prompts = list(config.validation_prompts)
+        else:
+            self.eval_prompts = self.train_prompts[:DEFAULT_NUM_VALIDATION_PROMPTS]
         self.reward = self._build_rewards(rewards)
+        self.config = self._record_run_inputs(eval_prompts)
         self.window = SlidingWindowSchedule(**config.sliding_window_kwargs())
         self.checkpoints = CheckpointManager(config.output_dir, config.checkpoints_total_limit)
         self.global_step = 0
         self.bad_group_streak = 0
+        self.skipped_update_streak = 0
+        self.constant_reward_streak = 0
+        self.config_changes: list[dict[str, Any]] = []
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self._reward_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._setup_model()
+        self._announce_truncation()
         self._bar = None
         self.eval_images_per_prompt = 1  # images per prompt of the periodic evaluation
 
     # ------------------------------------------------------------------ setup
     def _load_prompts(self, prompts: Optional[Sequence[str]]) -> list[str]:
         if prompts is None and self.config.prompt_file:
-            with open(self.config.prompt_file, encoding="utf-8") as f:
-                prompts = [line.strip() for line in f if line.strip()]
+            prompts = read_prompt_file(self.config.prompt_file)
         if not prompts:
-            raise ValueError("No training prompts: pass train_prompts=[...] or set prompt_file.")
+            raise ConfigError("No training prompts: pass train_prompts=[...] or set prompt_file.")
         return list(prompts)
+
+    def _record_run_inputs(self, eval_prompts: Optional[Sequence[str]]) -> GRPOConfig:
+        """The config completed with what was handed over as objects (pipeline, rewards, prompts, prompt length),
+        so that the `training_config.yaml` a run writes reproduces it and a resume can compare against it."""
+        cfg, pipe = self.config, self.pipeline
+        updates: dict[str, Any] = {}
+        name = cfg.pretrained_model_name_or_path or getattr(pipe, "name_or_path", None)
+        if name and os.path.isdir(name) and name != os.path.abspath(name):
+            name = os.path.abspath(name)  # a resume may start from another working directory
+        if name and name != cfg.pretrained_model_name_or_path:
+            updates["pretrained_model_name_or_path"] = name
+        if cfg.prompt_file and cfg.prompt_file != os.path.abspath(cfg.prompt_file):
+            updates["prompt_file"] = os.path.abspath(cfg.prompt_file)
+        if cfg.model_family is None:
+            updates["model_family"] = pipe.model_family
+        if cfg.max_sequence_length is None and getattr(pipe, "max_sequence_length", None):
+            updates["max_sequence_length"] = int(pipe.max_sequence_length)
+        if cfg.rewards is None:
+            updates["rewards"] = dict(self.reward.weights)
+            unregistered = [n for n in self.reward.weights if not _is_registered_reward(n)]
+            if unregistered:
+                logger.info(
+                    "The saved training_config.yaml names the reward function(s) %s, which are not registered: "
+                    "register them (rewards.register_reward) to rerun the config from the command line.",
+                    ", ".join(map(repr, unregistered)),
+                )
+        if eval_prompts is not None and cfg.validation_prompts is None:
+            updates["validation_prompts"] = list(eval_prompts)
+        if self._prompts_given and cfg.prompt_file is None:
+            updates["prompt_file"] = os.path.abspath(os.path.join(cfg.output_dir, PROMPTS_FILE))
+        if cfg.use_lora and cfg.lora_target_modules is None:
+            updates["lora_target_modules"] = default_lora_target_modules(pipe.model_family)
+        return dataclasses.replace(cfg, **updates) if updates else cfg
+
+    def _announce_truncation(self) -> None:
+        """Say once that long prompts are truncated (the pipelines warn at every call, dumping `<pad>` tokens)."""
+        quiet_prompt_truncation()
+        if not self.accelerator.is_main_process:
+            return
+        prompts = list(dict.fromkeys(self.train_prompts + self.eval_prompts))
+        limit = self.pipeline.max_sequence_length or getattr(self.pipeline.adapter, "max_sequence_length", None)
+        for slot, max_len, n, example in count_truncated_prompts(self.pipeline, prompts, limit):
+            logger.warning(
+                "%d of %d prompts are longer than the %d tokens of %s and are truncated (e.g. %r).",
+                n,
+                len(prompts),
+                max_len,
+                slot,
+                example[:80],
+            )
 
     def _build_rewards(self, rewards: Optional[RewardSpec]) -> MultiReward:
         cfg = self.config
         if rewards is None:
             rewards = cfg.rewards
         if rewards is None:
-            raise ValueError("No reward: pass rewards={...} or set `rewards` in the config.")
+            raise ConfigError("No reward: pass rewards={...} or set `rewards` in the config.")
         if isinstance(rewards, MultiReward):
             return rewards
         if callable(rewards) and not isinstance(rewards, Mapping):
             rewards = {rewards: 1.0}
-        return MultiReward(
-            rewards,
-            mix=cfg.reward_mix,
-            device=self.accelerator.device,
-            std=cfg.adv_std,
-            trim=cfg.adv_trim,
-            clip=cfg.adv_clip_max,
-        )
+        names = [k for k in rewards if isinstance(k, str)]
+        options = {name: _reward_options(name, cfg) for name in names}
+        try:
+            return MultiReward(
+                rewards,
+                mix=cfg.reward_mix,
+                device=self.accelerator.device,
+                reward_kwargs={k: v for k, v in options.items() if v},
+                std=cfg.adv_std,
+                trim=cfg.adv_trim,
+                clip=cfg.adv_clip_max,
+            )
+        except (OSError, KeyError, TypeError) as err:
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            raise RewardLoadError(f"Could not load the rewards {names}: {message}") from err
 
     def _setup_model(self) -> None:
         cfg, acc, pipe = self.config, self.accelerator, self.pipeline
@@ -260,10 +391,23 @@ class GRPOTrainer:
 
         while models:
             models.pop()
-        state = load_file(os.path.join(input_dir, "lora_adapter.safetensors"))
+        path = os.path.join(input_dir, "lora_adapter.safetensors")
+        try:
+            state = load_file(path)
+        except Exception as err:
+            raise CorruptCheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}).") from err
+        ranks = {int(v.shape[0]) for k, v in state.items() if "lora_A" in k and v.ndim >= 1}
+        if ranks and ranks != {self.config.lora_rank}:
+            raise CheckpointError(
+                f"{input_dir} holds LoRA rank {min(ranks)} but this run has lora_rank={self.config.lora_rank}; "
+                f"resume with --lora_rank {min(ranks)} or start a new run in another output_dir."
+            )
         result = set_peft_model_state_dict(self.pipeline.denoiser, state)
         if getattr(result, "unexpected_keys", None):
-            raise RuntimeError(f"Checkpoint LoRA keys do not match the model: {result.unexpected_keys[:5]} ...")
+            raise CheckpointError(
+                f"{path} holds LoRA weights for other modules than this run adapts ({result.unexpected_keys[0]}, "
+                f"...); resume with the run's lora_target_modules."
+            )
 
     # ------------------------------------------------------------------ data
     def _prompt_indices(self, step: int) -> list[int]:
@@ -313,11 +457,32 @@ class GRPOTrainer:
     def _autocast_dtype(self) -> Optional[torch.dtype]:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.mixed_precision)
 
+    def _call_reward(self, name: str, fn: Callable, images: Any, prompts: list[str]) -> Any:
+        """`fn(images, prompts)`, within `reward_timeout` seconds when set (a hung reward stops the run)."""
+        timeout = self.config.reward_timeout
+        if timeout is None:
+            return fn(images, prompts)
+        if self._reward_pool is None:
+            self._reward_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reward")
+        future = self._reward_pool.submit(fn, images, prompts)
+        try:
+            return future.result(timeout=timeout)
+        except concurrent.futures.TimeoutError:
+            self._reward_pool.shutdown(wait=False, cancel_futures=True)
+            self._reward_pool = None  # the hung call keeps its thread; the next call gets a fresh one
+            raise TrainingStopped(
+                f"Reward {name!r} did not answer within reward_timeout={timeout:g} s at step {self.global_step}; "
+                f"stopping. The last complete checkpoint is {self.checkpoints.latest()}."
+            ) from None
+
     def _score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         scores = {}
         for name, fn in self.reward.rewards.items():
             try:
-                s = torch.as_tensor(fn(batch.images, batch.prompts)).reshape(-1).float().to(self.accelerator.device)
+                raw = self._call_reward(name, fn, batch.images, batch.prompts)
+                s = torch.as_tensor(raw).reshape(-1).float().to(self.accelerator.device)
+            except TrainingStopped:
+                raise
             except Exception as err:  # a reward model that raises stops the run, naming the model and the prompt
                 raise TrainingStopped(
                     f"Reward model {name!r} failed at step {self.global_step} on prompts "
@@ -350,6 +515,7 @@ class GRPOTrainer:
                 clip=cfg.adv_clip_max,
             )
             adv[keep] = kept_adv
+        self._all_advantages_zero = bool(keep.any() and (adv[keep] == 0).all())
         n_local = batch.batch_size
         lo = acc.process_index * n_local  # every process rolls out the same number of samples
         return adv[lo : lo + n_local], keep[lo : lo + n_local], all_scores, keep, per_reward
@@ -467,12 +633,13 @@ class GRPOTrainer:
         self._phase("update")
         update_stats = self._update(batch, advantages, keep, step) if keep.any() else {}
         times["time/update"] = time.perf_counter() - t0
+        finite = {k: v[all_keep] for k, v in all_scores.items()}
+        total = sum(self.reward.weights[k] * finite[k] for k in finite)
+        self._check_update_health(step, bool(all_keep.any()), update_stats, finite)
         self.window.step()
         self.global_step += 1
 
         logs = {f"train/{k}": v for k, v in update_stats.items()}
-        finite = {k: v[all_keep] for k, v in all_scores.items()}
-        total = sum(self.reward.weights[k] * finite[k] for k in finite)
         if all_keep.any():
             logs["reward/mean"] = float(total.mean())
             logs["reward/std"] = float(total.std()) if total.numel() > 1 else 0.0
@@ -496,6 +663,47 @@ class GRPOTrainer:
         if "reward/mean" in logs:
             self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
         return logs
+
+    def _check_update_health(
+        self, step: int, any_kept: bool, update_stats: dict, scores: dict[str, torch.Tensor]
+    ) -> None:
+        """Stop when no optimiser step was taken for `max_consecutive_bad_groups` steps in a row (non-finite losses or
+        gradients: the LoRA would silently stay untrained); warn loudly when the rewards leave every advantage at 0
+        for `CONSTANT_REWARD_WARN_STEPS` steps in a row (nothing is learned)."""
+        cfg = self.config
+        if any_kept and "grad_norm" not in update_stats:
+            self.skipped_update_streak += 1
+            if self.skipped_update_streak >= max(1, cfg.max_consecutive_bad_groups):
+                described = ", ".join(
+                    f"{k} mean {float(v.double().mean()):.3g} (max |r| {float(v.abs().max()):.3g})"
+                    for k, v in scores.items()
+                    if v.numel()
+                )
+                raise TrainingStopped(
+                    f"{self.skipped_update_streak} training steps in a row skipped every optimiser step (non-finite "
+                    f"loss or gradients) up to step {step}; rewards: {described}. Lower the learning rate or rescale "
+                    f"the reward; the last complete checkpoint is {self.checkpoints.latest()}."
+                )
+        elif any_kept:
+            self.skipped_update_streak = 0
+        if any_kept and getattr(self, "_all_advantages_zero", False):
+            self.constant_reward_streak += 1
+            if self.constant_reward_streak == CONSTANT_REWARD_WARN_STEPS:
+                constant = {k: float(v[0]) for k, v in scores.items() if v.numel() and bool((v == v[0]).all())}
+                what = (
+                    "every image got the same reward (" + ", ".join(f"{k}={v:.4g}" for k, v in constant.items()) + ")"
+                    if constant and len(constant) == len(scores)
+                    else "every image of each group got the same reward"
+                )
+                logger.warning(
+                    "!!! For %d training steps in a row %s, so every advantage is 0 and nothing is learned. Look at "
+                    "the samples (all black or identical? a prompt length the model was not trained with, see "
+                    "max_sequence_length) and at the reward.",
+                    self.constant_reward_streak,
+                    what,
+                )
+        elif any_kept:
+            self.constant_reward_streak = 0
 
     def _phase(self, name: str) -> None:
         """Show the current phase (rollout / reward / update / eval) on the run's progress bar."""
@@ -557,6 +765,8 @@ class GRPOTrainer:
             "window": self.window.state_dict(),
             "bad_group_streak": self.bad_group_streak,
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
+            "config": self.config.to_dict(),
+            "config_changes": list(self.config_changes),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -566,60 +776,181 @@ class GRPOTrainer:
         return self.checkpoints.save(self.global_step, self.accelerator, self._trainer_state())
 
     def resume(self, resume_from_checkpoint: Optional[str]) -> bool:
-        path = self.checkpoints.resolve(resume_from_checkpoint)
-        if path is None:
-            return False
-        state = self.checkpoints.load(path, self.accelerator)
+        """Resume from `"latest"` or a checkpoint folder; returns whether a checkpoint was loaded.
+
+        `"latest"` tries the complete checkpoints newest first: one whose files are missing, truncated or corrupt
+        is named in a warning and the previous one is used. A checkpoint trained with other settings (see
+        `resume.APPLIED_ON_RESUME`) or holding non-finite weights stops with `CheckpointError`."""
+        candidates = self.checkpoints.candidates(resume_from_checkpoint)
+        failures = []
+        for path in candidates:
+            try:
+                self._resume_from(path)
+                return True
+            except CorruptCheckpointError as err:
+                if resume_from_checkpoint != "latest":
+                    raise
+                failures.append(str(err))
+                logger.warning("%s Falling back to the previous checkpoint.", err)
+        if failures:
+            raise CheckpointError(
+                f"No usable checkpoint in {self.config.output_dir!r}: {failures[-1]} (and every earlier checkpoint "
+                f"failed too); start a new run in another output_dir."
+            )
+        return False
+
+    def _resume_from(self, path: str) -> None:
+        cfg, acc = self.config, self.accelerator
+        self.checkpoints.verify(path)
+        saved = self.checkpoints.read_trainer_state(path)
+        changes = config_changes(saved["config"], cfg.to_dict(), path) if "config" in saved else {}
+        state = self.checkpoints.load(path, acc)
+        check_finite(((n, p) for n, p in self.pipeline.denoiser.named_parameters() if p.requires_grad), path)
         self.global_step = int(state["global_step"])
         self.window.load_state_dict(state["window"])
         self.bad_group_streak = int(state.get("bad_group_streak", 0))
         self.history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
-        logger.info("Resumed from %s at step %d.", path, self.global_step)
-        return True
+        self.config_changes = list(state.get("config_changes", []))
+        if "learning_rate" in changes:
+            set_learning_rate(self.optimizer, self.lr_scheduler, cfg.learning_rate)
+        logger.info("Resuming from %s at step %d of %d.", path, self.global_step, cfg.max_train_steps)
+        if changes:
+            changes.pop("resume_from_checkpoint", None)
+        if changes:
+            self.config_changes.append({"step": self.global_step, "changes": changes})
+            logger.warning(
+                "Resumed with changed settings, applied from step %d on: %s.",
+                self.global_step,
+                ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+            )
+
+    def _write_run_config(self) -> None:
+        """`training_config.yaml` (and the prompts, when they were handed over as a list) at the start of a run, so
+        that an interrupted run can be resumed from its output folder alone."""
+        cfg = self.config
+        if not self.accelerator.is_main_process:
+            return
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        if self._prompts_given and cfg.prompt_file == os.path.abspath(os.path.join(cfg.output_dir, PROMPTS_FILE)):
+            with open(cfg.prompt_file, "w", encoding="utf-8") as f:
+                f.write("\n".join(self.train_prompts) + "\n")
+        cfg.to_yaml(os.path.join(cfg.output_dir, RUN_CONFIG_FILE))
+
+    def _stop_signal(self, interrupt: GracefulInterrupt) -> Optional[int]:
+        """The signal that asks this run to stop, agreed by every process (a signal may reach only some ranks)."""
+        signum = interrupt.requested or 0
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor([signum], device=self.accelerator.device)
+            signum = int(self.accelerator.gather(flag).max())
+        return signum or None
 
     # ------------------------------------------------------------------ the run
     def train(self) -> TrainOutput:
-        """Run to `max_train_steps`: resume if asked, checkpoint, evaluate, log; save (and push) the result."""
+        """Run to `max_train_steps`: resume if asked, checkpoint, evaluate, log; save (and push) the result.
+
+        SIGTERM / SIGINT during the run finish the current step, write a complete checkpoint and return early
+        (`TrainOutput.interrupted_by`); a second signal stops at once."""
         cfg, acc = self.config, self.accelerator
+        started = time.perf_counter()
+        if acc.is_main_process:
+            self.checkpoints.cleanup()  # leftovers of an interrupted save or prune
+        acc.wait_for_everyone()
         if cfg.resume_from_checkpoint:
             self.resume(cfg.resume_from_checkpoint)
-        init_trackers(acc, cfg)
-        if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
-            self._log_eval()
-        self._bar = bar = tqdm(
-            total=cfg.max_train_steps, initial=self.global_step, desc="MixGRPO", disable=not acc.is_local_main_process
-        )
-        while self.global_step < cfg.max_train_steps:
-            logs = self.train_step()
-            if self.global_step % cfg.logging_steps == 0:
-                acc.log(logs, step=self.global_step)
-            bar.update(1)
-            bar.set_postfix(reward=f"{logs.get('reward/mean', float('nan')):.3f}", window=logs["window/start"])
-            if cfg.validation_steps and self.eval_prompts and self.global_step % cfg.validation_steps == 0:
+        elif self.checkpoints.latest() is not None:
+            logger.warning(
+                "%s already holds checkpoints (newest: %s); this run starts fresh (resume_from_checkpoint is unset) "
+                "and replaces those of the same steps.",
+                cfg.output_dir,
+                os.path.basename(self.checkpoints.latest()),
+            )
+        start_step = self.global_step
+        interrupted, checkpoint = None, None
+        with GracefulInterrupt() as interrupt:
+            self._write_run_config()
+            init_trackers(acc, cfg)
+            if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
                 self._log_eval()
-            if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
-                self.save_checkpoint()
-        bar.close()
-        self._bar = None
-        self.save_model(cfg.output_dir)
-        acc.wait_for_everyone()
-        if cfg.push_to_hub and acc.is_main_process:
-            self.push_to_hub()
+            self._bar = bar = tqdm(
+                total=cfg.max_train_steps,
+                initial=self.global_step,
+                desc="MixGRPO",
+                disable=not acc.is_local_main_process,
+            )
+            while self.global_step < cfg.max_train_steps:
+                logs = self.train_step()
+                if self.global_step % cfg.logging_steps == 0:
+                    acc.log(logs, step=self.global_step)
+                bar.update(1)
+                bar.set_postfix(reward=f"{logs.get('reward/mean', float('nan')):.3f}", window=logs["window/start"])
+                if cfg.validation_steps and self.eval_prompts and self.global_step % cfg.validation_steps == 0:
+                    self._log_eval()
+                saved = None
+                if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
+                    saved = self.save_checkpoint()
+                signum = self._stop_signal(interrupt)
+                if signum is not None:
+                    checkpoint = saved or self.save_checkpoint()
+                    interrupted = signal_name(signum)
+                    break
+            bar.close()
+            self._bar = None
+        weights = None
+        if interrupted is None:
+            weights = self.save_model(cfg.output_dir)
+            acc.wait_for_everyone()
+            if cfg.push_to_hub and acc.is_main_process:
+                self.push_to_hub()
         acc.end_training()
-        return TrainOutput(self.global_step, dict(self.history), cfg.output_dir)
+        summary = self._summarize(start_step, time.perf_counter() - started, weights, interrupted, checkpoint)
+        return TrainOutput(self.global_step, dict(self.history), cfg.output_dir, summary, interrupted, checkpoint)
+
+    def _summarize(self, start_step, seconds, weights, interrupted, checkpoint) -> RunSummary:
+        summary = RunSummary.from_history(
+            self.history,
+            output_dir=self.config.output_dir,
+            weights=weights,
+            steps=self.global_step,
+            max_train_steps=self.config.max_train_steps,
+            seconds=seconds,
+            interrupted_by=interrupted,
+            checkpoint=checkpoint,
+            config_changes=list(self.config_changes),
+        )
+        if self.accelerator.is_main_process:
+            for line in summary.lines():
+                logger.info(line)
+            try:
+                summary.write()
+            except OSError as err:
+                logger.warning("Could not write the run summary: %s", err)
+        return summary
 
     # ------------------------------------------------------------------ saving
-    def save_model(self, output_dir: str) -> None:
+    def save_model(self, output_dir: str) -> Optional[str]:
         """LoRA: the family's diffusers LoRA file (`pytorch_lora_weights.safetensors`, loadable by a stock pipeline's
-        `load_lora_weights`); full fine-tune: the whole pipeline folder. Plus the reward curve and config."""
+        `load_lora_weights`); full fine-tune: the whole pipeline folder. Plus the reward curve and config. Returns
+        the path of the weights (on the main process). A full disk raises `DiskFullError`."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if not acc.is_main_process:
-            return
+            return None
+        try:
+            weights = self._save_weights(output_dir)
+        except Exception as err:
+            raise_if_disk_full(err, output_dir, "the final weights")
+            raise
+        self.config.to_yaml(os.path.join(output_dir, RUN_CONFIG_FILE))
+        if self.history:
+            plot_reward_curve(self.history, os.path.join(output_dir, "reward_curve.png"))
+        apply_umask(output_dir if not self.config.use_lora else weights)
+        return weights
+
+    def _save_weights(self, output_dir: str) -> str:
         os.makedirs(output_dir, exist_ok=True)
-        denoiser = acc.unwrap_model(self.pipeline.denoiser)
+        denoiser = self.accelerator.unwrap_model(self.pipeline.denoiser)
         ctx = self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext()
         with ctx:
             if self.config.use_lora:
@@ -629,24 +960,32 @@ class GRPOTrainer:
                 layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
                 key = "unet_lora_layers" if self.pipeline.model_family == "sd15" else "transformer_lora_layers"
                 self.pipeline.save_lora_weights(output_dir, **{key: layers}, safe_serialization=True)
-            else:
-                self.pipeline.stock_pipeline.save_pretrained(output_dir, safe_serialization=True)
-        self.config.to_yaml(os.path.join(output_dir, "training_config.yaml"))
-        if self.history:
-            plot_reward_curve(self.history, os.path.join(output_dir, "reward_curve.png"))
+                return os.path.join(output_dir, "pytorch_lora_weights.safetensors")
+            self.pipeline.stock_pipeline.save_pretrained(output_dir, safe_serialization=True)
+            return output_dir
 
     def push_to_hub(self) -> str:
-        """Model card + weights to `hub_model_id` (token from huggingface_hub's usual mechanisms)."""
-        from .hub import push_folder_to_hub, write_model_card
+        """Model card + weights to `hub_model_id` (token from huggingface_hub's usual mechanisms).
+
+        What is uploaded is staged in `output_dir/.hub-upload` (hard links): the weights, the reward curve and the
+        logs, plus a model card and a `training_config.yaml` without local paths (`public_config_dict`); the run's
+        own config, summary and prompt copy stay local."""
+        from .hub import push_folder_to_hub, stage_upload_folder, write_model_card
 
         cfg = self.config
         repo_id = cfg.resolved_hub_model_id()
-        write_model_card(
-            cfg.output_dir,
-            cfg,
-            base_model=cfg.pretrained_model_name_or_path,
-            method=cfg.method,
-            reward_history=self.history,
-            repo_id=repo_id,
-        )
-        return push_folder_to_hub(cfg.output_dir, repo_id, private=cfg.hub_private, token=cfg.hub_token)
+        staging = stage_upload_folder(cfg.output_dir)
+        try:
+            write_model_card(
+                staging,
+                cfg,
+                base_model=cfg.pretrained_model_name_or_path,
+                method=cfg.method,
+                reward_history=self.history,
+                repo_id=repo_id,
+            )
+            return push_folder_to_hub(staging, repo_id, private=cfg.hub_private, token=cfg.hub_token)
+        finally:
+            import shutil
+
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,166 @@
+"""Checks that run before the model loads, so that a bad input fails in seconds with one sentence, not after minutes.
+
+`check_run_inputs(config)` covers what `GRPOConfig.__post_init__` cannot (it only sees values, not the machine):
+reward names and options, the prompt file, the output folder, and what resuming needs. The trainer reads prompts with
+`read_prompt_file`, so the same messages appear from Python.
+"""
+
+import inspect
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from .errors import ConfigError
+
+__all__ = [
+    "check_model_family",
+    "check_output_dir",
+    "check_resume_compatible",
+    "check_reward_options",
+    "check_run_inputs",
+    "read_prompt_file",
+]
+
+
+def read_prompt_file(path: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, stripped. A missing file, a folder, undecodable bytes (the byte
+    offset is named) or a file without a prompt fail with `ConfigError`."""
+    if not os.path.exists(path):
+        raise ConfigError(f"prompt_file={path!r} does not exist.")
+    if not os.path.isfile(path):
+        raise ConfigError(f"prompt_file={path!r} is not a file.")
+    try:
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"prompt_file={path!r} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8."
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"prompt_file={path!r} cannot be read ({err.strerror}).") from None
+    if not prompts:
+        raise ConfigError(f"prompt_file={path!r} holds no prompt (only blank lines); write one prompt per line.")
+    return prompts
+
+
+def check_output_dir(path: str) -> None:
+    """`path` is (or can be made) a folder this process can write to."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"output_dir={path!r} is a file, not a folder; choose another output_dir.")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as err:
+        raise ConfigError(
+            f"output_dir={path!r} is not writable ({err.strerror}); choose a folder you can write to."
+        ) from None
+
+
+def _accepted_options(factory: Any) -> Optional[set[str]]:
+    """The keyword arguments a reward factory accepts, or `None` when it takes `**kwargs` (anything goes)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+
+
+def check_reward_options(rewards: Mapping[str, float], reward_kwargs: Optional[Mapping[str, Mapping]]) -> None:
+    """Every reward name is registered and every option in `reward_kwargs` is one its factory accepts."""
+    from ..rewards.registry import available_rewards, get_reward_factory
+
+    for name in rewards:
+        try:
+            factory = get_reward_factory(name)
+        except KeyError:
+            raise ConfigError(
+                f"rewards names {name!r}, which is not a registered reward; available: "
+                f"{', '.join(available_rewards())}."
+            ) from None
+        options = dict((reward_kwargs or {}).get(name, {}))
+        accepted = _accepted_options(factory)
+        if accepted is None:
+            continue
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            allowed = sorted(accepted - {"device", "dtype"})
+            raise ConfigError(
+                f"reward_kwargs[{name!r}] has the unknown option {unknown[0]!r}; {name!r} accepts "
+                f"{', '.join(allowed) or 'no options'}."
+            )
+
+
+def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
+    """Everything about a `GRPOConfig` that can be checked before the model loads (see the module docstring)."""
+    from .checkpointing import CheckpointManager
+
+    if check_rewards:
+        if not config.rewards:
+            raise ConfigError("No reward: set rewards, e.g. --rewards hpsv2.1=1.0 (see --help for the names).")
+        check_reward_options(config.rewards, config.reward_kwargs)
+    if not config.prompt_file:
+        raise ConfigError("No training prompts: set prompt_file (a text file, one prompt per line).")
+    read_prompt_file(config.prompt_file)
+    check_output_dir(config.output_dir)
+    manager = CheckpointManager(config.output_dir)
+    if config.resume_from_checkpoint:
+        candidates = manager.candidates(config.resume_from_checkpoint)  # a bad explicit path fails here
+        check_resume_compatible(config, manager, candidates)
+    else:
+        newest = manager.latest()
+        if newest is not None:
+            raise ConfigError(
+                f"output_dir={config.output_dir!r} already holds checkpoints of a run (newest: "
+                f"{os.path.basename(newest)}); resume it with --resume_from_checkpoint latest, or choose another "
+                f"output_dir."
+            )
+
+
+def check_resume_compatible(config: Any, manager: Any, candidates: list[str]) -> None:
+    """Compare the run's settings with those saved in the checkpoint it resumes (the first readable candidate), so
+    that a changed LoRA rank or method fails before the model loads. A checkpoint that cannot be read is left to
+    the trainer (which falls back to the previous one)."""
+    from .errors import CorruptCheckpointError
+    from .resume import config_changes
+
+    for path in candidates:
+        try:
+            manager.verify(path)
+            saved = manager.read_trainer_state(path)
+        except CorruptCheckpointError:
+            continue
+        if "config" in saved:
+            config_changes(saved["config"], config.to_dict(), path, undecided_ok=True)
+        return
+
+
+def model_family_of(path_or_id: Optional[str]) -> Optional[str]:
+    """The model family of a local diffusers folder, from its `model_index.json` (`None` when it cannot be told
+    without loading the model: a Hub id, an unknown pipeline class)."""
+    import json
+
+    from .config import infer_model_family
+
+    if not path_or_id or not os.path.isdir(path_or_id):
+        return None
+    try:
+        with open(os.path.join(path_or_id, "model_index.json"), encoding="utf-8") as f:
+            class_name = json.load(f).get("_class_name")
+        return infer_model_family(class_name) if class_name else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_model_family(path_or_id: Optional[str], expected: Optional[str]) -> None:
+    """A family-specific script refuses a model folder of another family before loading it."""
+    family = model_family_of(path_or_id)
+    if expected and family and family != expected:
+        raise ConfigError(
+            f"{path_or_id!r} is a {family!r} model but this run expects {expected!r}; use "
+            f"examples/train_mixgrpo.py (any family) or fix model_family."
+        )

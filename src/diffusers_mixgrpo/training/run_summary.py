@@ -1,0 +1,105 @@
+"""The end-of-run summary: where the weights are, the reward at the start and end, the best one, the evaluation reward,
+steps and time. Logged by the trainer when a run ends (or is stopped) and written to `training_summary.json`."""
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+__all__ = ["RunSummary", "SUMMARY_FILE"]
+
+SUMMARY_FILE = "training_summary.json"
+_WINDOW = 10  # training rewards are noisy: "first" and "final" are means over up to this many steps
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return sum(values) / len(values) if values else None
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+@dataclass
+class RunSummary:
+    """What a finished (or stopped) run reports. Reward fields are `None` when nothing was logged."""
+
+    output_dir: str
+    weights: Optional[str]
+    steps: int
+    max_train_steps: int
+    seconds: float
+    first_reward: Optional[float] = None
+    final_reward: Optional[float] = None
+    best_reward: Optional[float] = None
+    best_reward_step: Optional[int] = None
+    eval_reward: Optional[float] = None
+    eval_reward_step: Optional[int] = None
+    best_eval_reward: Optional[float] = None
+    best_eval_reward_step: Optional[int] = None
+    interrupted_by: Optional[str] = None
+    checkpoint: Optional[str] = None
+    config_changes: list[dict[str, Any]] = field(default_factory=list)
+    reward_window: int = _WINDOW
+
+    @classmethod
+    def from_history(
+        cls, history: dict[str, list[tuple[int, float]]], start_step: int = 0, **fields: Any
+    ) -> "RunSummary":
+        """Build it from the trainer's reward history (`train_reward`, `eval_reward`: `[(step, value)]`)."""
+        train = [(s, v) for s, v in history.get("train_reward", []) if math.isfinite(v)]
+        evals = [(s, v) for s, v in history.get("eval_reward", []) if math.isfinite(v)]
+        out = cls(**fields)
+        if train:
+            values = [v for _, v in train]
+            out.reward_window = max(1, min(_WINDOW, len(values) // 2))
+            out.first_reward = _mean(values[: out.reward_window])
+            out.final_reward = _mean(values[-out.reward_window :])
+            out.best_reward_step, out.best_reward = max(train, key=lambda p: p[1])
+        if evals:
+            out.eval_reward_step, out.eval_reward = evals[-1]
+            out.best_eval_reward_step, out.best_eval_reward = max(evals, key=lambda p: p[1])
+        return out
+
+    def lines(self) -> list[str]:
+        """The summary as a few human-readable lines."""
+        if self.interrupted_by:
+            head = f"Stopped by {self.interrupted_by} at step {self.steps} of {self.max_train_steps}"
+        else:
+            head = f"Training finished: {self.steps} of {self.max_train_steps} steps"
+        out = [f"{head} in {_duration(self.seconds)}."]
+        if self.checkpoint:
+            out.append(f"  checkpoint:   {self.checkpoint}")
+        if self.weights:
+            out.append(f"  weights:      {self.weights}")
+        if self.final_reward is not None:
+            out.append(
+                f"  train reward: {self.first_reward:.4g} (mean of the first {self.reward_window} steps) -> "
+                f"{self.final_reward:.4g} (last {self.reward_window}); best step {self.best_reward:.4g} at step "
+                f"{self.best_reward_step}"
+            )
+        if self.eval_reward is not None:
+            out.append(
+                f"  eval reward:  {self.eval_reward:.4g} at step {self.eval_reward_step} (best "
+                f"{self.best_eval_reward:.4g} at step {self.best_eval_reward_step})"
+            )
+        for change in self.config_changes:
+            applied = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in change["changes"].items())
+            out.append(f"  changed on resume at step {change['step']}: {applied}")
+        return out
+
+    def write(self, path: Optional[str] = None) -> str:
+        """Write the summary as JSON (default: `output_dir/training_summary.json`); returns the path."""
+        path = path or os.path.join(self.output_dir, SUMMARY_FILE)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(asdict(self), f, indent=2)
+            f.write("\n")
+        return path
