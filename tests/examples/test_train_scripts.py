@@ -135,3 +135,55 @@ def test_missing_weights_fail_with_a_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: Could not load the pipeline") and "huggingface-cli download" in err[-1]
     assert torch.__version__  # the process is still usable
+
+
+def test_sigterm_to_a_training_process_saves_a_complete_checkpoint_that_resumes(tmp_path):
+    """A real `train_flux_mixgrpo.py` process gets a real SIGTERM mid-run: it finishes its step, writes a complete
+    checkpoint, prints one line and exits with 143; the checkpoint verifies against its manifest and resumes."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from diffusers_mixgrpo.training.checkpointing import CheckpointManager
+    from diffusers_mixgrpo.training.cli import train_from_command_line
+
+    model = tmp_path / "model"
+    build_tiny_flux_pipeline().save_pretrained(model)
+    (tmp_path / "p.txt").write_text("a red circle on the left\na blue square on the right\n")
+    out = tmp_path / "out"
+    args = [
+        "--pretrained_model_name_or_path", str(model), "--prompt_file", str(tmp_path / "p.txt"),
+        "--output_dir", str(out), "--max_train_steps", "1000", "--checkpointing_steps", "0",
+        *TINY_FLAGS[2:-2],  # without its --max_train_steps and --checkpointing_steps
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "train_flux_mixgrpo.py"), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "training_config.yaml").exists():  # written when the training loop starts
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("Stopped by SIGTERM at step ") and "--resume_from_checkpoint latest" in last, last
+    step = int(last.split("at step ")[1].split(";")[0])
+    manager = CheckpointManager(out)
+    assert manager.latest() == str(out / f"checkpoint-{step}")
+    manager.verify(manager.latest())  # every file complete, as the manifest says
+    resumed = train_from_command_line(
+        ["--output_dir", str(out), "--resume_from_checkpoint", "latest", "--max_train_steps", str(step + 1)]
+    )
+    assert resumed.global_step == step + 1 and (out / "pytorch_lora_weights.safetensors").is_file()

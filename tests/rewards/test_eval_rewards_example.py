@@ -89,3 +89,37 @@ def test_summary_and_table_helpers():
     assert summary["r"]["mean"] == 2.0 and math.isclose(summary["r"]["sem"], 1 / math.sqrt(3))
     assert "| r | 2.0000 | 0.5774 | 3 |" in format_table(summary)
     assert math.isnan(summarize({"r": torch.tensor([1.0])})["r"]["sem"])
+
+
+def test_the_toy_model_is_sampled_with_its_own_defaults(eval_script, tmp_path):
+    """Without flags, the toy model's sampling_defaults.json sets 16 prompt tokens, 10 steps, 32 px: real images (at
+    FLUX's 512 tokens they were black and every score 0)."""
+    from diffusers_mixgrpo.toy_world import heldout_prompts
+    from diffusers_mixgrpo.toy_world.base_model import ASSETS_DIR
+
+    (tmp_path / "p.txt").write_text("\n".join(heldout_prompts(1)[:2]) + "\n")
+    out = tmp_path / "eval.json"
+    eval_script.main(
+        ["--model", str(ASSETS_DIR), "--prompts", str(tmp_path / "p.txt"), "--rewards", "toy_world",
+         "--device", "cpu", "--output-json", str(out)]
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["sampling"] == {
+        "num_inference_steps": 10, "height": 32, "width": 32, "guidance_scale": 3.5, "max_sequence_length": 16
+    }  # fmt: skip
+    assert report["rewards"]["toy_world"]["mean"] > 0.3
+
+
+def test_bad_inputs_are_one_line_before_the_model_loads(eval_script, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("a cat\n")
+    cases = [
+        (["--rewards", "hpsv3"], "rewards names 'hpsv3', which is not a registered reward"),
+        (["--rewards", "jpeg_compressibility", "--reward-option", "jpeg_compressibility.size=3"], "unknown option"),
+        (["--rewards", "jpeg_compressibility", "--prompts", str(tmp_path / "none.txt")], "does not exist"),
+    ]
+    for extra, fragment in cases:
+        argv = ["--model", str(tmp_path / "no-model"), "--prompts", str(tmp_path / "p.txt"), *extra]
+        with pytest.raises(SystemExit) as info:
+            eval_script.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 1 and fragment in err and "Traceback" not in err, err

@@ -98,3 +98,13 @@ def test_rewards_by_name_from_a_config_mapping():
 def test_invalid_mix_is_refused():
     with pytest.raises(ValueError, match="mix"):
         MultiReward({"jpeg_compressibility": 1.0}, mix="sum")
+
+
+def test_huge_finite_rewards_give_finite_advantages():
+    """float32 rewards near its maximum overflow a float32 mean or std; the statistics are float64."""
+    from diffusers_mixgrpo.rewards import group_advantages
+
+    rewards = torch.tensor([3.0e38, -3.0e38, 1.0e38, 2.0e38], dtype=torch.float32)
+    adv = group_advantages(rewards, torch.tensor([0, 0, 1, 1]), clip=None)
+    assert adv.dtype == torch.float32 and torch.isfinite(adv).all()
+    torch.testing.assert_close(adv, torch.tensor([0.7071, -0.7071, -0.7071, 0.7071]), atol=1e-4, rtol=0)

@@ -19,6 +19,7 @@ class _Judge(BaseHTTPRequestHandler):
     """Answers "Final Score: 1 + 4 * brightness"; the caption picks a misbehaviour (slow, 500, 400, malformed)."""
 
     calls: dict = {}
+    hung_up: list = []
     lock = threading.Lock()
 
     def log_message(self, *args):  # keep test output clean
@@ -40,6 +41,20 @@ class _Judge(BaseHTTPRequestHandler):
         image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
         with self.lock:
             n = self.calls[caption] = self.calls.get(caption, 0) + 1
+        if caption.startswith("trickle"):  # headers, then a byte every 50 ms: each read is fast, the answer never ends
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            try:
+                for _ in range(400):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except OSError:  # the client hung up
+                with self.lock:
+                    self.hung_up.append(time.monotonic())
+            return
         if caption.startswith("slow") and n == 1:
             time.sleep(1.0)  # longer than the client's timeout: the first attempt times out
         if caption.startswith("error-once") and n == 1:
@@ -67,6 +82,7 @@ class _Server(ThreadingHTTPServer):
 @pytest.fixture
 def judge():
     _Judge.calls = {}
+    _Judge.hung_up = []
     server = _Server(("127.0.0.1", 0), _Judge)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -144,3 +160,45 @@ def test_parse_score_reads_the_last_final_score(text, score):
 def test_parse_score_rejects_malformed_answers(text):
     with pytest.raises(MalformedAnswerError):
         parse_score(text)
+
+
+def _client_threads(baseline):
+    return [t for t in threading.enumerate() if t not in baseline and "process_request" not in t.name]
+
+
+def test_a_trickling_server_leaks_no_thread_and_no_connection(judge):
+    """Each read returns within the timeout but the answer never ends: the request is aborted at its timeout (the
+    server sees the client hang up), and repeated calls reuse one pool of `max_concurrency` threads."""
+    baseline = set(threading.enumerate())
+    reward = _reward(judge, timeout=0.3, max_retries=0, max_concurrency=2)
+    for call in range(3):
+        start = time.monotonic()
+        with pytest.raises(UnifiedRewardError, match="timed out after 0.3 s"):
+            reward(_gray([0, 0]), [f"trickle {call} a", f"trickle {call} b"])
+        assert time.monotonic() - start < 1.5
+    time.sleep(0.5)
+    assert len(_Judge.hung_up) == 6  # every aborted request closed its connection
+    assert len(_client_threads(baseline)) <= 2
+    reward.close()
+    assert _client_threads(baseline) == []
+
+
+@pytest.mark.parametrize(
+    "base_url, api_key, allowed",
+    [
+        ("http://judge.example.org:8000/v1", "sk-secret", False),
+        ("https://judge.example.org/v1", "sk-secret", True),
+        ("http://127.0.0.1:8000/v1", "sk-secret", True),
+        ("http://localhost:8000/v1", "sk-secret", True),
+        ("http://[::1]:8000/v1", "sk-secret", True),
+        ("http://judge.example.org:8000/v1", None, True),  # the "EMPTY" placeholder is no secret
+    ],
+)
+def test_an_api_key_never_travels_in_clear_text_to_another_host(base_url, api_key, allowed, monkeypatch):
+    monkeypatch.delenv("UNIFIEDREWARD_API_KEY", raising=False)
+    if allowed:
+        load_reward("unifiedreward", base_url=base_url, api_key=api_key)
+    else:
+        with pytest.raises(ValueError, match="Refusing to send the UnifiedReward API key in clear text"):
+            load_reward("unifiedreward", base_url=base_url, api_key=api_key)
+        load_reward("unifiedreward", base_url=base_url, api_key=api_key, allow_insecure_api_key=True)

@@ -264,3 +264,88 @@ def test_flux_example_configs_hold_the_paper_hyper_parameters():
         c = GRPOConfig.from_yaml(os.path.join(CONFIG_DIR, name))
         for field_name, value in {**common, **values}.items():
             assert getattr(c, field_name) == value, (name, field_name)
+
+
+# -- types (issue 13, item 10): a value of the wrong type never slips through ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, field_name, expected",
+    [
+        ({"use_lora": "no"}, "use_lora", False),
+        ({"use_lora": "TRUE"}, "use_lora", True),
+        ({"lora_target_modules": "to_q"}, "lora_target_modules", ["to_q"]),
+        ({"lora_target_modules": "to_q, to_k"}, "lora_target_modules", ["to_q", "to_k"]),
+        ({"validation_prompts": "a cat, on the left"}, "validation_prompts", ["a cat, on the left"]),
+        ({"learning_rate": "1e-4"}, "learning_rate", 1e-4),  # YAML reads 1e-4 (no dot) as a string
+        ({"learning_rate": 1}, "learning_rate", 1.0),
+    ],
+)
+def test_strings_and_numbers_are_read_as_the_field_type(kwargs, field_name, expected):
+    value = getattr(GRPOConfig(**kwargs), field_name)
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"use_lora": "maybe"}, "use_lora='maybe' is not allowed; it must be true or false"),
+        ({"use_lora": 1}, "use_lora=1 is not allowed"),
+        ({"window_size": 2.0}, "window_size=2.0 is not allowed; it must be an integer"),
+        ({"num_generations": "12"}, "num_generations='12' is not allowed; it must be an integer"),
+        ({"rewards": 5}, "rewards=5 is not allowed; give reward names with weights"),
+        ({"rewards": {"hpsv2.1": True}}, "is not a number"),
+        ({"lora_target_modules": ["to_q", 3]}, "must be a list of strings"),
+        ({"output_dir": None}, "output_dir=None is not allowed"),
+        ({"prompt_file": 3}, "prompt_file=3 is not allowed; it must be a string"),
+        ({"report_to": 5}, "report_to=5 is not allowed; it must be a string"),
+        ({"kl_type": "reference", "kl_coeff": 0.1, "use_lora": False}, "kl_type='reference' needs use_lora=True"),
+        ({"max_sequence_length": 0}, "max_sequence_length=0 is not allowed"),
+        ({"reward_timeout": -1.0}, "reward_timeout=-1.0 is not allowed"),
+        (
+            {"rewards": {"hpsv2.1": 1.0}, "reward_kwargs": {"pickscore": {"checkpoint": "/m"}}},
+            "reward_kwargs names 'pickscore', which is not among rewards",
+        ),
+    ],
+)
+def test_wrong_types_fail_in_one_sentence(kwargs, fragment):
+    from diffusers_mixgrpo.training.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        GRPOConfig(**kwargs)
+    assert fragment in str(info.value) and str(info.value).count(". ") <= 1
+
+
+def test_reward_kwargs_forms():
+    from diffusers_mixgrpo.training.config import parse_reward_kwargs
+
+    expected = {"unifiedreward": {"base_url": "http://h:8000/v1", "timeout": 30}, "hpsv2.1": {"checkpoint": "/m.pt"}}
+    items = ["unifiedreward.base_url=http://h:8000/v1", "unifiedreward.timeout=30", "hpsv2.1.checkpoint=/m.pt"]
+    assert parse_reward_kwargs(items) == expected  # the reward name may hold dots: the option is after the last one
+    assert parse_reward_kwargs(" ".join(items)) == expected
+    assert parse_reward_kwargs('{"hpsv2.1": {"checkpoint": "/m.pt"}}') == {"hpsv2.1": {"checkpoint": "/m.pt"}}
+    with pytest.raises(ValueError, match="name.option=value"):
+        parse_reward_kwargs(["timeout=30"])
+
+
+def test_command_line_booleans_none_and_several_values():
+    c = parse_args(
+        ["--use_lora", "false", "--tail_ratio", "none", "--gradient_checkpointing", "--rewards", "a=1", "b=2"]
+        + ["--reward_kwargs", "a.scale=2", "a.name=x"]
+    )
+    assert c.use_lora is False and c.tail_ratio is None and c.gradient_checkpointing is True
+    assert c.rewards == {"a": 1.0, "b": 2.0} and c.reward_kwargs == {"a": {"scale": 2, "name": "x"}}
+
+
+def test_the_command_line_remembers_what_was_given(tmp_path):
+    from diffusers_mixgrpo.training.arguments import parse_command_line
+
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 2.0e-5\nnum_generations: 6\n")
+    given = parse_command_line(["--config", str(path), "--num_generations", "8"], (GRPOConfig,))
+    assert given.values == {"learning_rate": 2e-5, "num_generations": 8} and given.flags == {"num_generations"}
+
+
+def test_shipped_configs_never_resume_on_their_own():
+    for path in SHIPPED:
+        assert GRPOConfig.from_yaml(path).resume_from_checkpoint is None, path

@@ -129,3 +129,59 @@ def test_push_without_explicit_token_lets_huggingface_hub_find_it(tmp_path):
     assert api_cls.return_value.upload_folder.call_args.kwargs["repo_id"] == "user/run"
     assert api_cls.return_value.create_repo.call_args.kwargs["private"] is None
     assert url == "https://huggingface.co/user/run"
+
+
+# -- nothing pushed names a local path (issue 13, item 15) ----------------------------------------------------------
+
+
+def _all_text(folder):
+    return "\n".join(p.read_text() for p in folder.iterdir() if p.suffix in {".md", ".yaml"})
+
+
+def test_a_local_base_model_is_never_written_as_a_path(tmp_path):
+    base = tmp_path / "models" / "tiny-flux"
+    base.mkdir(parents=True)
+    prompts = tmp_path / "data" / "prompts.txt"
+    config = GRPOConfig(
+        pretrained_model_name_or_path=str(base),
+        model_family="flux",
+        output_dir=str(tmp_path / "runs" / "mine"),
+        prompt_file=str(prompts),
+        rewards={"hpsv2.1": 1.0},
+        reward_kwargs={"hpsv2.1": {"checkpoint": str(tmp_path / "weights" / "HPS_v2.1_compressed.pt")}},
+        resume_from_checkpoint=str(tmp_path / "runs" / "mine" / "checkpoint-5"),
+    )
+    folder = tmp_path / "upload"
+    write_model_card(folder, config, repo_id="me/mine")
+    assert str(tmp_path) not in _all_text(folder)
+    meta, body = read_card(folder)
+    assert "base_model" not in meta and "LoRA weights for a FLUX.1 base model, trained" in body
+    saved = yaml.safe_load((folder / "training_config.yaml").read_text())
+    assert saved["pretrained_model_name_or_path"] is None and saved["prompt_file"] == "prompts.txt"
+    assert saved["output_dir"] == "mine" and saved["resume_from_checkpoint"] is None
+    assert saved["reward_kwargs"] == {"hpsv2.1": {"checkpoint": "HPS_v2.1_compressed.pt"}}
+
+
+def test_the_hub_id_of_a_cached_or_named_base_model_is_used(tmp_path):
+    snapshot = tmp_path / "hub" / "models--black-forest-labs--FLUX.1-dev" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    folder = tmp_path / "upload"
+    write_model_card(folder, GRPOConfig(pretrained_model_name_or_path=str(snapshot)), repo_id="me/a")
+    meta, body = read_card(folder)
+    assert meta["base_model"] == "black-forest-labs/FLUX.1-dev" and str(tmp_path) not in _all_text(folder)
+    assert "[black-forest-labs/FLUX.1-dev](https://huggingface.co/black-forest-labs/FLUX.1-dev)" in body
+    local = tmp_path / "my-copy"
+    local.mkdir()
+    config = GRPOConfig(pretrained_model_name_or_path=str(local), hub_base_model="black-forest-labs/FLUX.1-schnell")
+    write_model_card(folder, config, repo_id="me/b")
+    meta, body = read_card(folder)
+    assert meta["base_model"] == "black-forest-labs/FLUX.1-schnell" and meta["license"] == "apache-2.0"
+    assert 'from_pretrained("black-forest-labs/FLUX.1-schnell"' in body and str(tmp_path) not in _all_text(folder)
+
+
+def test_trackers_get_the_public_config(tmp_path):
+    from diffusers_mixgrpo.training.logging_utils import tracker_config
+
+    values = tracker_config(GRPOConfig(output_dir=str(tmp_path / "x" / "run"), prompt_file=str(tmp_path / "p.txt")))
+    assert values["output_dir"] == "run" and values["prompt_file"] == "p.txt"
+    assert not any(str(tmp_path) in str(v) for v in values.values())

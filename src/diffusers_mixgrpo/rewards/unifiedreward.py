@@ -82,24 +82,27 @@ def parse_score(text: str, low: float = 1.0, high: float = 5.0) -> float:
 
 
 class _Request:
-    """One HTTP attempt's connection, so that a timed-out attempt can be aborted from the event loop's thread."""
+    """One HTTP attempt's socket, so that a timed-out attempt can be aborted from the event loop's thread (the
+    response keeps reading from this socket after `HTTPConnection` hands it over)."""
 
     def __init__(self):
-        self.conn: Optional[http.client.HTTPConnection] = None
+        self.sock: Optional[socket.socket] = None
         self.aborted = False
         self.lock = threading.Lock()
 
-    def attach(self, conn: http.client.HTTPConnection) -> None:
+    def attach(self, sock: socket.socket) -> None:
         with self.lock:
-            self.conn = conn
-            if self.aborted:
-                raise _Retryable("aborted before it started")
+            self.sock = sock
+            aborted = self.aborted
+        if aborted:
+            self.abort()
+            raise _Retryable("aborted before it started")
 
     def abort(self) -> None:
         """Shut the socket down: a worker blocked in `recv` returns at once."""
         with self.lock:
             self.aborted = True
-            sock = getattr(self.conn, "sock", None)
+            sock = self.sock
         if sock is not None:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
@@ -258,8 +261,9 @@ class UnifiedReward:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.api_key}"}
         try:
+            conn.connect()
             if request is not None:
-                request.attach(conn)
+                request.attach(conn.sock)
             conn.request("POST", path, body=payload, headers=headers)
             response = conn.getresponse()
             status, raw = response.status, response.read()

@@ -317,7 +317,7 @@ class CheckpointManager:
     def _publish(self, tmp: str, final: str) -> None:
         if os.path.exists(final):
             # Same step saved again (e.g. after resuming): swap, so that a crash in between keeps one copy.
-            trash = os.path.join(self.output_dir, f"{_TRASH_PREFIX}{os.path.basename(final)}-{os.getpid()}")
+            trash = self._trash_path(final)
             os.replace(final, trash)
             os.replace(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
@@ -408,9 +408,13 @@ class CheckpointManager:
                 removed.append(path)
         return removed
 
+    def _trash_path(self, path: str) -> str:
+        name = os.path.basename(os.path.normpath(path))
+        return os.path.join(self.output_dir, f"{_TRASH_PREFIX}{name[len(CHECKPOINT_PREFIX) :]}-{os.getpid()}")
+
     def _delete(self, path: str) -> None:
         # Rename first (atomic): a kill during the deletion leaves a trash folder, never a half-deleted checkpoint.
-        trash = os.path.join(self.output_dir, f"{_TRASH_PREFIX}{os.path.basename(path)}-{os.getpid()}")
+        trash = self._trash_path(path)
         os.replace(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 

@@ -236,7 +236,7 @@ def write_model_card(
     if use_lora:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{base_for_code}", torch_dtype=torch.bfloat16).to("cuda")\n'
+            f'pipe = DiffusionPipeline.from_pretrained("{base_for_code}", dtype=torch.bfloat16).to("cuda")\n'
             f'pipe.load_lora_weights("{repo_id}")\n'
             f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
             'image.save("sample.png")\n```'
@@ -245,7 +245,7 @@ def write_model_card(
     else:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", torch_dtype=torch.bfloat16).to("cuda")\n'
+            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16).to("cuda")\n'
             f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
             'image.save("sample.png")\n```'
         )

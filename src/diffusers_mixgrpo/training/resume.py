@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "APPLIED_ON_RESUME",
+    "prompts_fingerprint",
     "RUN_CONFIG_FILE",
     "check_finite",
     "config_changes",
@@ -49,6 +50,7 @@ APPLIED_ON_RESUME = frozenset(
         "checkpoints_total_limit",
         "resume_from_checkpoint",
         "output_dir",
+        "prompt_file",  # the prompts themselves are compared (`prompts_fingerprint`): a moved file is fine
         "report_to",
         "tracker_project_name",
         "logging_dir",
@@ -119,6 +121,13 @@ def config_changes(
             )
         changes[name] = [saved[name], new]
     return changes
+
+
+def prompts_fingerprint(prompts: Iterable[str]) -> str:
+    """SHA-256 of the training prompts in order: a resume must see the same data, wherever the file now is."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr_scheduler: Any, learning_rate: float) -> None:

@@ -42,8 +42,9 @@ from .logging_utils import (
     resolve_report_to,
 )
 from .losses import grpo_loss
+from .model_defaults import read_sampling_defaults
 from .preflight import read_prompt_file
-from .resume import RUN_CONFIG_FILE, check_finite, config_changes, set_learning_rate
+from .resume import RUN_CONFIG_FILE, check_finite, config_changes, prompts_fingerprint, set_learning_rate
 from .run_summary import RunSummary
 
 logger = logging.getLogger(__name__)
@@ -165,8 +166,7 @@ class GRPOTrainer:
         set_seed(config.seed)
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
-        if config.max_sequence_length is not None:
-            self.pipeline.max_sequence_length = config.max_sequence_length
+        self._apply_model_defaults()
         self._prompts_given = train_prompts is not None
         self.train_prompts = self._load_prompts(train_prompts)
         if eval_prompts is not None:
@@ -198,6 +198,35 @@ class GRPOTrainer:
         if not prompts:
             raise ConfigError("No training prompts: pass train_prompts=[...] or set prompt_file.")
         return list(prompts)
+
+    def _apply_model_defaults(self) -> None:
+        """Prompt length: `max_sequence_length`, else the model folder's `sampling_defaults.json`. The folder's other
+        sampling defaults only warn when the config differs (the config's values may have been chosen on purpose;
+        the command line applies them to the values not given)."""
+        cfg, pipe = self.config, self.pipeline
+        try:
+            defaults = read_sampling_defaults(getattr(pipe, "name_or_path", None))
+        except ConfigError as err:
+            logger.warning("%s", err)
+            defaults = {}
+        if cfg.max_sequence_length is not None:
+            pipe.max_sequence_length = cfg.max_sequence_length
+        elif "max_sequence_length" in defaults and pipe.max_sequence_length is None:
+            pipe.max_sequence_length = int(defaults["max_sequence_length"])
+        size = defaults.get("resolution")
+        expected = {
+            "num_inference_steps": defaults.get("num_inference_steps"),
+            "guidance_scale": defaults.get("guidance_scale"),
+            "height": defaults.get("height", size),
+            "width": defaults.get("width", size),
+        }
+        differ = {k: v for k, v in expected.items() if v is not None and getattr(cfg, k) != v}
+        if differ:
+            logger.warning(
+                "The model folder's sampling_defaults.json has %s; this run uses %s.",
+                ", ".join(f"{k}={v}" for k, v in differ.items()),
+                ", ".join(f"{k}={getattr(cfg, k)}" for k in differ),
+            )
 
     def _record_run_inputs(self, eval_prompts: Optional[Sequence[str]]) -> GRPOConfig:
         """The config completed with what was handed over as objects (pipeline, rewards, prompts, prompt length),
@@ -767,6 +796,7 @@ class GRPOTrainer:
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
             "config": self.config.to_dict(),
             "config_changes": list(self.config_changes),
+            "prompts_sha256": prompts_fingerprint(self.train_prompts),
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -804,6 +834,14 @@ class GRPOTrainer:
         self.checkpoints.verify(path)
         saved = self.checkpoints.read_trainer_state(path)
         changes = config_changes(saved["config"], cfg.to_dict(), path) if "config" in saved else {}
+        if saved.get("prompts_sha256", prompts_fingerprint(self.train_prompts)) != prompts_fingerprint(
+            self.train_prompts
+        ):
+            raise CheckpointError(
+                f"Cannot resume {path}: the {len(self.train_prompts)} training prompts (prompt_file="
+                f"{cfg.prompt_file!r}) are not those it was trained with; resume with the same prompts, or start a "
+                f"new run in another output_dir."
+            )
         state = self.checkpoints.load(path, acc)
         check_finite(((n, p) for n, p in self.pipeline.denoiser.named_parameters() if p.requires_grad), path)
         self.global_step = int(state["global_step"])

@@ -1,0 +1,178 @@
+"""The training command line (issue 13): help, model-folder sampling defaults, checks before the model loads, resume
+from the output folder alone, one-line errors, the summary. Tiny FLUX models, 1-2 steps, in this process."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffusers_mixgrpo.training import cli
+from diffusers_mixgrpo.training.cli import resolve_run_values, train_from_command_line
+from diffusers_mixgrpo.training.errors import CheckpointError, ConfigError, ModelLoadError
+from diffusers_mixgrpo.training.model_defaults import (
+    SAMPLING_DEFAULTS_FILE,
+    read_sampling_defaults,
+    write_sampling_defaults,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--num_generations", "2", "--resolution", "32", "--num_inference_steps", "4", "--window_size", "2",
+    "--report_to", "none", "--lora_rank", "4", "--lora_alpha", "4", "--validation_steps", "0",
+    "--rewards", "jpeg_compressibility=1.0",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_flux(tmp_path_factory):
+    from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
+
+    path = tmp_path_factory.mktemp("cli") / "tiny_flux"
+    build_tiny_flux_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def run_args(tiny_flux, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on the left\na blue square on the right\n")
+    return [
+        "--pretrained_model_name_or_path", str(tiny_flux), "--prompt_file", str(prompts),
+        "--output_dir", str(tmp_path / "out"), *TINY,
+    ]  # fmt: skip
+
+
+def test_help_answers_without_importing_torch_and_names_the_rewards():
+    script = str(ROOT / "examples" / "train_flux_mixgrpo.py")
+    code = (
+        f"import runpy, sys; sys.argv = [{script!r}, '--help']\n"
+        f"try:\n    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('TORCH_IMPORTED' if 'torch' in sys.modules else 'NO_TORCH')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    print(f"--help took {time.perf_counter() - start:.2f} s (interpreter start included)")
+    assert out.strip().endswith("NO_TORCH")
+    assert "Align a FLUX.1 model" in out and "--max_sequence_length" in out and "--reward_kwargs" in out
+    for name in ("hpsv2.1", "pickscore", "toy_world", "unifiedreward", "jpeg_compressibility"):
+        assert name in out.split("rewards (--rewards", 1)[1]
+
+
+# -- sampling defaults of a model folder (item 5) ------------------------------------------------------------------
+
+
+def test_the_toy_model_carries_its_sampling_defaults():
+    from diffusers_mixgrpo.toy_world.base_model import ASSETS_DIR, TOY_PIPELINE_CALL_KWARGS
+
+    defaults = read_sampling_defaults(ASSETS_DIR)
+    assert defaults["max_sequence_length"] == TOY_PIPELINE_CALL_KWARGS["max_sequence_length"] == 16
+    assert defaults["num_inference_steps"] == TOY_PIPELINE_CALL_KWARGS["num_inference_steps"]
+    assert defaults["guidance_scale"] == TOY_PIPELINE_CALL_KWARGS["guidance_scale"]
+    assert defaults["resolution"] == TOY_PIPELINE_CALL_KWARGS["height"] == TOY_PIPELINE_CALL_KWARGS["width"]
+    assert defaults["shift"] is None  # the model's own grid, as it was trained
+
+
+def test_sampling_defaults_fill_only_what_was_not_given(tmp_path):
+    write_sampling_defaults(tmp_path, max_sequence_length=16, num_inference_steps=10, resolution=32, shift=None)
+    values, applied = resolve_run_values({"pretrained_model_name_or_path": str(tmp_path), "num_inference_steps": 4})
+    assert values["num_inference_steps"] == 4 and values["max_sequence_length"] == 16 and values["shift"] is None
+    assert applied == {"max_sequence_length": 16, "resolution": 32, "shift": None}
+    values, _ = resolve_run_values({"pretrained_model_name_or_path": str(tmp_path), "height": 64})
+    assert "resolution" not in values  # a size given in any form wins over the folder's size
+
+
+def test_a_bad_sampling_defaults_file_is_named(tmp_path):
+    (tmp_path / SAMPLING_DEFAULTS_FILE).write_text('{"steps": 10}')
+    with pytest.raises(ConfigError, match=r"sampling_defaults.json: 'steps' is not a sampling default"):
+        read_sampling_defaults(tmp_path)
+
+
+# -- errors before the work (item 10) ------------------------------------------------------------------------------
+
+
+def _bad_inputs(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("une pomme rôtie\n".encode("latin-1"))
+    (tmp_path / "blank.txt").write_text("\n   \n")
+    (tmp_path / "a_file").write_text("x")
+    return [
+        (["--rewards", "hpsv3=1.0"], "rewards names 'hpsv3', which is not a registered reward; available:"),
+        (["--reward_kwargs", "jpeg_compressibility.checkpoint=/m"], "has the unknown option 'checkpoint'"),
+        (["--prompt_file", str(tmp_path / "missing.txt")], "missing.txt' does not exist"),
+        (["--prompt_file", str(tmp_path / "latin1.txt")], "latin1.txt' is not UTF-8 text (byte 11"),
+        (["--prompt_file", str(tmp_path / "blank.txt")], "holds no prompt"),
+        (["--output_dir", str(tmp_path / "a_file")], "is a file, not a folder"),
+        (["--output_dir", str(tmp_path / "a_file" / "out")], "is not writable"),
+        (["--use_lora", "false", "--kl_type", "reference", "--kl_coeff", "0.1"], "needs use_lora=True"),
+        (["--window_size", "2.0"], "invalid int value"),  # argparse's own message for a flag
+        (["--resume_from_checkpoint", "checkpoint-7"], "is not a folder"),
+    ]
+
+
+def test_bad_inputs_fail_in_one_sentence_before_the_model_loads(run_args, tmp_path, monkeypatch, capsys):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr("diffusers_mixgrpo.training.trainer.load_training_pipeline", no_model)
+    for extra, fragment in _bad_inputs(tmp_path):
+        with pytest.raises(SystemExit) as info:
+            cli.main([*run_args, *extra], expected_family="flux")
+        err = capsys.readouterr().err
+        assert info.value.code in (1, 2), extra
+        assert fragment in err, (extra, err)
+        assert "Traceback" not in err
+
+
+def test_a_fresh_run_never_resumes_silently(run_args, tmp_path, caplog):
+    first = train_from_command_line([*run_args, "--max_train_steps", "1", "--checkpointing_steps", "1"])
+    assert first.global_step == 1 and not any("Resuming" in r.message for r in caplog.records)
+    with pytest.raises(ConfigError, match="already holds checkpoints of a run .*--resume_from_checkpoint latest"):
+        train_from_command_line([*run_args, "--max_train_steps", "2"])
+
+
+def test_resume_needs_nothing_but_the_output_folder(run_args, tmp_path, caplog, monkeypatch):
+    train_from_command_line([*run_args, "--max_train_steps", "1", "--checkpointing_steps", "1"])
+    saved = yaml.safe_load((tmp_path / "out" / "training_config.yaml").read_text())
+    assert saved["pretrained_model_name_or_path"] and saved["rewards"] == {"jpeg_compressibility": 1.0}
+    monkeypatch.chdir(tmp_path.parent)  # another working directory: the saved paths are absolute
+    with caplog.at_level("INFO", logger="diffusers_mixgrpo"):
+        out = train_from_command_line(
+            ["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest", "--max_train_steps", "2"]
+        )
+    assert out.global_step == 2 and (tmp_path / "out" / "checkpoint-2").is_dir()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Resuming from" in m and "checkpoint-1 at step 1 of 2" in m for m in messages)
+    assert out.summary.config_changes == [{"step": 1, "changes": {"max_train_steps": [1, 2]}}]
+
+
+def test_resuming_with_another_lora_rank_is_refused_before_the_model_loads(run_args, tmp_path, monkeypatch):
+    train_from_command_line([*run_args, "--max_train_steps", "1", "--checkpointing_steps", "1"])
+    monkeypatch.setattr("diffusers_mixgrpo.training.trainer.load_training_pipeline", None)
+    with pytest.raises(CheckpointError, match=r"with lora_rank=8: it was trained with lora_rank=4"):
+        train_from_command_line(
+            ["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest", "--lora_rank", "8"]
+        )
+
+
+def test_a_missing_model_is_one_line(run_args, tmp_path):
+    args = [*run_args, "--pretrained_model_name_or_path", str(tmp_path / "nowhere")]
+    with pytest.raises(ModelLoadError, match=r"Could not load the pipeline .*nowhere.*huggingface-cli download"):
+        train_from_command_line(args)
+
+
+def test_the_run_ends_with_a_summary(run_args, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="diffusers_mixgrpo"):
+        out = train_from_command_line([*run_args, "--max_train_steps", "2", "--checkpointing_steps", "0"])
+    lines = [r.getMessage() for r in caplog.records]
+    weights = str(tmp_path / "out" / "pytorch_lora_weights.safetensors")
+    assert any(line.startswith("Training finished: 2 of 2 steps in") for line in lines)
+    assert any(weights in line for line in lines) and any("train reward:" in line for line in lines)
+    saved = json.loads((tmp_path / "out" / "training_summary.json").read_text())
+    assert saved["weights"] == weights == out.summary.weights and saved["steps"] == 2
+    assert saved["final_reward"] == pytest.approx(out.reward_history["train_reward"][-1][1])
