@@ -239,6 +239,8 @@ def test_commands_run(page, tiny_models, workdir):
                 run_command(command, tiny_models, workdir)
             except (AssertionError, Exception) as err:
                 raise AssertionError(f"{page}, block at line {block['line']}: {command!r} failed: {err}") from err
+    pushes = sum("--push_to_hub" in c for b in ALL_BLOCKS[page] if b["skip"] is None for c in commands_of(b["code"]))
+    assert len(_RecordingHfApi.uploads) >= pushes  # a resumed run that pushes pushes again
     for upload in _RecordingHfApi.uploads:  # item 15: nothing pushed names a local folder
         for name, data in upload["files"].items():
             assert str(workdir).encode() not in data and str(ROOT).encode() not in data, name

@@ -26,6 +26,17 @@ _LAZY = {
     "resolve_report_to": "logging_utils",
     "init_trackers": "logging_utils",
     "GRPOTrainer": "trainer",
+    "TrainOutput": "trainer",
+    "load_training_pipeline": "trainer",
+    "MixGRPOError": "errors",
+    "ConfigError": "errors",
+    "CheckpointError": "errors",
+    "DiskFullError": "errors",
+    "TrainingStopped": "errors",
+    "read_sampling_defaults": "model_defaults",
+    "write_sampling_defaults": "model_defaults",
+    "public_config_dict": "public_config",
+    "RunSummary": "run_summary",
 }
 
 __all__ = sorted(_LAZY)

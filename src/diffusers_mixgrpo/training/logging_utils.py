@@ -285,13 +285,11 @@ def count_truncated_prompts(pipeline: Any, prompts: Sequence[str], max_sequence_
         if tok is None:
             continue
         limit = int(min(getattr(tok, "model_max_length", 10**6) or 10**6, 10**6))
-        if (
-            max_sequence_length is not None
-            and "t5" in type(getattr(pipeline, "text_encoder" + slot[9:], None)).__name__.lower()
-        ):
+        encoder = getattr(pipeline, slot.replace("tokenizer", "text_encoder"), None)
+        if max_sequence_length is not None and "t5" in type(encoder).__name__.lower():
             limit = int(max_sequence_length)
         try:
-            lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=True)["input_ids"]]
+            lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]]
         except Exception:
             continue
         over = [p for p, n in zip(prompts, lengths) if n > limit]
