@@ -130,7 +130,9 @@ def describe_missing_weights(what: str, repo_id: str, filename: Optional[str] = 
         f"Could not load the {what} weights from {repo_id!r}"
         + (f" (file {filename!r})" if filename else "")
         + f". Pre-download them on a machine with internet access with `{cmd}` (then copy the Hugging Face cache, "
-        "or pass a local path), or point the reward at a local directory/file."
+        "or pass a local path), or point the reward at a local directory/file: in a training run with "
+        "`reward_kwargs` (e.g. `--reward_kwargs hpsv2.1.checkpoint=/models/HPS_v2.1_compressed.pt`, see "
+        "docs/rewards.md), in examples/eval_rewards.py with `--reward-option`."
     )
 
 
