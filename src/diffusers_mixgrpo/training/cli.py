@@ -69,6 +69,11 @@ def resolve_run_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
             saved.pop("resume_from_checkpoint", None)
             logger.info("Resuming the run in %s with its saved training_config.yaml.", output_dir)
             values = {**saved, **values}
+        else:
+            logger.warning(
+                "%s holds no training_config.yaml: resuming with the values given on the command line only.",
+                output_dir,
+            )
     defaults = read_sampling_defaults(values.get("pretrained_model_name_or_path"), values.get("revision"))
     applied = fill_sampling_defaults(values, defaults)
     values.update(applied)
@@ -89,7 +94,7 @@ def train_from_command_line(
     """
     from .arguments import parse_command_line
     from .config import GRPOConfig
-    from .preflight import check_model_family, check_run_inputs
+    from .preflight import check_model_family, check_run_inputs, family_mismatch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     given = parse_command_line(
@@ -118,10 +123,7 @@ def train_from_command_line(
     pipeline = load_training_pipeline(config, dtype=getattr(torch, dtype) if dtype else None)
     for family in filter(None, (expected_family, config.model_family)):
         if pipeline.model_family != family:
-            raise ConfigError(
-                f"{config.pretrained_model_name_or_path!r} is a {pipeline.model_family!r} model but this run expects "
-                f"{family!r}; use examples/train_mixgrpo.py (any family) or fix model_family."
-            )
+            raise ConfigError(family_mismatch(config.pretrained_model_name_or_path, pipeline.model_family, family))
     return GRPOTrainer(config, pipeline).train()
 
 

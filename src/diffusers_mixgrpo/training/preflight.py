@@ -160,7 +160,11 @@ def check_model_family(path_or_id: Optional[str], expected: Optional[str]) -> No
     """A family-specific script refuses a model folder of another family before loading it."""
     family = model_family_of(path_or_id)
     if expected and family and family != expected:
-        raise ConfigError(
-            f"{path_or_id!r} is a {family!r} model but this run expects {expected!r}; use "
-            f"examples/train_mixgrpo.py (any family) or fix model_family."
-        )
+        raise ConfigError(family_mismatch(path_or_id, family, expected))
+
+
+def family_mismatch(path_or_id: Optional[str], family: str, expected: str) -> str:
+    return (
+        f"{path_or_id!r} is a {family!r} model but this run expects {expected!r}; use the script of that family "
+        f"(or the generic examples/train_mixgrpo.py) or fix model_family."
+    )
