@@ -190,6 +190,10 @@ class GRPOTrainer:
         self._announce_truncation()
         self._bar = None
         self.eval_images_per_prompt = 1  # images per prompt of the periodic evaluation
+        # Replaces the periodic evaluation when set: called with the trainer every `validation_steps` (and before
+        # the first step), returns scalars logged as `eval/<name>`; its "reward" is the `eval_reward` curve. The
+        # toy task uses it to score held-out prompts with held-out noise (`toy_world.evaluation`).
+        self.evaluation_hook: Optional[Callable[["GRPOTrainer"], Mapping[str, float]]] = None
 
     # ------------------------------------------------------------------ setup
     def _load_prompts(self, prompts: Optional[Sequence[str]]) -> list[str]:
@@ -774,6 +778,12 @@ class GRPOTrainer:
 
     def _log_eval(self) -> Optional[float]:
         self._phase("eval")
+        if self.evaluation_hook is not None:
+            scalars = dict(self.evaluation_hook(self))
+            for name, value in scalars.items():
+                self.history.setdefault(f"eval_{name}", []).append((self.global_step, float(value)))
+            self.accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=self.global_step)
+            return scalars.get("reward")
         total, means, batch = self.evaluate()
         if total is None:
             return None
