@@ -157,7 +157,11 @@ def test_add_noise_shape(cls, config):
     sample = dummy_sample()
     noise = torch.randn_like(sample)
     t = scheduler.timesteps[len(scheduler.timesteps) // 2][None]  # [5] in diffusers; a Flash tail has fewer steps
-    noised = scheduler.add_noise(sample, noise, t) if cls is MixDDIMSDEScheduler else scheduler.scale_noise(sample, t, noise)
+    noised = (
+        scheduler.add_noise(sample, noise, t)
+        if cls is MixDDIMSDEScheduler
+        else scheduler.scale_noise(sample, t, noise)
+    )
     assert noised.shape == sample.shape and not torch.equal(noised, sample)
 
 
@@ -185,7 +189,7 @@ def test_getattr_is_correct(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert scheduler.dummy_attribute == 5
-        assert scheduler.save_pretrained == getattr(scheduler, "save_pretrained")
+        assert scheduler.save_pretrained == getattr(scheduler, "save_pretrained")  # noqa: B009
     with pytest.warns(FutureWarning):
         assert scheduler.test_attribute == 5
     with pytest.raises(AttributeError) as error:

@@ -670,7 +670,9 @@ def test_dynamic_shifting_without_mu_raises():
 
 
 def _cps_step(cps_log_prob, reduction="mean", eta=0.8):
-    scheduler = make(sde_type="cps", eta=eta, sde_window_size=3, cps_log_prob=cps_log_prob, log_prob_reduction=reduction)
+    scheduler = make(
+        sde_type="cps", eta=eta, sde_window_size=3, cps_log_prob=cps_log_prob, log_prob_reduction=reduction
+    )
     scheduler.set_timesteps(sigmas=linear_grid(25))
     g = torch.Generator().manual_seed(0)
     x, v, z = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
@@ -695,17 +697,23 @@ def test_cps_gaussian_log_prob_is_the_density():
 
 
 def test_cps_conventions_differ_by_two_tau_squared_in_the_log_ratio():
-    # Same transitions, a second policy (perturbed velocity): the flow_grpo log-ratio is 2 tau^2 times the Gaussian
-    # one at every step (float32 arithmetic: rtol 1e-4).
-    for step in range(3):
-        ratios = {}
-        for convention in ("gaussian", "flow_grpo"):
-            scheduler, x, v, out = _cps_step(convention)
-            old = scheduler.step_log_prob(v, x, out.prev_sample, 0)[0]
-            new = scheduler.step_log_prob(v + 0.05 * torch.ones_like(v), x, out.prev_sample, 0)[0]
-            ratios[convention] = new - old
-        tau = out.std_dev.item()
-        torch.testing.assert_close(ratios["flow_grpo"], 2 * tau**2 * ratios["gaussian"], rtol=1e-4, atol=1e-7)
+    # Same transitions, a second policy (perturbed velocity): at every window step the flow_grpo log-ratio is
+    # 2 tau^2 times the Gaussian one (float32 arithmetic: rtol 1e-4).
+    ratios, taus = {}, []
+    for convention in ("gaussian", "flow_grpo"):
+        scheduler = make(sde_type="cps", eta=0.8, sde_window_size=3, cps_log_prob=convention)
+        scheduler.set_timesteps(sigmas=linear_grid(25))
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(3, 4, 8, 8, generator=g)
+        for i in range(3):
+            v = torch.randn(3, 4, 8, 8, generator=g)
+            out = scheduler.step(v, scheduler.timesteps[i], x, generator=g)
+            new = scheduler.step_log_prob(v + 0.05 * torch.ones_like(v), x, out.prev_sample, i)[0]
+            ratios[convention, i] = new - out.log_prob
+            taus.append(out.std_dev.item())
+            x = out.prev_sample
+    for i, tau in enumerate(taus[:3]):
+        torch.testing.assert_close(ratios["flow_grpo", i], 2 * tau**2 * ratios["gaussian", i], rtol=1e-4, atol=1e-7)
 
 
 def test_cps_log_prob_convention_leaves_the_samples_and_other_sde_types_alone():
