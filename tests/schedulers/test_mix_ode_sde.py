@@ -743,3 +743,28 @@ def test_cps_log_prob_scale_ratio_over_the_25_step_grid():
 def test_unknown_cps_log_prob_raises():
     with pytest.raises(ValueError, match=r"cps_log_prob must be one of \('gaussian', 'flow_grpo'\), got 'none'"):
         make(cps_log_prob="none")
+
+
+@pytest.mark.parametrize(
+    ("sde_type", "eta", "largest", "smallest_before_last", "last"),
+    [
+        ("flow_grpo", 0.7, 0.71, 0.11, 0.082),
+        ("dance_grpo", 0.3, 0.10, 0.035, 0.10),
+        ("cps", 0.7, 0.88, 0.099, 0.0),
+        ("cps", 0.8, 0.94, 0.11, 0.0),
+    ],
+)
+def test_std_dev_ranges_over_the_paper_grid_are_the_documented_ones(
+    sde_type, eta, largest, smallest_before_last, last
+):
+    # docs/schedulers.md, "Log-prob scale of each SDE type": tau of each step on N = 25, shift 3 (2 significant digits).
+    scheduler = make(sde_type=sde_type, eta=eta, sde_window_size=25)
+    scheduler.set_timesteps(sigmas=linear_grid(25))
+    x = torch.zeros(1, 4)
+    taus = []
+    for t in scheduler.timesteps:
+        out = scheduler.step(x, t, x, generator=torch.Generator().manual_seed(0))
+        taus.append(out.std_dev.item())
+    two_digits = lambda value: float(f"{value:.2g}")  # noqa: E731
+    assert two_digits(max(taus)) == largest
+    assert two_digits(min(taus[:-1])) == smallest_before_last and two_digits(taus[-1]) == last
