@@ -70,3 +70,15 @@ def test_float_images_give_the_reference_bytes_in_their_own_precision(dtype):
         # The test can fail: a float32 conversion first gives other pixels (and other sizes) for these images.
         upcast = _ddpo_reference_kb(images.float())
         assert upcast != _ddpo_reference_kb(images)
+
+
+def test_share_of_pixels_a_float32_conversion_would_change():
+    # docs/rewards.md: on uniform noise (4 x 3 x 64 x 64, seed 0) converting bf16 / fp16 images in float32 first
+    # changes 8% / 4% of the pixels (rounded to 1%).
+    from diffusers_mixgrpo.rewards.base import to_uint8_hwc
+    from diffusers_mixgrpo.rewards.jpeg import ddpo_uint8
+
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for dtype, share in ((torch.bfloat16, 0.08), (torch.float16, 0.04)):
+        reference = ddpo_uint8(x.to(dtype)).permute(0, 2, 3, 1).numpy()
+        assert round(float((reference != to_uint8_hwc(x.to(dtype))).mean()), 2) == share
