@@ -340,6 +340,10 @@ class GRPOConfig:
         log_prob_reduction (`str`, defaults to `"mean"`):
             How a step's per-element Gaussian log-density is reduced over the non-batch dimensions: `"mean"` (the
             reference implementations) or `"sum"` (the true log-density).
+        cps_log_prob (`str`, defaults to `"gaussian"`):
+            Log-prob of the `"cps"` SDE: `"gaussian"` (the true density, as every other SDE type; every preset) or
+            `"flow_grpo"` (Flow-GRPO's and the official MixGRPO code's `-(x - mu)^2`, which scales each step's
+            log-ratio by `2 tau^2`; `examples/configs/flux_mixgrpo_cps.yaml`). See docs/schedulers.md.
 
         > Method: SDE and window (preset-controlled when `None`)
 
@@ -570,6 +574,9 @@ class GRPOConfig:
     )
     log_prob_reduction: Literal["mean", "sum"] = field(
         default="mean", metadata={"help": "Reduce per-element log-densities by 'mean' (reference) or 'sum'."}
+    )
+    cps_log_prob: Literal["gaussian", "flow_grpo"] = field(
+        default="gaussian", metadata={"help": "CPS log-prob: 'gaussian' (true density) or 'flow_grpo' (-(x-mu)^2)."}
     )
 
     # Method: SDE and window
@@ -827,6 +834,7 @@ class GRPOConfig:
         check_choice("window_strategy", WINDOW_STRATEGIES)
         check_choice("tail_solver", TAIL_SOLVERS)
         check_choice("log_prob_reduction", ("mean", "sum"))
+        check_choice("cps_log_prob", ("gaussian", "flow_grpo"))
         check_choice("adv_std", ("group", "global", "none"))
         check_choice("kl_type", ("none", "rollout", "reference"))
         check_choice("reward_mix", ("advantage_aggr", "reward_aggr"))

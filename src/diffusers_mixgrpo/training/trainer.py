@@ -321,6 +321,7 @@ class GRPOTrainer:
             if cfg.shift is not None:
                 scheduler_overrides.update(shift=cfg.shift, use_dynamic_shifting=False)
             scheduler_overrides.update(
+                cps_log_prob=cfg.cps_log_prob,
                 tail_solver=cfg.tail_solver,
                 tail_solver_order=cfg.tail_solver_order,
                 tail_ratio=cfg.tail_ratio,
