@@ -21,7 +21,8 @@ _MIX_SCHEDULERS = {"flow": MixODESDEScheduler, "vp": MixDDIMSDEScheduler}
 
 class GRPOTrainingPipeline(DiffusionPipeline):
     r"""
-    Rollouts and log-probs for GRPO on FLUX.1, SD3/SD3.5 and SD1.5-class models, on top of the stock pipelines'
+    Rollouts and log-probs for GRPO on FLUX.1, SD3/SD3.5, SD1.5-class, Qwen-Image, FLUX.2 [dev] / [klein] and Z-Image
+    models, on top of the stock pipelines'
     components.
 
     Build it from a stock pipeline with `GRPOTrainingPipeline.from_pipe(pipe)` (no weights are copied). The
@@ -93,7 +94,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "GRPOTrainingPipeline":
-        """Wrap a stock `FluxPipeline`, `StableDiffusion3Pipeline` or `StableDiffusionPipeline` (shares its modules)."""
+        """Wrap a stock pipeline of a supported family (`FluxPipeline`, `QwenImagePipeline`, ...; see
+        `adapters.SUPPORTED_PIPELINES`), sharing its modules."""
         if isinstance(pipeline, GRPOTrainingPipeline):
             return super().from_pipe(pipeline, **kwargs)
         supported = [c for c in type(pipeline).__mro__ if c.__name__ in SUPPORTED_PIPELINES]
@@ -231,7 +233,9 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 SDE (DanceGRPO); `(w, 0)` is a pure ODE rollout.
             prompt_embeds (`PromptEmbeds`, *optional*): precomputed `encode_prompts(prompts)` rows (one per prompt).
             guidance_scale (`float`, *optional*): FLUX: the embedded guidance (default 3.5); SD3 / SD1.5: the CFG scale
-                (CFG runs when > 1). The same value is stored in the batch and used by `log_prob`.
+                (CFG runs when > 1); Qwen-Image: the stock `true_cfg_scale`; FLUX.2 [dev]: embedded; FLUX.2 [klein]:
+                CFG above 1; Z-Image: its CFG above 0 (docs/pipelines.md). The same value is stored in the batch and
+                used by `log_prob`.
             negative_prompt (`str`, *optional*): for CFG families.
             height, width (`int`, *optional*): image size (default: the model's native size).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the initial noise and the
