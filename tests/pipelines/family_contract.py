@@ -171,3 +171,29 @@ def check_prefix_sharing(stock, size, guidance):
     assert unshared.nfe == len(PROMPTS) * 3 * 6
     assert shared.nfe == len(PROMPTS) * (4 + 3 * 2)
     return float((shared.latents - unshared.latents).abs().max())
+
+
+def check_gradient_checkpointing(stock, size, guidance, targets):
+    """`enable_gradient_checkpointing` (the shipped configs turn it on) leaves the log-prob and its LoRA gradients
+    unchanged: the backward re-runs the same forward."""
+    pipe = grpo(stock)
+    add_lora(pipe, targets)
+    batch = rollout(pipe, size, guidance, num_generations=2)
+    step = batch.step_indices[0]
+
+    def logp_and_grads():
+        pipe.denoiser.zero_grad(set_to_none=True)
+        logp = pipe.log_prob(batch, step)
+        logp.sum().backward()
+        return logp.detach(), {n: p.grad.clone() for n, p in pipe.denoiser.named_parameters() if p.grad is not None}
+
+    plain, plain_grads = logp_and_grads()
+    pipe.enable_gradient_checkpointing()
+    try:
+        ckpt, ckpt_grads = logp_and_grads()
+    finally:
+        pipe.disable_gradient_checkpointing()
+    torch.testing.assert_close(ckpt, plain, rtol=0, atol=1e-6)
+    assert ckpt_grads.keys() == plain_grads.keys() and plain_grads
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -96,3 +96,9 @@ def test_klein_uses_the_qwen3_chat_template_with_thinking_off(stocks):
     ref, _ = stock.encode_prompt(["a cat"], device="cpu")
     assert torch.equal(embeds["prompt_embeds"], ref)
     assert embeds["prompt_embeds"].shape == (1, 512, 3 * 8)  # layers 9, 18, 27 stacked, padded to 512 tokens
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_gradient_checkpointing_keeps_the_log_prob_and_its_gradients(family):
+    builder, guidance, _ = FAMILIES[family]
+    fc.check_gradient_checkpointing(builder(), SIZE, guidance, TARGETS)

@@ -85,3 +85,7 @@ def test_prompt_batches_of_different_lengths_are_padded_and_masked(stock):
         prompt_embeds=joined.select(torch.tensor([0])),
     )
     torch.testing.assert_close(a.images, b.images, rtol=0, atol=1e-5)
+
+
+def test_gradient_checkpointing_keeps_the_log_prob_and_its_gradients():
+    fc.check_gradient_checkpointing(build_tiny_qwenimage_pipeline(), SIZE, CFG, TARGETS)

@@ -86,3 +86,7 @@ def test_zimage_cfg_runs_above_zero(stock):
     pipe = fc.grpo(stock)
     assert pipe.adapter.uses_cfg(0.5) and not pipe.adapter.uses_cfg(0.0)
     assert pipe.default_image_size() == (1024, 1024)
+
+
+def test_gradient_checkpointing_keeps_the_log_prob_and_its_gradients():
+    fc.check_gradient_checkpointing(build_tiny_zimage_pipeline(), SIZE, CFG, TARGETS)
