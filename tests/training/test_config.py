@@ -105,6 +105,10 @@ def test_infer_model_family_from_class_names():
     assert infer_model_family("FluxPipeline") == "flux"
     assert infer_model_family("StableDiffusion3Pipeline") == "sd3"
     assert infer_model_family("StableDiffusionPipeline") == "sd15"
+    assert infer_model_family("QwenImagePipeline") == "qwenimage"
+    assert infer_model_family("Flux2Pipeline") == "flux2"
+    assert infer_model_family("Flux2KleinPipeline") == "flux2_klein"
+    assert infer_model_family("ZImagePipeline") == "zimage"
     with pytest.raises(ValueError, match="model_family"):
         infer_model_family("KandinskyPipeline")
 

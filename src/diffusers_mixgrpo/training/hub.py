@@ -225,7 +225,11 @@ def write_model_card(
     steps = config_values.get("num_inference_steps", 25)
     guidance = config_values.get("guidance_scale", 3.5)
     base_for_code = base_model or "<Hub id or folder of the base model>"
-    family_name = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3", "sd15": "Stable Diffusion 1.5"}.get(family, family)
+    family_name = _FAMILY_NAMES.get(family, family)
+    # Qwen-Image's stock pipeline calls its CFG scale `true_cfg_scale` and runs CFG only with a negative prompt
+    guidance_arg = (
+        f'true_cfg_scale={guidance}, negative_prompt=" "' if family == "qwenimage" else f"guidance_scale={guidance}"
+    )
     base_text = (
         f"[{base_model}](https://huggingface.co/{base_model})"
         if base_model
@@ -238,7 +242,7 @@ def write_model_card(
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
             f'pipe = DiffusionPipeline.from_pretrained("{base_for_code}", dtype=torch.bfloat16).to("cuda")\n'
             f'pipe.load_lora_weights("{repo_id}")\n'
-            f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
+            f'image = pipe("{example_prompt}", num_inference_steps={steps}, {guidance_arg}).images[0]\n'
             'image.save("sample.png")\n```'
         )
         what = f"LoRA weights for {base_text}"
@@ -246,7 +250,7 @@ def write_model_card(
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
             f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16).to("cuda")\n'
-            f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
+            f'image = pipe("{example_prompt}", num_inference_steps={steps}, {guidance_arg}).images[0]\n'
             'image.save("sample.png")\n```'
         )
         what = f"A fine-tuned version of {base_text}"
@@ -269,6 +273,16 @@ def write_model_card(
         f.write(content)
     return path
 
+
+_FAMILY_NAMES = {
+    "flux": "FLUX.1",
+    "sd3": "Stable Diffusion 3",
+    "sd15": "Stable Diffusion 1.5",
+    "qwenimage": "Qwen-Image",
+    "flux2": "FLUX.2 [dev]",
+    "flux2_klein": "FLUX.2 [klein]",
+    "zimage": "Z-Image",
+}
 
 #: Files of a run's output folder that describe the local run (paths, prompts) and are never uploaded as they are.
 LOCAL_ONLY_FILES = ("training_config.yaml", "training_summary.json", "train_prompts.txt", MODEL_CARD_NAME)

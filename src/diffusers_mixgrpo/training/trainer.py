@@ -1006,7 +1006,9 @@ class GRPOTrainer:
                 from diffusers.utils import convert_state_dict_to_diffusers
                 from peft.utils import get_peft_model_state_dict
 
-                layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+                layers = get_peft_model_state_dict(denoiser)
+                if self.pipeline.adapter.lora_legacy_keys:
+                    layers = convert_state_dict_to_diffusers(layers)
                 key = "unet_lora_layers" if self.pipeline.model_family == "sd15" else "transformer_lora_layers"
                 self.pipeline.save_lora_weights(output_dir, **{key: layers}, safe_serialization=True)
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")

@@ -58,6 +58,23 @@ class ModelFamilyAdapter(ABC):
     def vae_scale_factor(self) -> int:
         return self.stock.vae_scale_factor
 
+    # LoRA files: FLUX.1 / SD3 / SD1.5 are saved in diffusers' legacy key format (`convert_state_dict_to_diffusers`),
+    # which their loaders read; the newer loaders (Qwen-Image, FLUX.2, Z-Image) only read peft's own keys.
+    lora_legacy_keys: bool = True
+
+    # Image size in pixels when the caller gives none; `None`: the stock pipeline's `default_sample_size` x the VAE
+    # factor (a family whose stock pipeline has no such attribute sets it, e.g. Z-Image: 1024 x 1024).
+    default_image_size: Optional[tuple[int, int]] = None
+
+    @property
+    def size_multiple(self) -> int:
+        """What height and width must be multiples of (the VAE factor, times 2 for families packing 2x2 patches)."""
+        return self.vae_scale_factor
+
+    def concat_prompt_embeds(self, parts: list[PromptEmbeds]) -> PromptEmbeds:
+        """Join the `encode_prompts` batches (a family with variable-length text pads them here)."""
+        return PromptEmbeds.concat(parts)
+
     def uses_cfg(self, guidance_scale: float) -> bool:
         """Whether a rollout with this guidance runs classifier-free guidance (two denoiser branches)."""
         return False
