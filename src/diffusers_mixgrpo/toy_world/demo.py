@@ -63,7 +63,7 @@ DEMO_DEFAULTS = dict(
     checkpointing_steps=0,
     logging_steps=1,
 )
-DEMO_STEPS = 150
+DEMO_STEPS = 300
 NUM_TRAIN_PROMPTS = 1024  # drawn from the training pool (`train_prompts(1024, seed=0)`)
 EVAL_IMAGES_PER_PROMPT = 4
 
