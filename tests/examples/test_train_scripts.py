@@ -38,7 +38,7 @@ TINY_FLAGS = [
     "--lora_rank",
     "4",
     "--lora_alpha",
-    "4",
+    "8",  # not the rank: a LoRA file without its lora_alpha would load at half strength
     "--validation_steps",
     "0",
     "--checkpointing_steps",
@@ -81,6 +81,8 @@ def test_training_script_trains_and_writes_a_lora_a_stock_pipeline_loads(family,
     fresh.load_lora_weights(str(out))
     denoiser = fresh.transformer if family != "sd15" else fresh.unet
     assert any("lora" in n for n, _ in denoiser.named_parameters())
+    (loaded,) = denoiser.peft_config.values()
+    assert (loaded.r, loaded.lora_alpha) == (4, 8)  # the trained scale alpha / r = 2, not 1
 
     # --resume_from_checkpoint latest picks the checkpoint up and trains one more step
     run_script(family, [*argv, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])  # last flag wins

@@ -115,7 +115,7 @@ def load_training_pipeline(
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"Could not load the pipeline {path!r} ({first_line}); if it is a Hub id, download it first while "
-            f"online (`huggingface-cli download {path}`), else pass a local folder written by `save_pretrained`."
+            f"online (`hf download {path}`), else pass a local folder written by `save_pretrained`."
         ) from err
     pipeline = GRPOTrainingPipeline.from_pipe(stock)
     if config.max_sequence_length is not None:
@@ -996,8 +996,15 @@ class GRPOTrainer:
                 from peft.utils import get_peft_model_state_dict
 
                 layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
-                key = "unet_lora_layers" if self.pipeline.model_family == "sd15" else "transformer_lora_layers"
-                self.pipeline.save_lora_weights(output_dir, **{key: layers}, safe_serialization=True)
+                key = "unet" if self.pipeline.model_family == "sd15" else "transformer"
+                # The adapter's config (rank, lora_alpha, targets) goes into the file: without it a stock pipeline
+                # loads the LoRA with lora_alpha = rank, i.e. at rank / lora_alpha of its trained strength.
+                metadata = denoiser.peft_config["default"].to_dict()
+                self.pipeline.save_lora_weights(
+                    output_dir,
+                    **{f"{key}_lora_layers": layers, f"{key}_lora_adapter_metadata": metadata},
+                    safe_serialization=True,
+                )
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")
             self.pipeline.stock_pipeline.save_pretrained(output_dir, safe_serialization=True)
             return output_dir
