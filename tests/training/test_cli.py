@@ -101,6 +101,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("une pomme rôtie\n".encode("latin-1"))
     (tmp_path / "blank.txt").write_text("\n   \n")
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "not_a_pipeline").mkdir(exist_ok=True)
     return [
         (["--rewards", "hpsv3=1.0"], "rewards names 'hpsv3', which is not a registered reward; available:"),
         (["--reward_kwargs", "jpeg_compressibility.checkpoint=/m"], "has the unknown option 'checkpoint'"),
@@ -112,6 +113,14 @@ def _bad_inputs(tmp_path):
         (["--use_lora", "false", "--kl_type", "reference", "--kl_coeff", "0.1"], "needs use_lora=True"),
         (["--window_size", "2.0"], "invalid int value"),  # argparse's own message for a flag
         (["--resume_from_checkpoint", "checkpoint-7"], "is not a folder"),
+        # a factory taking **kwargs is checked against the class it returns (toy_world: ToyWorldReward)
+        (
+            ["--rewards", "toy_world=1", "--reward_kwargs", "toy_world.colour_weight=1"],
+            "unknown option 'colour_weight'",
+        ),
+        (["--pretrained_model_name_or_path", str(tmp_path / "nowhere")], "nowhere' does not exist (no such folder"),
+        (["--pretrained_model_name_or_path", str(tmp_path / "not_a_pipeline")], "folder without model_index.json"),
+        (["--pretrained_model_name_or_path", str(tmp_path / "a_file")], "a_file' is a file; pass a diffusers"),
     ]
 
 
@@ -162,8 +171,32 @@ def test_resuming_with_another_lora_rank_is_refused_before_the_model_loads(run_a
 
 def test_a_missing_model_is_one_line(run_args, tmp_path):
     args = [*run_args, "--pretrained_model_name_or_path", str(tmp_path / "nowhere")]
-    with pytest.raises(ModelLoadError, match=r"Could not load the pipeline .*nowhere.*huggingface-cli download"):
+    with pytest.raises(ModelLoadError, match=r"nowhere' does not exist \(no such folder, and it is not a Hub id"):
         train_from_command_line(args)
+
+
+def test_an_uncached_hub_id_offline_fails_before_the_model_loads(run_args, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("diffusers_mixgrpo.training.trainer.load_training_pipeline", None)
+    args = [*run_args, "--pretrained_model_name_or_path", "black-forest-labs/FLUX.1-dev"]
+    with pytest.raises(ModelLoadError, match=r"not in the Hugging Face cache, and HF_HUB_OFFLINE is set.*hf download"):
+        train_from_command_line(args)
+
+
+def test_the_model_load_hint_names_a_command_that_exists(tmp_path):
+    import shutil
+
+    from diffusers_mixgrpo.training.config import GRPOConfig
+    from diffusers_mixgrpo.training.trainer import load_training_pipeline
+
+    config = GRPOConfig(pretrained_model_name_or_path=str(tmp_path / "nowhere"), report_to="none")
+    with pytest.raises(ModelLoadError, match=r"`hf download .*nowhere`") as info:
+        load_training_pipeline(config)  # huggingface_hub 1.x has no `huggingface-cli` any more
+    command = str(info.value).split("`")[1].split()[0]
+    assert shutil.which(command, path=os.path.dirname(sys.executable)) or shutil.which(command), command
 
 
 def test_the_run_ends_with_a_summary(run_args, tmp_path, caplog):
