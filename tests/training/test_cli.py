@@ -209,3 +209,21 @@ def test_the_run_ends_with_a_summary(run_args, tmp_path, caplog):
     saved = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     assert saved["weights"] == weights == out.summary.weights and saved["steps"] == 2
     assert saved["final_reward"] == pytest.approx(out.reward_history["train_reward"][-1][1])
+
+
+def test_the_summary_evaluates_the_final_weights(run_args, tmp_path):
+    """validation_steps does not divide max_train_steps: the run still ends with an evaluation of what it saves (the
+    summary's evaluation reward was the base model's, at step 0)."""
+    out = train_from_command_line([*run_args, "--max_train_steps", "2", "--validation_steps", "5"])
+    assert [step for step, _ in out.reward_history["eval_reward"]] == [0, 2]
+    assert out.summary.eval_reward_step == 2
+    assert out.summary.eval_reward == pytest.approx(out.reward_history["eval_reward"][-1][1])
+
+
+def test_resuming_a_folder_without_checkpoints_says_so_once(run_args, tmp_path, caplog):
+    train_from_command_line([*run_args, "--max_train_steps", "1", "--checkpointing_steps", "0"])
+    with caplog.at_level("INFO", logger="diffusers_mixgrpo"):
+        train_from_command_line(["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest"])
+    said = [r for r in caplog.records if "holds no checkpoint; starting fresh" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert "the weights of the finished run" in said[0].getMessage() and "will be replaced" in said[0].getMessage()

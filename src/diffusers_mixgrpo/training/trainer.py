@@ -812,6 +812,17 @@ class GRPOTrainer:
         is named in a warning and the previous one is used. A checkpoint trained with other settings (see
         `resume.APPLIED_ON_RESUME`) or holding non-finite weights stops with `CheckpointError`."""
         candidates = self.checkpoints.candidates(resume_from_checkpoint)
+        if not candidates:
+            names = ("pytorch_lora_weights.safetensors", "model_index.json")  # LoRA, full fine-tune
+            final = next(
+                (p for p in (os.path.join(self.config.output_dir, n) for n in names) if os.path.isfile(p)), None
+            )
+            logger.warning(
+                "resume_from_checkpoint=%r but %s holds no checkpoint; starting fresh%s.",
+                os.fspath(resume_from_checkpoint),
+                self.config.output_dir,
+                f" (the weights of the finished run, {final}, will be replaced)" if final else "",
+            )
         failures = []
         for path in candidates:
             try:
@@ -935,6 +946,14 @@ class GRPOTrainer:
                     break
             bar.close()
             self._bar = None
+            evals = self.history.get("eval_reward", [])
+            if (
+                interrupted is None
+                and cfg.validation_steps
+                and self.eval_prompts
+                and (not evals or evals[-1][0] != self.global_step)
+            ):
+                self._log_eval()  # the summary's evaluation reward is that of the weights being saved
         weights = None
         if interrupted is None:
             weights = self.save_model(cfg.output_dir)
