@@ -15,6 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
 from ..pipelines.rollout_batch import RolloutBatch
@@ -917,7 +918,8 @@ class GRPOTrainer:
             )
         start_step = self.global_step
         interrupted, checkpoint = None, None
-        with GracefulInterrupt() as interrupt:
+        # logging_redirect_tqdm: a warning during the run gets a line of its own instead of being glued to the bar
+        with GracefulInterrupt() as interrupt, logging_redirect_tqdm():
             self._write_run_config()
             init_trackers(acc, cfg)
             if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
