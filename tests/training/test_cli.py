@@ -102,6 +102,7 @@ def _bad_inputs(tmp_path):
     (tmp_path / "blank.txt").write_text("\n   \n")
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "not_a_pipeline").mkdir(exist_ok=True)
+    (tmp_path / "broken.yaml").write_text("learning_rate: 1e-4\n: : :\n")
     return [
         (["--rewards", "hpsv3=1.0"], "rewards names 'hpsv3', which is not a registered reward; available:"),
         (["--reward_kwargs", "jpeg_compressibility.checkpoint=/m"], "has the unknown option 'checkpoint'"),
@@ -121,6 +122,7 @@ def _bad_inputs(tmp_path):
         (["--pretrained_model_name_or_path", str(tmp_path / "nowhere")], "nowhere' does not exist (no such folder"),
         (["--pretrained_model_name_or_path", str(tmp_path / "not_a_pipeline")], "folder without model_index.json"),
         (["--pretrained_model_name_or_path", str(tmp_path / "a_file")], "a_file' is a file; pass a diffusers"),
+        (["--config", str(tmp_path / "broken.yaml")], "is not a readable YAML file (line 2, column 1: expected"),
     ]
 
 
@@ -136,6 +138,16 @@ def test_bad_inputs_fail_in_one_sentence_before_the_model_loads(run_args, tmp_pa
         assert info.value.code in (1, 2), extra
         assert fragment in err, (extra, err)
         assert "Traceback" not in err
+        if info.value.code == 1:
+            assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+
+
+def test_lora_targets_that_match_no_layer_are_one_line(run_args, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*run_args, "--lora_target_modules", "to_qq", "--max_train_steps", "1"], expected_family="flux")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 1 and last.startswith("error: lora_target_modules=['to_qq'] match no layer"), last
+    assert "the flux default is ['attn.to_k'" in last
 
 
 def test_a_fresh_run_never_resumes_silently(run_args, tmp_path, caplog):

@@ -336,15 +336,21 @@ class GRPOTrainer:
 
             denoiser.requires_grad_(False)
             targets = cfg.lora_target_modules or default_lora_target_modules(pipe.model_family)
-            denoiser.add_adapter(
-                LoraConfig(
-                    r=cfg.lora_rank,
-                    lora_alpha=cfg.lora_alpha,
-                    lora_dropout=cfg.lora_dropout,
-                    target_modules=targets,
-                    init_lora_weights="gaussian",
-                )
+            lora = LoraConfig(
+                r=cfg.lora_rank,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                init_lora_weights="gaussian",
             )
+            try:
+                denoiser.add_adapter(lora)
+            except ValueError as err:  # peft's NoMatchingPeftModuleError derives from ValueError
+                raise ConfigError(
+                    f"lora_target_modules={list(targets)} match no layer of the {type(denoiser).__name__} "
+                    f"({str(err).strip().splitlines()[0]}); the {pipe.model_family} default is "
+                    f"{default_lora_target_modules(pipe.model_family)}."
+                ) from err
         else:
             denoiser.requires_grad_(True)
         if cfg.gradient_checkpointing:
