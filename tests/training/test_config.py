@@ -355,9 +355,13 @@ def test_a_reward_api_key_is_used_but_never_written_or_shown():
     from diffusers_mixgrpo.training.public_config import public_config_dict
 
     config = GRPOConfig(
-        reward_kwargs=["unifiedreward.api_key=sk-not-for-disk", "unifiedreward.timeout=30", "foo.auth_token=t0k3n"]
-    )
+        reward_kwargs=[
+            "unifiedreward.api_key=sk-not-for-disk", "unifiedreward.timeout=30", "unifiedreward.max_tokens=64",
+            "foo.auth_token=t0k3n",
+        ]
+    )  # fmt: skip
     assert config.reward_kwargs["unifiedreward"]["api_key"] == "sk-not-for-disk"  # the reward gets it
     for text in (config.to_yaml(), repr(config), str(public_config_dict(config)), str(config.to_dict())):
         assert "sk-not-for-disk" not in text and "t0k3n" not in text
-    assert config.to_dict()["reward_kwargs"] == {"unifiedreward": {"timeout": 30}, "foo": {}}
+    # max_tokens is a setting, not a credential: it is kept (a resume must see it)
+    assert config.to_dict()["reward_kwargs"] == {"unifiedreward": {"timeout": 30, "max_tokens": 64}, "foo": {}}

@@ -121,8 +121,9 @@ SECRET_FIELDS = frozenset({"hub_token"})
 
 def is_secret_option(name: str) -> bool:
     """A reward option that holds a credential (`api_key`, `token`, `password`, ...): used, never saved or shown."""
-    lowered = str(name).lower().replace("-", "_")
-    return any(word in lowered for word in ("api_key", "apikey", "token", "secret", "password"))
+    words = str(name).lower().replace("-", "_").split("_")
+    joined = "_".join(words)
+    return bool({"token", "secret", "password", "apikey"} & set(words)) or joined.endswith("api_key")
 
 
 def default_lora_target_modules(model_family: str) -> list[str]:
