@@ -93,10 +93,43 @@ def _sampling(args) -> dict:
     return {k: v for k, v in call.items() if v is not None}
 
 
+def _check_lora(lora):
+    """A LoRA given as a local path must exist and hold a weights file; a Hub id is left to load_lora_weights."""
+    from diffusers_mixgrpo.training.errors import ModelLoadError
+    from diffusers_mixgrpo.training.preflight import _HUB_ID
+
+    if os.path.isdir(lora):
+        if os.path.isfile(os.path.join(lora, "checkpoint_complete.json")):
+            raise ModelLoadError(
+                f"--lora {lora!r} is a resumable training checkpoint (its adapter is not in the diffusers LoRA "
+                "format); pass the run's output folder once it has finished (pytorch_lora_weights.safetensors)."
+            )
+        if not any(f.endswith((".safetensors", ".bin")) for f in os.listdir(lora)):
+            raise ModelLoadError(
+                f"--lora {lora!r} holds no LoRA weights (no .safetensors or .bin file); pass the output folder of a "
+                "finished run (pytorch_lora_weights.safetensors) or the file itself."
+            )
+    elif not os.path.exists(lora) and (not _HUB_ID.match(lora) or lora.startswith((".", "~"))):
+        raise ModelLoadError(f"--lora {lora!r} does not exist (no such file or folder, and it is not a Hub id).")
+
+
+def _check_outputs(args):
+    """--output-json and --save-images can be written, checked before any image is generated."""
+    from diffusers_mixgrpo.training.errors import ConfigError
+    from diffusers_mixgrpo.training.preflight import check_output_dir
+
+    if args.output_json:
+        if os.path.isdir(args.output_json):
+            raise ConfigError(f"--output-json {args.output_json!r} is a folder; give a file name.")
+        check_output_dir(os.path.dirname(os.path.abspath(args.output_json)), "the folder of --output-json")
+    if args.save_images:
+        check_output_dir(args.save_images, "--save-images")
+
+
 def evaluate(args):
     from diffusers_mixgrpo.rewards import load_reward
     from diffusers_mixgrpo.training.errors import ConfigError, ModelLoadError, RewardLoadError
-    from diffusers_mixgrpo.training.preflight import check_reward_options, read_prompt_file
+    from diffusers_mixgrpo.training.preflight import check_model_source, check_reward_options, read_prompt_file
 
     reward_options = _reward_options(args)
     check_reward_options(dict.fromkeys(args.rewards, 1.0), reward_options)
@@ -105,6 +138,10 @@ def evaluate(args):
     for name, value in (("--num-images-per-prompt", args.num_images_per_prompt), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ConfigError(f"{name} {value} is not allowed; it must be >= 1.")
+    check_model_source(args.model, "--model")
+    if args.lora:
+        _check_lora(args.lora)
+    _check_outputs(args)
 
     import torch
     from diffusers import DiffusionPipeline
@@ -123,7 +160,14 @@ def evaluate(args):
             "written by save_pretrained, or download the Hub id first."
         ) from err
     if args.lora:
-        pipe.load_lora_weights(args.lora)
+        try:
+            pipe.load_lora_weights(args.lora)
+        except Exception as err:  # diffusers, peft, safetensors and the Hub client raise many types
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelLoadError(
+                f"Could not load the LoRA {args.lora!r} into {type(pipe).__name__} ({first_line}); pass the output "
+                "folder of a training run of this model (pytorch_lora_weights.safetensors)."
+            ) from err
     pipe.set_progress_bar_config(disable=True)
     accepted = inspect.signature(pipe.__call__).parameters
     call_kwargs = {k: v for k, v in call_kwargs.items() if k in accepted}

@@ -38,7 +38,7 @@ TINY_FLAGS = [
     "--lora_rank",
     "4",
     "--lora_alpha",
-    "4",
+    "8",  # not the rank: a LoRA file without its lora_alpha would load at half strength
     "--validation_steps",
     "0",
     "--checkpointing_steps",
@@ -81,6 +81,8 @@ def test_training_script_trains_and_writes_a_lora_a_stock_pipeline_loads(family,
     fresh.load_lora_weights(str(out))
     denoiser = fresh.transformer if family != "sd15" else fresh.unet
     assert any("lora" in n for n, _ in denoiser.named_parameters())
+    (loaded,) = denoiser.peft_config.values()
+    assert (loaded.r, loaded.lora_alpha) == (4, 8)  # the trained scale alpha / r = 2, not 1
 
     # --resume_from_checkpoint latest picks the checkpoint up and trains one more step
     run_script(family, [*argv, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])  # last flag wins
@@ -133,7 +135,7 @@ def test_missing_weights_fail_with_a_clear_message(tmp_path, capsys):
         )
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("error: Could not load the pipeline") and "huggingface-cli download" in err[-1]
+    assert err[-1].startswith("error: pretrained_model_name_or_path=") and "nowhere' does not exist" in err[-1]
     assert torch.__version__  # the process is still usable
 
 

@@ -101,6 +101,8 @@ def _bad_inputs(tmp_path):
     (tmp_path / "latin1.txt").write_bytes("une pomme rôtie\n".encode("latin-1"))
     (tmp_path / "blank.txt").write_text("\n   \n")
     (tmp_path / "a_file").write_text("x")
+    (tmp_path / "not_a_pipeline").mkdir(exist_ok=True)
+    (tmp_path / "broken.yaml").write_text("learning_rate: 1e-4\n: : :\n")
     return [
         (["--rewards", "hpsv3=1.0"], "rewards names 'hpsv3', which is not a registered reward; available:"),
         (["--reward_kwargs", "jpeg_compressibility.checkpoint=/m"], "has the unknown option 'checkpoint'"),
@@ -112,6 +114,15 @@ def _bad_inputs(tmp_path):
         (["--use_lora", "false", "--kl_type", "reference", "--kl_coeff", "0.1"], "needs use_lora=True"),
         (["--window_size", "2.0"], "invalid int value"),  # argparse's own message for a flag
         (["--resume_from_checkpoint", "checkpoint-7"], "is not a folder"),
+        # a factory taking **kwargs is checked against the class it returns (toy_world: ToyWorldReward)
+        (
+            ["--rewards", "toy_world=1", "--reward_kwargs", "toy_world.colour_weight=1"],
+            "unknown option 'colour_weight'",
+        ),
+        (["--pretrained_model_name_or_path", str(tmp_path / "nowhere")], "nowhere' does not exist (no such folder"),
+        (["--pretrained_model_name_or_path", str(tmp_path / "not_a_pipeline")], "folder without model_index.json"),
+        (["--pretrained_model_name_or_path", str(tmp_path / "a_file")], "a_file' is a file; pass a diffusers"),
+        (["--config", str(tmp_path / "broken.yaml")], "is not a readable YAML file (line 2, column 1: expected"),
     ]
 
 
@@ -127,6 +138,16 @@ def test_bad_inputs_fail_in_one_sentence_before_the_model_loads(run_args, tmp_pa
         assert info.value.code in (1, 2), extra
         assert fragment in err, (extra, err)
         assert "Traceback" not in err
+        if info.value.code == 1:
+            assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+
+
+def test_lora_targets_that_match_no_layer_are_one_line(run_args, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main([*run_args, "--lora_target_modules", "to_qq", "--max_train_steps", "1"], expected_family="flux")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert info.value.code == 1 and last.startswith("error: lora_target_modules=['to_qq'] match no layer"), last
+    assert "the flux default is ['attn.to_k'" in last
 
 
 def test_a_fresh_run_never_resumes_silently(run_args, tmp_path, caplog):
@@ -162,8 +183,32 @@ def test_resuming_with_another_lora_rank_is_refused_before_the_model_loads(run_a
 
 def test_a_missing_model_is_one_line(run_args, tmp_path):
     args = [*run_args, "--pretrained_model_name_or_path", str(tmp_path / "nowhere")]
-    with pytest.raises(ModelLoadError, match=r"Could not load the pipeline .*nowhere.*huggingface-cli download"):
+    with pytest.raises(ModelLoadError, match=r"nowhere' does not exist \(no such folder, and it is not a Hub id"):
         train_from_command_line(args)
+
+
+def test_an_uncached_hub_id_offline_fails_before_the_model_loads(run_args, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("diffusers_mixgrpo.training.trainer.load_training_pipeline", None)
+    args = [*run_args, "--pretrained_model_name_or_path", "black-forest-labs/FLUX.1-dev"]
+    with pytest.raises(ModelLoadError, match=r"not in the Hugging Face cache, and HF_HUB_OFFLINE is set.*hf download"):
+        train_from_command_line(args)
+
+
+def test_the_model_load_hint_names_a_command_that_exists(tmp_path):
+    import shutil
+
+    from diffusers_mixgrpo.training.config import GRPOConfig
+    from diffusers_mixgrpo.training.trainer import load_training_pipeline
+
+    config = GRPOConfig(pretrained_model_name_or_path=str(tmp_path / "nowhere"), report_to="none")
+    with pytest.raises(ModelLoadError, match=r"`hf download .*nowhere`") as info:
+        load_training_pipeline(config)  # huggingface_hub 1.x has no `huggingface-cli` any more
+    command = str(info.value).split("`")[1].split()[0]
+    assert shutil.which(command, path=os.path.dirname(sys.executable)) or shutil.which(command), command
 
 
 def test_the_run_ends_with_a_summary(run_args, tmp_path, caplog):
@@ -176,3 +221,21 @@ def test_the_run_ends_with_a_summary(run_args, tmp_path, caplog):
     saved = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     assert saved["weights"] == weights == out.summary.weights and saved["steps"] == 2
     assert saved["final_reward"] == pytest.approx(out.reward_history["train_reward"][-1][1])
+
+
+def test_the_summary_evaluates_the_final_weights(run_args, tmp_path):
+    """validation_steps does not divide max_train_steps: the run still ends with an evaluation of what it saves (the
+    summary's evaluation reward was the base model's, at step 0)."""
+    out = train_from_command_line([*run_args, "--max_train_steps", "2", "--validation_steps", "5"])
+    assert [step for step, _ in out.reward_history["eval_reward"]] == [0, 2]
+    assert out.summary.eval_reward_step == 2
+    assert out.summary.eval_reward == pytest.approx(out.reward_history["eval_reward"][-1][1])
+
+
+def test_resuming_a_folder_without_checkpoints_says_so_once(run_args, tmp_path, caplog):
+    train_from_command_line([*run_args, "--max_train_steps", "1", "--checkpointing_steps", "0"])
+    with caplog.at_level("INFO", logger="diffusers_mixgrpo"):
+        train_from_command_line(["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest"])
+    said = [r for r in caplog.records if "holds no checkpoint; starting fresh" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert "the weights of the finished run" in said[0].getMessage() and "will be replaced" in said[0].getMessage()

@@ -372,3 +372,19 @@ def test_the_command_line_remembers_what_was_given(tmp_path):
 def test_shipped_configs_never_resume_on_their_own():
     for path in SHIPPED:
         assert GRPOConfig.from_yaml(path).resume_from_checkpoint is None, path
+
+
+def test_a_reward_api_key_is_used_but_never_written_or_shown():
+    from diffusers_mixgrpo.training.public_config import public_config_dict
+
+    config = GRPOConfig(
+        reward_kwargs=[
+            "unifiedreward.api_key=sk-not-for-disk", "unifiedreward.timeout=30", "unifiedreward.max_tokens=64",
+            "foo.auth_token=t0k3n",
+        ]
+    )  # fmt: skip
+    assert config.reward_kwargs["unifiedreward"]["api_key"] == "sk-not-for-disk"  # the reward gets it
+    for text in (config.to_yaml(), repr(config), str(public_config_dict(config)), str(config.to_dict())):
+        assert "sk-not-for-disk" not in text and "t0k3n" not in text
+    # max_tokens is a setting, not a credential: it is kept (a resume must see it)
+    assert config.to_dict()["reward_kwargs"] == {"unifiedreward": {"timeout": 30, "max_tokens": 64}, "foo": {}}

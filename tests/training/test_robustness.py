@@ -341,3 +341,22 @@ def test_truncated_prompts_are_reported_once_not_at_every_rollout(tmp_path, capl
     told = [r.getMessage() for r in caplog.records if "are truncated" in r.getMessage()]
     assert len(told) >= 1 and all("1 of 2 prompts are longer than the 16 tokens" in m for m in told)
     assert "The following part of your input was truncated" not in capfd.readouterr().err
+
+
+def test_warnings_during_the_run_do_not_write_over_the_progress_bar(tmp_path, monkeypatch):
+    """A console log handler is swapped for tqdm's while the bar runs (the constant-reward warning used to be glued
+    to the bar's line: "MixGRPO [update]: 60%|... WARNING ...")."""
+    import logging
+    import sys
+
+    console = logging.StreamHandler(sys.stderr)
+    monkeypatch.setattr(logging.root, "handlers", [console])
+    seen = []
+
+    def spy(images, prompts):
+        seen.append([type(h).__name__ for h in logging.root.handlers])
+        return images.float().mean(dim=(1, 2, 3))
+
+    make_trainer(make_config(tmp_path, max_train_steps=1, checkpointing_steps=0), rewards={spy: 1.0}).train()
+    assert seen and all(names == ["_TqdmLoggingHandler"] for names in seen), seen
+    assert logging.root.handlers == [console]  # restored after the run

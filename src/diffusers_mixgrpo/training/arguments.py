@@ -128,7 +128,7 @@ def load_yaml_values(path: str, dataclass_types: Sequence[type]) -> dict[str, An
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
     except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config {path!r} is not a readable YAML file: {err}".rstrip(".") + ".") from None
+        raise ConfigError(f"--config {path!r} is not a readable YAML file ({describe_yaml_error(err)}).") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path!r} must hold a mapping of field: value pairs, got {type(values).__name__}.")
     known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls) if f.init}
@@ -138,6 +138,14 @@ def load_yaml_values(path: str, dataclass_types: Sequence[type]) -> dict[str, An
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"{path}: {key!r} is not a known field.{hint}")
     return values
+
+
+def describe_yaml_error(err: Exception) -> str:
+    """One line for a YAML or decoding error: `line 3, column 7: mapping values are not allowed here`."""
+    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(err).split()).rstrip(".")
 
 
 def _unwrap(name: str, value: Any, annotation: Any) -> Any:

@@ -353,12 +353,7 @@ class CheckpointManager:
         falls back to the next one when a checkpoint fails `verify` or loading); for a path, that checkpoint alone
         (`resolve` checks it); `[]` for no resume."""
         if resume_from_checkpoint is not None and os.fspath(resume_from_checkpoint) == "latest":
-            found = self.checkpoints()[::-1]
-            if not found:
-                logger.info(
-                    "resume_from_checkpoint='latest' but %s holds no checkpoint; starting fresh.", self.output_dir
-                )
-            return found
+            return self.checkpoints()[::-1]  # none: a fresh start (the trainer says so)
         path = self.resolve(resume_from_checkpoint)
         return [] if path is None else [path]
 

@@ -94,7 +94,7 @@ def train_from_command_line(
     """
     from .arguments import parse_command_line
     from .config import GRPOConfig
-    from .preflight import check_model_family, check_run_inputs, family_mismatch
+    from .preflight import check_model_family, check_model_source, check_run_inputs, family_mismatch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     given = parse_command_line(
@@ -109,6 +109,7 @@ def train_from_command_line(
             ", ".join(f"{k}={v}" for k, v in applied.items()),
         )
     check_run_inputs(config)
+    check_model_source(config.pretrained_model_name_or_path)
     for family in filter(None, (expected_family, config.model_family)):
         check_model_family(config.pretrained_model_name_or_path, family)
 

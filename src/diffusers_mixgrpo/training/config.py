@@ -144,6 +144,13 @@ DEFAULT_NUM_VALIDATION_PROMPTS = 4
 SECRET_FIELDS = frozenset({"hub_token"})
 
 
+def is_secret_option(name: str) -> bool:
+    """A reward option that holds a credential (`api_key`, `token`, `password`, ...): used, never saved or shown."""
+    words = str(name).lower().replace("-", "_").split("_")
+    joined = "_".join(words)
+    return bool({"token", "secret", "password", "apikey"} & set(words)) or joined.endswith("api_key")
+
+
 def default_lora_target_modules(model_family: str) -> list[str]:
     """The default LoRA target modules of a model family (one of `MODEL_FAMILIES`); a fresh list."""
     if model_family not in DEFAULT_LORA_TARGET_MODULES:
@@ -458,6 +465,9 @@ class GRPOConfig:
             Options of each reward, `{name: {option: value}}`: local weights (`hpsv2.1: {checkpoint: /m/hps.pt}`),
             the UnifiedReward server (`unifiedreward: {base_url: ..., timeout: 30, max_retries: 2}`), ... On the
             command line: `name.option=value` items or a JSON object. See docs/rewards.md for each reward's options.
+            Credentials (`unifiedreward.api_key`, any option named like a key, token or password) are used but never
+            saved (run config, checkpoints, Hub, trackers): on resume give them again, or use the environment
+            (`UNIFIEDREWARD_API_KEY`).
         reward_timeout (`float`, *optional*):
             Seconds one call of a reward may take; a slower (hung) reward stops the run with its name. `None`: no
             limit.
@@ -1062,7 +1072,8 @@ class GRPOConfig:
         return f"{type(self).__name__}({items})"
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as plain Python values, preset values resolved; secrets (`hub_token`) are left out."""
+        """All fields as plain Python values, preset values resolved; secrets (`hub_token`, credential options in
+        `reward_kwargs` such as `unifiedreward.api_key`) are left out."""
         out = {}
         for f in dataclasses.fields(self):
             if f.name in SECRET_FIELDS:
@@ -1072,6 +1083,8 @@ class GRPOConfig:
                 value = list(value)
             elif isinstance(value, dict):
                 value = {k: dict(v) if isinstance(v, dict) else v for k, v in value.items()}
+                if f.name == "reward_kwargs":  # an API key is used by the reward, never written
+                    value = {k: {o: x for o, x in v.items() if not is_secret_option(o)} for k, v in value.items()}
             elif isinstance(value, list):
                 value = list(value)
             out[f.name] = value

@@ -7,6 +7,7 @@ reward names and options, the prompt file, the output folder, and what resuming 
 
 import inspect
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -14,6 +15,7 @@ from .errors import ConfigError
 
 __all__ = [
     "check_model_family",
+    "check_model_source",
     "check_output_dir",
     "check_resume_compatible",
     "check_reward_options",
@@ -43,10 +45,10 @@ def read_prompt_file(path: str) -> list[str]:
     return prompts
 
 
-def check_output_dir(path: str) -> None:
-    """`path` is (or can be made) a folder this process can write to."""
+def check_output_dir(path: str, what: str = "output_dir") -> None:
+    """`path` is (or can be made) a folder this process can write to (`what` names it in the message)."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"output_dir={path!r} is a file, not a folder; choose another output_dir.")
+        raise ConfigError(f"{what}={path!r} is a file, not a folder; choose another folder.")
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write-test-{os.getpid()}")
@@ -55,19 +57,30 @@ def check_output_dir(path: str) -> None:
         os.remove(probe)
     except OSError as err:
         raise ConfigError(
-            f"output_dir={path!r} is not writable ({err.strerror}); choose a folder you can write to."
+            f"{what}={path!r} is not writable ({err.strerror}); choose a folder you can write to."
         ) from None
 
 
-def _accepted_options(factory: Any) -> Optional[set[str]]:
-    """The keyword arguments a reward factory accepts, or `None` when it takes `**kwargs` (anything goes)."""
+def _accepted_options(factory: Any, _depth: int = 0) -> Optional[set[str]]:
+    """The keyword arguments a reward factory accepts, or `None` when it takes `**kwargs` that go nowhere known.
+
+    A factory that forwards `**kwargs` to the class it returns (`def make(device=None, **kwargs) -> MyReward`, the
+    registry's usual form) accepts its own arguments plus those of the class's `__init__`."""
     try:
-        params = inspect.signature(factory).parameters.values()
+        signature = inspect.signature(factory)
     except (TypeError, ValueError):
         return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    params = signature.parameters.values()
+    named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return named
+    returned = signature.return_annotation
+    if isinstance(returned, str):  # postponed annotations: resolve the name in the factory's module
+        returned = getattr(inspect.getmodule(factory), returned, None)
+    if _depth < 3 and inspect.isclass(returned) and returned is not factory:
+        forwarded = _accepted_options(returned, _depth + 1)
+        return None if forwarded is None else named | forwarded
+    return None
 
 
 def check_reward_options(rewards: Mapping[str, float], reward_kwargs: Optional[Mapping[str, Mapping]]) -> None:
@@ -137,6 +150,40 @@ def check_resume_compatible(config: Any, manager: Any, candidates: list[str]) ->
         if "config" in saved:
             config_changes(saved["config"], config.to_dict(), path, undecided_ok=True)
         return
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_model_source(path_or_id: Optional[str], what: str = "pretrained_model_name_or_path") -> None:
+    """A local pipeline folder (with `model_index.json`) or something that can be a Hub id; raises `ModelLoadError`
+    in one sentence for a missing folder, a folder or file that is not a diffusers pipeline, or a Hub id that is not
+    in the local cache while `HF_HUB_OFFLINE` is set. Imports nothing heavy."""
+    from .errors import ModelLoadError
+
+    if not path_or_id:
+        raise ModelLoadError(f"{what} is required to load the model (a Hub id or a local folder).")
+    path = os.fspath(path_or_id)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise ModelLoadError(
+                f"{what}={path!r} is a folder without model_index.json, not a diffusers pipeline; pass the folder "
+                "that `save_pretrained` wrote (or a Hub id)."
+            )
+        return
+    if os.path.exists(path):
+        raise ModelLoadError(f"{what}={path!r} is a file; pass a diffusers pipeline folder or a Hub id.")
+    if not _HUB_ID.match(path) or path.startswith((".", "~")):
+        raise ModelLoadError(
+            f"{what}={path!r} does not exist (no such folder, and it is not a Hub id of the form 'org/name')."
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(path, "model_index.json"), str):
+        raise ModelLoadError(
+            f"{what}={path!r} is not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE is set; "
+            f"download it first while online (`hf download {path}`) or pass a local folder."
+        )
 
 
 def model_family_of(path_or_id: Optional[str]) -> Optional[str]:

@@ -80,7 +80,11 @@ def load_saved_run_config(output_dir: str) -> Optional[dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path} cannot be read ({err}); resume with the run's flags instead.") from None
+        from .arguments import describe_yaml_error
+
+        raise ConfigError(
+            f"{path} cannot be read ({describe_yaml_error(err)}); resume with the run's flags instead."
+        ) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} must hold a mapping of field: value pairs.")
     return values

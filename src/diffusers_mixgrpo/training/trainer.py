@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
 from ..pipelines.rollout_batch import RolloutBatch
@@ -115,7 +117,7 @@ def load_training_pipeline(
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
             f"Could not load the pipeline {path!r} ({first_line}); if it is a Hub id, download it first while "
-            f"online (`huggingface-cli download {path}`), else pass a local folder written by `save_pretrained`."
+            f"online (`hf download {path}`), else pass a local folder written by `save_pretrained`."
         ) from err
     pipeline = GRPOTrainingPipeline.from_pipe(stock)
     if config.max_sequence_length is not None:
@@ -193,7 +195,7 @@ class GRPOTrainer:
         # Replaces the periodic evaluation when set: called with the trainer every `validation_steps` (and before
         # the first step), returns scalars logged as `eval/<name>`; its "reward" is the `eval_reward` curve. The
         # toy task uses it to score held-out prompts with held-out noise (`toy_world.evaluation`).
-        self.evaluation_hook: Optional[Callable[["GRPOTrainer"], Mapping[str, float]]] = None
+        self.evaluation_hook: Optional[Callable[[GRPOTrainer], Mapping[str, float]]] = None
 
     # ------------------------------------------------------------------ setup
     def _load_prompts(self, prompts: Optional[Sequence[str]]) -> list[str]:
@@ -340,15 +342,21 @@ class GRPOTrainer:
 
             denoiser.requires_grad_(False)
             targets = cfg.lora_target_modules or default_lora_target_modules(pipe.model_family)
-            denoiser.add_adapter(
-                LoraConfig(
-                    r=cfg.lora_rank,
-                    lora_alpha=cfg.lora_alpha,
-                    lora_dropout=cfg.lora_dropout,
-                    target_modules=targets,
-                    init_lora_weights="gaussian",
-                )
+            lora = LoraConfig(
+                r=cfg.lora_rank,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                init_lora_weights="gaussian",
             )
+            try:
+                denoiser.add_adapter(lora)
+            except ValueError as err:  # peft's NoMatchingPeftModuleError derives from ValueError
+                raise ConfigError(
+                    f"lora_target_modules={list(targets)} match no layer of the {type(denoiser).__name__} "
+                    f"({str(err).strip().splitlines()[0]}); the {pipe.model_family} default is "
+                    f"{default_lora_target_modules(pipe.model_family)}."
+                ) from err
         else:
             denoiser.requires_grad_(True)
         if cfg.gradient_checkpointing:
@@ -823,6 +831,17 @@ class GRPOTrainer:
         is named in a warning and the previous one is used. A checkpoint trained with other settings (see
         `resume.APPLIED_ON_RESUME`) or holding non-finite weights stops with `CheckpointError`."""
         candidates = self.checkpoints.candidates(resume_from_checkpoint)
+        if not candidates:
+            names = ("pytorch_lora_weights.safetensors", "model_index.json")  # LoRA, full fine-tune
+            final = next(
+                (p for p in (os.path.join(self.config.output_dir, n) for n in names) if os.path.isfile(p)), None
+            )
+            logger.warning(
+                "resume_from_checkpoint=%r but %s holds no checkpoint; starting fresh%s.",
+                os.fspath(resume_from_checkpoint),
+                self.config.output_dir,
+                f" (the weights of the finished run, {final}, will be replaced)" if final else "",
+            )
         failures = []
         for path in candidates:
             try:
@@ -917,7 +936,8 @@ class GRPOTrainer:
             )
         start_step = self.global_step
         interrupted, checkpoint = None, None
-        with GracefulInterrupt() as interrupt:
+        # logging_redirect_tqdm: a warning during the run gets a line of its own instead of being glued to the bar
+        with GracefulInterrupt() as interrupt, logging_redirect_tqdm():
             self._write_run_config()
             init_trackers(acc, cfg)
             if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
@@ -946,6 +966,14 @@ class GRPOTrainer:
                     break
             bar.close()
             self._bar = None
+            evals = self.history.get("eval_reward", [])
+            if (
+                interrupted is None
+                and cfg.validation_steps
+                and self.eval_prompts
+                and (not evals or evals[-1][0] != self.global_step)
+            ):
+                self._log_eval()  # the summary's evaluation reward is that of the weights being saved
         weights = None
         if interrupted is None:
             weights = self.save_model(cfg.output_dir)
@@ -1009,8 +1037,13 @@ class GRPOTrainer:
                 layers = get_peft_model_state_dict(denoiser)
                 if self.pipeline.adapter.lora_legacy_keys:
                     layers = convert_state_dict_to_diffusers(layers)
-                key = "unet_lora_layers" if self.pipeline.model_family == "sd15" else "transformer_lora_layers"
-                self.pipeline.save_lora_weights(output_dir, **{key: layers}, safe_serialization=True)
+                key = "unet" if self.pipeline.model_family == "sd15" else "transformer"
+                kwargs = {f"{key}_lora_layers": layers}
+                # The adapter's config (rank, lora_alpha, targets) goes into the file: without it a stock pipeline
+                # loads the LoRA with lora_alpha = rank, i.e. at rank / lora_alpha of its trained strength.
+                if f"{key}_lora_adapter_metadata" in inspect.signature(type(self.pipeline.stock_pipeline).save_lora_weights).parameters:
+                    kwargs[f"{key}_lora_adapter_metadata"] = denoiser.peft_config["default"].to_dict()
+                self.pipeline.save_lora_weights(output_dir, **kwargs, safe_serialization=True)
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")
             self.pipeline.stock_pipeline.save_pretrained(output_dir, safe_serialization=True)
             return output_dir
