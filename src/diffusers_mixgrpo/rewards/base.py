@@ -125,7 +125,7 @@ def describe_missing_weights(what: str, repo_id: str, filename: Optional[str] = 
 
     if os.path.isabs(repo_id) or repo_id.startswith(".") or os.path.exists(repo_id):
         return f"Could not load the {what} weights from the local path {repo_id!r}: it is missing or incomplete."
-    cmd = f"huggingface-cli download {repo_id}" + (f" {filename}" if filename else "")
+    cmd = f"hf download {repo_id}" + (f" {filename}" if filename else "")
     return (
         f"Could not load the {what} weights from {repo_id!r}"
         + (f" (file {filename!r})" if filename else "")
