@@ -112,11 +112,11 @@ def test_missing_weights_name_the_hub_id_and_the_download_command(tmp_path, monk
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(OSError, match=r"huggingface-cli download xswu/HPSv2 HPS_v2.1_compressed.pt"):
+    with pytest.raises(OSError, match=r"hf download xswu/HPSv2 HPS_v2.1_compressed.pt"):
         load_reward("hpsv2.1")
-    with pytest.raises(OSError, match=r"huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K"):
+    with pytest.raises(OSError, match=r"hf download laion/CLIP-ViT-H-14-laion2B-s32B-b79K"):
         load_reward("pickscore")
-    with pytest.raises(OSError, match=r"huggingface-cli download yuvalkirstain/PickScore_v1"):
+    with pytest.raises(OSError, match=r"hf download yuvalkirstain/PickScore_v1"):
         load_reward("pickscore", processor=str(tiny_clip_dir))
     with pytest.raises(OSError, match=r"local path .*missing"):
         load_reward("clipscore", model_name_or_path=str(tmp_path / "missing"))
