@@ -1041,7 +1041,10 @@ class GRPOTrainer:
                 kwargs = {f"{key}_lora_layers": layers}
                 # The adapter's config (rank, lora_alpha, targets) goes into the file: without it a stock pipeline
                 # loads the LoRA with lora_alpha = rank, i.e. at rank / lora_alpha of its trained strength.
-                if f"{key}_lora_adapter_metadata" in inspect.signature(type(self.pipeline.stock_pipeline).save_lora_weights).parameters:
+                if (
+                    f"{key}_lora_adapter_metadata"
+                    in inspect.signature(type(self.pipeline.stock_pipeline).save_lora_weights).parameters
+                ):
                     kwargs[f"{key}_lora_adapter_metadata"] = denoiser.peft_config["default"].to_dict()
                 self.pipeline.save_lora_weights(output_dir, **kwargs, safe_serialization=True)
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")
