@@ -6,8 +6,8 @@ What "held-out" means here, precisely:
   neither the base model's training data nor any GRPO training prompt (`train_prompts`, `train_prompt_pool`)
   contains their object combinations (checked in `tests/toy_world/test_evaluation.py`);
 * **noise**: the initial latents come from generators seeded at `HELDOUT_NOISE_SEED` and above (2^40 + i). The
-  trainer seeds rollout noise with ``seed * 1_000_003 + step * 7_919 + 31 * slot``, far below 2^40 for any seed
-  under 10^6 and step under 10^8, so training never draws these latents;
+  trainer seeds rollout noise with ``seed * 1_000_003 + step * 7_919 + 31 * slot``, below 2^40 for any seed
+  under 10^5 and step under 10^7, so training never draws these latents;
 * **sampling**: deterministic ODE (no SDE window), the same for "before" and "after": one fixed evaluation set.
 
 The same function evaluates training prompts with fresh noise (`train_eval_prompts()`), so a reader can see how much
