@@ -23,6 +23,18 @@ from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
 from .checkpointing import CheckpointManager, apply_umask, raise_if_disk_full
 from .config import DEFAULT_NUM_VALIDATION_PROMPTS, GRPOConfig, default_lora_target_modules
+from .distributed import (
+    FSDP2Options,
+    apply_fsdp2,
+    clip_grad_norm,
+    full_state_dict,
+    grads_finite,
+    is_sharded,
+    load_sharded_state,
+    local_tensor,
+    save_sharded_state,
+    unsharded_copy,
+)
 from .ema import ParameterEMA
 from .errors import (
     CheckpointError,
@@ -144,6 +156,9 @@ class GRPOTrainer:
             mean reward logged as `eval/reward`, image grid logged); default: `config.validation_prompts`, else the
             first `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts.
         accelerator (`Accelerator`, *optional*): bring your own; otherwise built from the config.
+        fsdp2 (`FSDP2Options` or `bool`, *optional*): shard the denoiser with torch's FSDP2 (`fully_shard` per
+            transformer block) instead of accelerate's DDP; works on GPUs and on the CPU (gloo). GPU users may instead
+            launch with accelerate's FSDP config (`examples/accelerate/fsdp2.yaml`). See `training/distributed.py`.
     """
 
     def __init__(
@@ -154,8 +169,10 @@ class GRPOTrainer:
         train_prompts: Optional[Sequence[str]] = None,
         eval_prompts: Optional[Sequence[str]] = None,
         accelerator: Optional[Accelerator] = None,
+        fsdp2: Optional[Union[bool, "FSDP2Options"]] = None,
     ):
         self.config = config
+        self.fsdp2 = (FSDP2Options() if fsdp2 is True else fsdp2) or None
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
             log_with=resolve_report_to(config.report_to),
@@ -353,6 +370,11 @@ class GRPOTrainer:
             raise ValueError("The denoiser has no trainable parameter; check lora_target_modules.")
         for p in self.trainable:  # LoRA weights train in float32 even in a bf16 model
             p.data = p.data.float()
+        if self.fsdp2 is not None:
+            if cfg.use_ema:
+                raise ConfigError("use_ema is not supported with fsdp2 (sharded weights); set use_ema=False.")
+            apply_fsdp2(denoiser, self.fsdp2)  # replaces the parameters by sharded DTensors
+            self.trainable = [p for p in denoiser.parameters() if p.requires_grad]
 
         optimizer_cls = torch.optim.AdamW
         if cfg.optimizer == "adamw8bit":
@@ -376,7 +398,14 @@ class GRPOTrainer:
             num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
             num_training_steps=self._optimizer_steps_per_iteration() * cfg.max_train_steps * acc.num_processes,
         )
-        wrapped, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, optimizer, lr_scheduler)
+        if self.fsdp2 is not None:
+            # The sharded model and its optimiser stay out of accelerate (which would save rank 0's shards only);
+            # the scheduler is prepared as in DDP runs, so the learning-rate curve is the same.
+            wrapped, self.optimizer, self.lr_scheduler = denoiser, optimizer, acc.prepare(lr_scheduler)
+            acc.register_save_state_pre_hook(self._save_sharded_hook)
+            acc.register_load_state_pre_hook(self._load_sharded_hook)
+        else:
+            wrapped, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, optimizer, lr_scheduler)
         pipe.adapter.forward_module = wrapped if wrapped is not denoiser else None
         self.model = wrapped
         self.ema = (
@@ -384,7 +413,7 @@ class GRPOTrainer:
             if cfg.use_ema
             else None
         )
-        if cfg.use_lora:
+        if cfg.use_lora and self.fsdp2 is None:
             acc.register_save_state_pre_hook(self._save_lora_hook)
             acc.register_load_state_pre_hook(self._load_lora_hook)
 
@@ -398,6 +427,15 @@ class GRPOTrainer:
             else cfg.sample_prompts_per_device * math.ceil(g / per_chunk)
         )
         return cfg.num_inner_epochs * math.ceil(chunks / cfg.gradient_accumulation_steps)
+
+    # fsdp2 checkpoints: the trained parameters (LoRA: the adapters only) and the optimiser, sharded (collective).
+    def _save_sharded_hook(self, models, weights, output_dir):
+        save_sharded_state(self.pipeline.denoiser, self.optimizer, output_dir)
+        while weights:
+            weights.pop()
+
+    def _load_sharded_hook(self, models, input_dir):
+        load_sharded_state(self.pipeline.denoiser, self.optimizer, input_dir)
 
     # Checkpoints of LoRA runs hold the adapter weights only (not the frozen base model).
     def _save_lora_hook(self, models, weights, output_dir):
@@ -617,9 +655,12 @@ class GRPOTrainer:
                                 float(value.detach() if torch.is_tensor(value) else value)
                             )
                 if sync:
-                    grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.trainable)
+                    grads_ok = grads_finite(self.trainable)
                     if grads_ok and skipped == 0:
-                        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                        if self.fsdp2 is not None:
+                            grad_norm = clip_grad_norm(self.trainable, cfg.max_grad_norm)
+                        else:
+                            grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                         stats.setdefault("grad_norm", []).append(float(grad_norm))
                         self.optimizer.step()
                         self.lr_scheduler.step()
@@ -843,7 +884,9 @@ class GRPOTrainer:
                 f"new run in another output_dir."
             )
         state = self.checkpoints.load(path, acc)
-        check_finite(((n, p) for n, p in self.pipeline.denoiser.named_parameters() if p.requires_grad), path)
+        check_finite(
+            ((n, local_tensor(p)) for n, p in self.pipeline.denoiser.named_parameters() if p.requires_grad), path
+        )
         self.global_step = int(state["global_step"])
         self.window.load_state_dict(state["window"])
         self.bad_group_streak = int(state.get("bad_group_streak", 0))
@@ -973,10 +1016,13 @@ class GRPOTrainer:
         the path of the weights (on the main process). A full disk raises `DiskFullError`."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        gathered = None
+        if is_sharded(self.trainable):  # every rank takes part in gathering the full weights (rank 0 gets them)
+            gathered = full_state_dict(self.pipeline.denoiser, trainable_only=self.config.use_lora)
         if not acc.is_main_process:
             return None
         try:
-            weights = self._save_weights(output_dir)
+            weights = self._save_weights(output_dir, gathered)
         except Exception as err:
             raise_if_disk_full(err, output_dir, "the final weights")
             raise
@@ -986,7 +1032,8 @@ class GRPOTrainer:
         apply_umask(output_dir if not self.config.use_lora else weights)
         return weights
 
-    def _save_weights(self, output_dir: str) -> str:
+    def _save_weights(self, output_dir: str, gathered: Optional[dict[str, torch.Tensor]] = None) -> str:
+        """`gathered`: the full weights of a sharded denoiser (`full_state_dict`), written instead of its shards."""
         os.makedirs(output_dir, exist_ok=True)
         denoiser = self.accelerator.unwrap_model(self.pipeline.denoiser)
         ctx = self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext()
@@ -995,11 +1042,21 @@ class GRPOTrainer:
                 from diffusers.utils import convert_state_dict_to_diffusers
                 from peft.utils import get_peft_model_state_dict
 
-                layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+                layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser, state_dict=gathered))
                 key = "unet_lora_layers" if self.pipeline.model_family == "sd15" else "transformer_lora_layers"
                 self.pipeline.save_lora_weights(output_dir, **{key: layers}, safe_serialization=True)
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")
-            self.pipeline.stock_pipeline.save_pretrained(output_dir, safe_serialization=True)
+            stock = self.pipeline.stock_pipeline
+            if gathered is None:
+                stock.save_pretrained(output_dir, safe_serialization=True)
+                return output_dir
+            # Swap a plain copy in for the save (object.__setattr__: the pipeline's config keeps its class names).
+            name = next(k for k, v in stock.components.items() if v is self.pipeline.denoiser)
+            object.__setattr__(stock, name, unsharded_copy(self.pipeline.denoiser, gathered))
+            try:
+                stock.save_pretrained(output_dir, safe_serialization=True)
+            finally:
+                object.__setattr__(stock, name, self.pipeline.denoiser)
             return output_dir
 
     def push_to_hub(self) -> str:
