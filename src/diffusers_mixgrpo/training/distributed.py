@@ -51,6 +51,27 @@ class FSDP2Options:
     cpu_offload: bool = False
 
 
+def check_supported_engine(accelerator: Any) -> None:
+    """Refuse engines under which the trainer's update would be wrong instead of training silently wrongly.
+
+    DeepSpeed: accelerate's `backward` makes the DeepSpeed engine step the optimiser after every backward call, while
+    the trainer calls backward once per trained window step and micro-batch (K calls per micro-batch) and steps at
+    its own accumulation boundaries; DeepSpeed also needs `train_micro_batch_size_per_gpu` (the trainer has no
+    dataloader) and owns gradient clipping (`clip_grad_norm_` returns None). Until the update loop drives the
+    engine's accumulation boundary itself, ZeRO-2 / ZeRO-3 are refused; FSDP2 shards the same way (full shard =
+    ZeRO-3, `reshard_after_forward: false` = ZeRO-2)."""
+    from accelerate.utils import DistributedType
+
+    if getattr(accelerator, "distributed_type", None) == DistributedType.DEEPSPEED:
+        from .errors import ConfigError
+
+        raise ConfigError(
+            "DeepSpeed is not supported by GRPOTrainer yet: its engine would step the optimiser after each of the K "
+            "backward passes of a micro-batch. Launch with examples/accelerate/fsdp2.yaml (full shard, like ZeRO-3) "
+            "instead; see docs/training.md, 'Scaling out'."
+        )
+
+
 def _dtensor_cls():
     from torch.distributed.tensor import DTensor
 

@@ -26,6 +26,7 @@ from .config import DEFAULT_NUM_VALIDATION_PROMPTS, GRPOConfig, default_lora_tar
 from .distributed import (
     FSDP2Options,
     apply_fsdp2,
+    check_supported_engine,
     clip_grad_norm,
     full_state_dict,
     grads_finite,
@@ -323,6 +324,7 @@ class GRPOTrainer:
 
     def _setup_model(self) -> None:
         cfg, acc, pipe = self.config, self.accelerator, self.pipeline
+        check_supported_engine(acc)
         pipe.to(acc.device)
         scheduler_overrides = {
             "sde_type": cfg.sde_type,
