@@ -443,6 +443,9 @@ class GRPOTrainer:
     def _save_lora_hook(self, models, weights, output_dir):
         from peft.utils import get_peft_model_state_dict
 
+        if self._accelerate_shards():
+            return  # accelerate's FSDP saves the sharded model and optimiser itself (every rank)
+
         if self.accelerator.is_main_process:
             state = get_peft_model_state_dict(self.accelerator.unwrap_model(self.pipeline.denoiser))
             from safetensors.torch import save_file
@@ -454,9 +457,17 @@ class GRPOTrainer:
         while weights:
             weights.pop()
 
+    def _accelerate_shards(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
     def _load_lora_hook(self, models, input_dir):
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
+
+        if self._accelerate_shards():
+            return
 
         while models:
             models.pop()
