@@ -157,6 +157,9 @@ class GRPOTrainer:
             mean reward logged as `eval/reward`, image grid logged); default: `config.validation_prompts`, else the
             first `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts.
         accelerator (`Accelerator`, *optional*): bring your own; otherwise built from the config.
+        overlap_rewards (`bool`, defaults to `False`): score each rollout chunk in a thread while the next chunk is
+            denoised (`training/overlap.py`); the same samples and scores as without. Worth it when the reward model
+            runs on another device or behind `RemoteReward`.
         fsdp2 (`FSDP2Options` or `bool`, *optional*): shard the denoiser with torch's FSDP2 (`fully_shard` per
             transformer block) instead of accelerate's DDP; works on GPUs and on the CPU (gloo). GPU users may instead
             launch with accelerate's FSDP config (`examples/accelerate/fsdp2.yaml`). See `training/distributed.py`.
@@ -171,8 +174,10 @@ class GRPOTrainer:
         eval_prompts: Optional[Sequence[str]] = None,
         accelerator: Optional[Accelerator] = None,
         fsdp2: Optional[Union[bool, "FSDP2Options"]] = None,
+        overlap_rewards: bool = False,
     ):
         self.config = config
+        self.overlap_rewards = bool(overlap_rewards)
         self.fsdp2 = (FSDP2Options() if fsdp2 is True else fsdp2) or None
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
@@ -513,12 +518,15 @@ class GRPOTrainer:
         return self.accelerator.process_index * self.config.sample_prompts_per_device
 
     # ------------------------------------------------------------------ one iteration
-    def _rollout(self, step: int) -> RolloutBatch:
+    def _rollout(self, step: int, piece: Optional[slice] = None) -> RolloutBatch:
+        """The rollout of step `step` (this process's prompts; `piece`: a slice of them, e.g. one chunk's)."""
         cfg = self.config
-        idx = self._prompt_indices(step)
+        piece = piece or slice(None)
+        positions = list(range(cfg.sample_prompts_per_device))[piece]
+        idx = [self._prompt_indices(step)[j] for j in positions]
         prompts = [self.train_prompts[i] for i in idx]
         start, size = self.window.current()
-        slots = [self._global_slot_offset() + j for j in range(len(idx))]
+        slots = [self._global_slot_offset() + j for j in positions]
         return self.pipeline.rollout(
             prompts,
             num_generations=cfg.num_generations,
@@ -693,12 +701,23 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         start, size = self.window.current()
         self._phase("rollout")
-        batch = self._rollout(step)
-        times["time/rollout"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self._phase("reward")
-        scores = self._score(batch)
-        times["time/reward"] = time.perf_counter() - t0
+        per_piece = max(1, (cfg.sample_max_batch_size or cfg.rollouts_per_device) // cfg.num_generations)
+        if self.overlap_rewards and cfg.sample_prompts_per_device > per_piece:
+            from .overlap import rollout_with_rewards_alongside
+
+            pieces = [slice(p, p + per_piece) for p in range(0, cfg.sample_prompts_per_device, per_piece)]
+            batch, scores, waited = rollout_with_rewards_alongside(
+                pieces, lambda piece: self._rollout(step, piece), self._score
+            )
+            times["time/rollout"] = time.perf_counter() - t0 - waited
+            times["time/reward"] = waited  # the reward time not hidden behind the rollout
+        else:
+            batch = self._rollout(step)
+            times["time/rollout"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._phase("reward")
+            scores = self._score(batch)
+            times["time/reward"] = time.perf_counter() - t0
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
         dropped = int((~all_keep).sum())
         if dropped:
