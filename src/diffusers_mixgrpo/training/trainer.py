@@ -25,6 +25,19 @@ from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
 from .checkpointing import CheckpointManager, apply_umask, raise_if_disk_full
 from .config import DEFAULT_NUM_VALIDATION_PROMPTS, GRPOConfig, default_lora_target_modules
+from .distributed import (
+    FSDP2Options,
+    apply_fsdp2,
+    check_supported_engine,
+    clip_grad_norm,
+    full_state_dict,
+    grads_finite,
+    is_sharded,
+    load_sharded_state,
+    local_tensor,
+    save_sharded_state,
+    unsharded_copy,
+)
 from .ema import ParameterEMA
 from .errors import (
     CheckpointError,
@@ -146,6 +159,12 @@ class GRPOTrainer:
             mean reward logged as `eval/reward`, image grid logged); default: `config.validation_prompts`, else the
             first `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts.
         accelerator (`Accelerator`, *optional*): bring your own; otherwise built from the config.
+        overlap_rewards (`bool`, defaults to `False`): score each rollout chunk in a thread while the next chunk is
+            denoised (`training/overlap.py`); the same samples and scores as without. Worth it when the reward model
+            runs on another device or behind `RemoteReward`.
+        fsdp2 (`FSDP2Options` or `bool`, *optional*): shard the denoiser with torch's FSDP2 (`fully_shard` per
+            transformer block) instead of accelerate's DDP; works on GPUs and on the CPU (gloo). GPU users may instead
+            launch with accelerate's FSDP config (`examples/accelerate/fsdp2.yaml`). See `training/distributed.py`.
     """
 
     def __init__(
@@ -156,8 +175,12 @@ class GRPOTrainer:
         train_prompts: Optional[Sequence[str]] = None,
         eval_prompts: Optional[Sequence[str]] = None,
         accelerator: Optional[Accelerator] = None,
+        fsdp2: Optional[Union[bool, "FSDP2Options"]] = None,
+        overlap_rewards: bool = False,
     ):
         self.config = config
+        self.overlap_rewards = bool(overlap_rewards)
+        self.fsdp2 = (FSDP2Options() if fsdp2 is True else fsdp2) or None
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
             log_with=resolve_report_to(config.report_to),
@@ -312,6 +335,7 @@ class GRPOTrainer:
 
     def _setup_model(self) -> None:
         cfg, acc, pipe = self.config, self.accelerator, self.pipeline
+        check_supported_engine(acc)
         pipe.to(acc.device)
         scheduler_overrides = {
             "sde_type": cfg.sde_type,
@@ -366,6 +390,11 @@ class GRPOTrainer:
             raise ValueError("The denoiser has no trainable parameter; check lora_target_modules.")
         for p in self.trainable:  # LoRA weights train in float32 even in a bf16 model
             p.data = p.data.float()
+        if self.fsdp2 is not None:
+            if cfg.use_ema:
+                raise ConfigError("use_ema is not supported with fsdp2 (sharded weights); set use_ema=False.")
+            apply_fsdp2(denoiser, self.fsdp2)  # replaces the parameters by sharded DTensors
+            self.trainable = [p for p in denoiser.parameters() if p.requires_grad]
 
         optimizer_cls = torch.optim.AdamW
         if cfg.optimizer == "adamw8bit":
@@ -389,7 +418,14 @@ class GRPOTrainer:
             num_warmup_steps=cfg.lr_warmup_steps * acc.num_processes,
             num_training_steps=self._optimizer_steps_per_iteration() * cfg.max_train_steps * acc.num_processes,
         )
-        wrapped, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, optimizer, lr_scheduler)
+        if self.fsdp2 is not None:
+            # The sharded model and its optimiser stay out of accelerate (which would save rank 0's shards only);
+            # the scheduler is prepared as in DDP runs, so the learning-rate curve is the same.
+            wrapped, self.optimizer, self.lr_scheduler = denoiser, optimizer, acc.prepare(lr_scheduler)
+            acc.register_save_state_pre_hook(self._save_sharded_hook)
+            acc.register_load_state_pre_hook(self._load_sharded_hook)
+        else:
+            wrapped, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, optimizer, lr_scheduler)
         pipe.adapter.forward_module = wrapped if wrapped is not denoiser else None
         self.model = wrapped
         self.ema = (
@@ -397,7 +433,7 @@ class GRPOTrainer:
             if cfg.use_ema
             else None
         )
-        if cfg.use_lora:
+        if cfg.use_lora and self.fsdp2 is None:
             acc.register_save_state_pre_hook(self._save_lora_hook)
             acc.register_load_state_pre_hook(self._load_lora_hook)
 
@@ -412,9 +448,21 @@ class GRPOTrainer:
         )
         return cfg.num_inner_epochs * math.ceil(chunks / cfg.gradient_accumulation_steps)
 
+    # fsdp2 checkpoints: the trained parameters (LoRA: the adapters only) and the optimiser, sharded (collective).
+    def _save_sharded_hook(self, models, weights, output_dir):
+        save_sharded_state(self.pipeline.denoiser, self.optimizer, output_dir)
+        while weights:
+            weights.pop()
+
+    def _load_sharded_hook(self, models, input_dir):
+        load_sharded_state(self.pipeline.denoiser, self.optimizer, input_dir)
+
     # Checkpoints of LoRA runs hold the adapter weights only (not the frozen base model).
     def _save_lora_hook(self, models, weights, output_dir):
         from peft.utils import get_peft_model_state_dict
+
+        if self._accelerate_shards():
+            return  # accelerate's FSDP saves the sharded model and optimiser itself (every rank)
 
         if self.accelerator.is_main_process:
             state = get_peft_model_state_dict(self.accelerator.unwrap_model(self.pipeline.denoiser))
@@ -427,9 +475,17 @@ class GRPOTrainer:
         while weights:
             weights.pop()
 
+    def _accelerate_shards(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.FSDP
+
     def _load_lora_hook(self, models, input_dir):
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
+
+        if self._accelerate_shards():
+            return
 
         while models:
             models.pop()
@@ -475,12 +531,15 @@ class GRPOTrainer:
         return self.accelerator.process_index * self.config.sample_prompts_per_device
 
     # ------------------------------------------------------------------ one iteration
-    def _rollout(self, step: int) -> RolloutBatch:
+    def _rollout(self, step: int, piece: Optional[slice] = None) -> RolloutBatch:
+        """The rollout of step `step` (this process's prompts; `piece`: a slice of them, e.g. one chunk's)."""
         cfg = self.config
-        idx = self._prompt_indices(step)
+        piece = piece or slice(None)
+        positions = list(range(cfg.sample_prompts_per_device))[piece]
+        idx = [self._prompt_indices(step)[j] for j in positions]
         prompts = [self.train_prompts[i] for i in idx]
         start, size = self.window.current()
-        slots = [self._global_slot_offset() + j for j in range(len(idx))]
+        slots = [self._global_slot_offset() + j for j in positions]
         return self.pipeline.rollout(
             prompts,
             num_generations=cfg.num_generations,
@@ -630,9 +689,12 @@ class GRPOTrainer:
                                 float(value.detach() if torch.is_tensor(value) else value)
                             )
                 if sync:
-                    grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in self.trainable)
+                    grads_ok = grads_finite(self.trainable)
                     if grads_ok and skipped == 0:
-                        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                        if self.fsdp2 is not None:
+                            grad_norm = clip_grad_norm(self.trainable, cfg.max_grad_norm)
+                        else:
+                            grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
                         stats.setdefault("grad_norm", []).append(float(grad_norm))
                         self.optimizer.step()
                         self.lr_scheduler.step()
@@ -652,12 +714,23 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         start, size = self.window.current()
         self._phase("rollout")
-        batch = self._rollout(step)
-        times["time/rollout"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self._phase("reward")
-        scores = self._score(batch)
-        times["time/reward"] = time.perf_counter() - t0
+        per_piece = max(1, (cfg.sample_max_batch_size or cfg.rollouts_per_device) // cfg.num_generations)
+        if self.overlap_rewards and cfg.sample_prompts_per_device > per_piece:
+            from .overlap import rollout_with_rewards_alongside
+
+            pieces = [slice(p, p + per_piece) for p in range(0, cfg.sample_prompts_per_device, per_piece)]
+            batch, scores, waited = rollout_with_rewards_alongside(
+                pieces, lambda piece: self._rollout(step, piece), self._score
+            )
+            times["time/rollout"] = time.perf_counter() - t0 - waited
+            times["time/reward"] = waited  # the reward time not hidden behind the rollout
+        else:
+            batch = self._rollout(step)
+            times["time/rollout"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._phase("reward")
+            scores = self._score(batch)
+            times["time/reward"] = time.perf_counter() - t0
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
         dropped = int((~all_keep).sum())
         if dropped:
@@ -873,7 +946,9 @@ class GRPOTrainer:
                 f"new run in another output_dir."
             )
         state = self.checkpoints.load(path, acc)
-        check_finite(((n, p) for n, p in self.pipeline.denoiser.named_parameters() if p.requires_grad), path)
+        check_finite(
+            ((n, local_tensor(p)) for n, p in self.pipeline.denoiser.named_parameters() if p.requires_grad), path
+        )
         self.global_step = int(state["global_step"])
         self.window.load_state_dict(state["window"])
         self.bad_group_streak = int(state.get("bad_group_streak", 0))
@@ -1012,10 +1087,13 @@ class GRPOTrainer:
         the path of the weights (on the main process). A full disk raises `DiskFullError`."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        gathered = None
+        if is_sharded(self.trainable):  # every rank takes part in gathering the full weights (rank 0 gets them)
+            gathered = full_state_dict(self.pipeline.denoiser, trainable_only=self.config.use_lora)
         if not acc.is_main_process:
             return None
         try:
-            weights = self._save_weights(output_dir)
+            weights = self._save_weights(output_dir, gathered)
         except Exception as err:
             raise_if_disk_full(err, output_dir, "the final weights")
             raise
@@ -1025,7 +1103,8 @@ class GRPOTrainer:
         apply_umask(output_dir if not self.config.use_lora else weights)
         return weights
 
-    def _save_weights(self, output_dir: str) -> str:
+    def _save_weights(self, output_dir: str, gathered: Optional[dict[str, torch.Tensor]] = None) -> str:
+        """`gathered`: the full weights of a sharded denoiser (`full_state_dict`), written instead of its shards."""
         os.makedirs(output_dir, exist_ok=True)
         denoiser = self.accelerator.unwrap_model(self.pipeline.denoiser)
         ctx = self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext()
@@ -1034,7 +1113,7 @@ class GRPOTrainer:
                 from diffusers.utils import convert_state_dict_to_diffusers
                 from peft.utils import get_peft_model_state_dict
 
-                layers = get_peft_model_state_dict(denoiser)
+                layers = get_peft_model_state_dict(denoiser, state_dict=gathered)
                 if self.pipeline.adapter.lora_legacy_keys:
                     layers = convert_state_dict_to_diffusers(layers)
                 key = "unet" if self.pipeline.model_family == "sd15" else "transformer"
@@ -1048,7 +1127,17 @@ class GRPOTrainer:
                     kwargs[f"{key}_lora_adapter_metadata"] = denoiser.peft_config["default"].to_dict()
                 self.pipeline.save_lora_weights(output_dir, **kwargs, safe_serialization=True)
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")
-            self.pipeline.stock_pipeline.save_pretrained(output_dir, safe_serialization=True)
+            stock = self.pipeline.stock_pipeline
+            if gathered is None:
+                stock.save_pretrained(output_dir, safe_serialization=True)
+                return output_dir
+            # Swap a plain copy in for the save (object.__setattr__: the pipeline's config keeps its class names).
+            name = next(k for k, v in stock.components.items() if v is self.pipeline.denoiser)
+            object.__setattr__(stock, name, unsharded_copy(self.pipeline.denoiser, gathered))
+            try:
+                stock.save_pretrained(output_dir, safe_serialization=True)
+            finally:
+                object.__setattr__(stock, name, self.pipeline.denoiser)
             return output_dir
 
     def push_to_hub(self) -> str:

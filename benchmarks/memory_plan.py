@@ -1,0 +1,702 @@
+"""What a real-size MixGRPO run needs per GPU: parameters, LoRA, optimiser state, activations, per strategy.
+
+Every model is built from its published config on the `meta` device (no download, no memory), so the parameter
+counts are exact. The activation figure of one training micro-batch is counted, not guessed: the transformer runs
+forward on `meta` tensors under `torch.autograd.graph.saved_tensors_hooks`, and every tensor autograd keeps for the
+backward pass is added up once per storage (parameters excluded). Attention is counted as flash / memory-efficient
+SDPA keeps it (q, k, v, output, float32 log-sum-exp; no N x N matrix), which is what CUDA and torch's CPU kernel do.
+With gradient checkpointing a block keeps only its inputs; during the backward pass one block is recomputed at a
+time, so the peak is the outside-block tensors + every block's inputs + the largest block's own tensors.
+
+`--validate` runs a smaller FLUX-shaped config for real on the CPU (float32, forward + backward, in a fresh process)
+and compares the estimate with the measured peak resident memory (see `validate_on_cpu`).
+
+    python benchmarks/memory_plan.py                     # tables for every model, 512/720/1024 px, 1/8/32 GPUs
+    python benchmarks/memory_plan.py --model flux1-dev --resolution 720 --json plan.json
+    python benchmarks/memory_plan.py --validate          # estimate vs measured CPU peak
+
+Assumptions the per-GPU totals make (stated in the output): weights in bf16, trained weights in float32 (the trainer
+keeps them so), AdamW (2 float32 moments; `adamw8bit`: 2 bytes), gradients in float32, micro-batch of 1 image (x2
+rows for true classifier-free guidance), text encoders freed after the prompt embeddings are cached (or resident),
+the VAE resident in bf16, and a fixed 1.5 GiB for the CUDA context, workspaces and allocator slack.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import torch
+
+GiB = 1024**3
+RESOLUTIONS = (512, 720, 1024)
+GPU_COUNTS = (1, 8, 32)
+STRATEGIES = ("ddp", "zero2", "fsdp2", "zero3")
+GPU_SIZES_GB = (24, 48, 80)
+# What such cards report as total memory (nvidia-smi, MiB): RTX 4090 / L4-class, RTX 6000 Ada / L40S / A6000, A100 / H100.
+GPU_MEMORY_BYTES = {24: 24564 * 2**20, 48: 46068 * 2**20, 80: 81559 * 2**20}
+OVERHEAD_BYTES = int(1.5 * GiB)  # CUDA context + cuBLAS/attention workspaces + allocator slack (an assumption)
+
+_FLUX_LORA = [
+    "attn.to_k",
+    "attn.to_q",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+]
+_SD3_LORA = [
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "attn.to_k",
+    "attn.to_out.0",
+    "attn.to_q",
+    "attn.to_v",
+]
+# FLUX.2: the double blocks' attention as for FLUX.1, the single blocks' fused projections (a regex: in the double
+# blocks `attn.to_out` is a ModuleList, in the single blocks a Linear).
+_FLUX2_LORA = (
+    r".*(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out|to_qkv_mlp_proj)"
+    r"|single_transformer_blocks\.\d+\.attn\.to_out)"
+)
+
+_CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
+_CLIP_L.update(vocab_size=49408, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu")
+_CLIP_G = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32, "num_attention_heads": 20}
+_CLIP_G.update(vocab_size=49408, max_position_embeddings=77, projection_dim=1280, hidden_act="gelu")
+_T5_XXL = {"d_model": 4096, "d_ff": 10240, "d_kv": 64, "num_heads": 64, "num_layers": 24, "vocab_size": 32128}
+_T5_XXL.update(feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+_QWEN3_4B = {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 36, "num_attention_heads": 32}
+_QWEN3_4B.update(num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True)
+_VAE_16 = {"latent_channels": 16, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}
+_VAE_16.update(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model family's denoiser config as published (`transformer/config.json`), its text encoders and VAE."""
+
+    name: str
+    transformer_class: str
+    transformer_config: dict
+    lora_targets: Any  # peft target_modules: a list of name suffixes or a regex
+    text_tokens: int  # conditioning tokens the denoiser attends to (max_sequence_length of the pipeline)
+    cfg_rows: int  # denoiser rows per image in a training forward (2: true CFG, uncond + cond)
+    text_encoders: dict  # name -> (transformers class, config kwargs)
+    vae_class: str = "AutoencoderKL"
+    vae_config: dict = field(default_factory=lambda: dict(_VAE_16))
+    block_lists: tuple = ("transformer_blocks", "single_transformer_blocks")
+
+
+MODELS: dict[str, ModelSpec] = {
+    # black-forest-labs/FLUX.1-dev, transformer/config.json
+    "flux1-dev": ModelSpec(
+        name="FLUX.1-dev",
+        transformer_class="FluxTransformer2DModel",
+        transformer_config=dict(
+            patch_size=1,
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=[16, 56, 56],
+        ),
+        lora_targets=_FLUX_LORA,
+        text_tokens=512,
+        cfg_rows=1,  # embedded guidance: one forward per image
+        text_encoders={"clip-l": ("CLIPTextModel", _CLIP_L), "t5-xxl": ("T5EncoderModel", _T5_XXL)},
+    ),
+    # stabilityai/stable-diffusion-3.5-medium, transformer/config.json
+    "sd3.5-medium": ModelSpec(
+        name="SD3.5-Medium",
+        transformer_class="SD3Transformer2DModel",
+        transformer_config=dict(
+            sample_size=128,
+            patch_size=2,
+            in_channels=16,
+            num_layers=24,
+            attention_head_dim=64,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            caption_projection_dim=1536,
+            pooled_projection_dim=2048,
+            out_channels=16,
+            pos_embed_max_size=384,
+            dual_attention_layers=list(range(13)),
+            qk_norm="rms_norm",
+        ),
+        lora_targets=_SD3_LORA,
+        text_tokens=333,  # 77 CLIP + 256 T5 tokens
+        cfg_rows=2,
+        text_encoders={
+            "clip-l": ("CLIPTextModelWithProjection", _CLIP_L),
+            "clip-g": ("CLIPTextModelWithProjection", _CLIP_G),
+            "t5-xxl": ("T5EncoderModel", _T5_XXL),
+        },
+        block_lists=("transformer_blocks",),
+    ),
+    # stabilityai/stable-diffusion-3.5-large, transformer/config.json
+    "sd3.5-large": ModelSpec(
+        name="SD3.5-Large",
+        transformer_class="SD3Transformer2DModel",
+        transformer_config=dict(
+            sample_size=128,
+            patch_size=2,
+            in_channels=16,
+            num_layers=38,
+            attention_head_dim=64,
+            num_attention_heads=38,
+            joint_attention_dim=4096,
+            caption_projection_dim=2432,
+            pooled_projection_dim=2048,
+            out_channels=16,
+            pos_embed_max_size=192,
+            qk_norm="rms_norm",
+        ),
+        lora_targets=_SD3_LORA,
+        text_tokens=333,
+        cfg_rows=2,
+        text_encoders={
+            "clip-l": ("CLIPTextModelWithProjection", _CLIP_L),
+            "clip-g": ("CLIPTextModelWithProjection", _CLIP_G),
+            "t5-xxl": ("T5EncoderModel", _T5_XXL),
+        },
+        block_lists=("transformer_blocks",),
+    ),
+    # black-forest-labs/FLUX.2-klein-base-4B (January 2026), transformer/config.json
+    "flux2-klein-4b": ModelSpec(
+        name="FLUX.2-klein-base-4B",
+        transformer_class="Flux2Transformer2DModel",
+        transformer_config=dict(
+            patch_size=1,
+            in_channels=128,
+            num_layers=5,
+            num_single_layers=20,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=7680,
+            timestep_guidance_channels=256,
+            mlp_ratio=3.0,
+            axes_dims_rope=[32, 32, 32, 32],
+            rope_theta=2000,
+            eps=1e-6,
+            guidance_embeds=False,
+        ),
+        lora_targets=_FLUX2_LORA,
+        text_tokens=512,
+        cfg_rows=2,  # the base (trainable) model samples with true CFG
+        text_encoders={"qwen3-4b": ("Qwen3ForCausalLM", _QWEN3_4B)},
+        vae_class="AutoencoderKLFlux2",
+        vae_config={},
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------- building
+def build_transformer(spec: ModelSpec, device: str = "meta", dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
+    import diffusers
+
+    cls = getattr(diffusers, spec.transformer_class)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in `dtype` directly (no cast, no float32 copy)
+    try:
+        with torch.device(device):
+            return cls(**spec.transformer_config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _build_module(library: str, class_name: str, config: dict) -> torch.nn.Module:
+    if library == "diffusers":
+        import diffusers
+
+        with torch.device("meta"):
+            return getattr(diffusers, class_name)(**config)
+    import transformers
+
+    cls = getattr(transformers, class_name)
+    config_cls = cls.config_class
+    with torch.device("meta"):
+        return cls(config_cls(**config))
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def add_lora(model: torch.nn.Module, targets: Any, rank: int) -> int:
+    """Add a LoRA adapter of `rank` (as the trainer does) and return its number of parameters."""
+    from peft import LoraConfig
+
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+
+
+def block_modules(model: torch.nn.Module, spec: ModelSpec) -> list[torch.nn.Module]:
+    return [b for name in spec.block_lists for b in getattr(model, name, [])]
+
+
+def image_tokens(spec: ModelSpec, px: int) -> int:
+    """Image tokens at `px` x `px`: an 8x VAE then 2x2 patches (packing for FLUX, patch_size 2 for SD3)."""
+    return (px // 16) ** 2
+
+
+def dummy_inputs(spec: ModelSpec, model, rows: int, px: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    cfg = model.config
+    n_img, n_txt = image_tokens(spec, px), spec.text_tokens
+
+    def t(*shape, dt=dtype):
+        return torch.zeros(*shape, device=device, dtype=dt)
+
+    if spec.transformer_class == "SD3Transformer2DModel":
+        latent = px // 8
+        return dict(
+            hidden_states=t(rows, cfg.in_channels, latent, latent),
+            encoder_hidden_states=t(rows, n_txt, cfg.joint_attention_dim),
+            pooled_projections=t(rows, cfg.pooled_projection_dim),
+            timestep=t(rows, dt=torch.float32),
+            return_dict=False,
+        )
+    ids = len(cfg.axes_dims_rope)
+    kwargs = dict(
+        hidden_states=t(rows, n_img, cfg.in_channels),
+        encoder_hidden_states=t(rows, n_txt, cfg.joint_attention_dim),
+        timestep=t(rows, dt=torch.float32),
+        img_ids=t(n_img, ids, dt=torch.float32),
+        txt_ids=t(n_txt, ids, dt=torch.float32),
+        guidance=t(rows, dt=torch.float32) if cfg.guidance_embeds else None,
+        return_dict=False,
+    )
+    if spec.transformer_class == "FluxTransformer2DModel":
+        kwargs["pooled_projections"] = t(rows, cfg.pooled_projection_dim)
+    return kwargs
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+class _FlashAttentionCount(torch.autograd.Function):
+    """Stand-in for SDPA while counting: keeps what flash / memory-efficient attention keeps for the backward pass
+    (q, k, v, the output and a float32 log-sum-exp per query), not the N x N probabilities of the math path."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # never run: counting only
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+
+@contextmanager
+def _flash_attention_counting():
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if attn_mask is not None:
+            raise NotImplementedError("counting a masked attention is not supported")
+        return _FlashAttentionCount.apply(query, key, value)
+
+    torch.nn.functional.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = original
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int]:
+    s = t.untyped_storage()
+    return s._cdata, s.nbytes()
+
+
+@dataclass
+class ActivationProfile:
+    """Bytes autograd keeps for the backward pass of one forward."""
+
+    total: int  # without gradient checkpointing
+    outside_blocks: int  # embeddings, final norm/projection, output
+    block_inputs: int  # what checkpointed blocks keep (their inputs, shared ones once)
+    largest_block: int  # the largest block's own tensors (recomputed one at a time under checkpointing)
+    num_blocks: int
+
+    @property
+    def checkpointed(self) -> int:
+        return self.outside_blocks + self.block_inputs + self.largest_block
+
+    def peak(self, gradient_checkpointing: bool) -> int:
+        return self.checkpointed if gradient_checkpointing else self.total
+
+
+def activation_profile(
+    model: torch.nn.Module, spec: ModelSpec, rows: int, px: int, device: str = "meta", dtype=torch.bfloat16
+) -> ActivationProfile:
+    """Count the saved-for-backward bytes of one forward of `model` (LoRA or full: as its `requires_grad` says)."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    blocks = block_modules(model, spec)
+    seen: dict[int, int] = {}
+    per_block: list[dict[int, int]] = [{} for _ in blocks]
+    inputs: dict[int, int] = {}
+    outside = 0
+    current: list[Optional[int]] = [None]
+    keep: list[torch.Tensor] = []  # keep every saved tensor alive: storage ids stay unique
+
+    def pack(t: torch.Tensor):
+        nonlocal outside
+        key, nbytes = _storage_key(t)
+        if key in params:
+            return t
+        keep.append(t)
+        if current[0] is not None:
+            per_block[current[0]].setdefault(key, nbytes)
+        elif key not in seen:
+            outside += nbytes
+        seen.setdefault(key, nbytes)
+        return t
+
+    def pre_hook(i):
+        def hook(module, args, kwargs):
+            current[0] = i
+            for a in list(args) + list(kwargs.values()):
+                for x in a if isinstance(a, (tuple, list)) else (a,):
+                    if torch.is_tensor(x):
+                        keep.append(x)
+                        key, nbytes = _storage_key(x)
+                        inputs.setdefault(key, nbytes)
+
+        return hook
+
+    def post_hook(module, args, output):
+        current[0] = None
+
+    handles = []
+    for i, b in enumerate(blocks):
+        handles.append(b.register_forward_pre_hook(pre_hook(i), with_kwargs=True))
+        handles.append(b.register_forward_hook(post_hook))
+    kwargs = dummy_inputs(spec, model, rows, px, device, dtype)
+    try:
+        with _flash_attention_counting(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(**kwargs)[0]
+        out_bytes = out.numel() * out.element_size()
+    finally:
+        for h in handles:
+            h.remove()
+    block_inputs = sum(inputs.values())
+    return ActivationProfile(
+        total=sum(seen.values()) + out_bytes,
+        outside_blocks=outside + out_bytes,
+        block_inputs=block_inputs,
+        largest_block=max((sum(d.values()) for d in per_block), default=0),
+        num_blocks=len(blocks),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+@dataclass
+class ModelCounts:
+    name: str
+    denoiser_params: int
+    largest_block_params: int
+    lora_params: int
+    lora_rank: int
+    text_encoder_params: dict
+    vae_params: int
+    # activation bytes per image (all cfg rows), keyed "{px}:{lora|full}:{gc|nogc}"
+    activations: dict = field(default_factory=dict)
+
+
+def count_model(
+    spec: ModelSpec, lora_rank: int = 32, resolutions: Iterable[int] = RESOLUTIONS, activations: bool = True
+) -> ModelCounts:
+    model = build_transformer(spec)
+    blocks = block_modules(model, spec)
+    counts = ModelCounts(
+        name=spec.name,
+        denoiser_params=count_parameters(model),
+        largest_block_params=max(count_parameters(b) for b in blocks),
+        lora_params=0,
+        lora_rank=lora_rank,
+        text_encoder_params={
+            name: count_parameters(_build_module("transformers", cls, cfg))
+            for name, (cls, cfg) in spec.text_encoders.items()
+        },
+        vae_params=count_parameters(_build_module("diffusers", spec.vae_class, spec.vae_config)),
+    )
+    if activations:
+        model.requires_grad_(True)
+        for px in resolutions:
+            prof = activation_profile(model, spec, spec.cfg_rows, px)
+            counts.activations[f"{px}:full:nogc"] = prof.total
+            counts.activations[f"{px}:full:gc"] = prof.checkpointed
+    counts.lora_params = add_lora(model, spec.lora_targets, lora_rank)
+    if activations:
+        for px in resolutions:
+            prof = activation_profile(model, spec, spec.cfg_rows, px)
+            counts.activations[f"{px}:lora:nogc"] = prof.total
+            counts.activations[f"{px}:lora:gc"] = prof.checkpointed
+    return counts
+
+
+@dataclass
+class GPUPlan:
+    """Bytes per GPU of one configuration; `total` adds them up."""
+
+    weights: int
+    trainable_state: int  # float32 master weights (full) / LoRA weights, float32 gradients, optimiser moments
+    gathered: int  # FSDP2 / ZeRO-3: the all-gathered block being computed and the prefetched next one
+    text_encoders: int
+    vae: int
+    activations: int
+    overhead: int = OVERHEAD_BYTES
+
+    @property
+    def total(self) -> int:
+        return sum(asdict(self).values())
+
+
+def per_gpu(
+    counts: ModelCounts,
+    *,
+    mode: str,
+    strategy: str,
+    num_gpus: int,
+    px: int,
+    gradient_checkpointing: bool = True,
+    micro_batch: int = 1,
+    optimizer: str = "adamw",
+    free_text_encoders: bool = True,
+) -> GPUPlan:
+    """Per-GPU bytes of a LoRA (`mode="lora"`) or full fine-tune (`"full"`) under `strategy` on `num_gpus` GPUs."""
+    if mode not in ("lora", "full"):
+        raise ValueError(f"mode must be 'lora' or 'full', got {mode!r}.")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")
+    if optimizer not in ("adamw", "adamw8bit"):
+        raise ValueError(f"optimizer must be 'adamw' or 'adamw8bit', got {optimizer!r}.")
+    n = num_gpus
+    moments = 8 if optimizer == "adamw" else 2
+    if mode == "lora":
+        frozen, trained = counts.denoiser_params * 2, counts.lora_params
+        trained_weights = trained * 4
+    else:
+        frozen, trained = 0, counts.denoiser_params
+        trained_weights = trained * 4  # the trainer keeps trained weights in float32
+    grads_and_moments = trained * (4 + moments)
+    if strategy == "ddp":
+        # DDP also keeps its gradient buckets (a copy of the gradients) unless gradient_as_bucket_view.
+        weights, state, gathered = frozen + trained_weights, grads_and_moments + trained * 4, 0
+    elif strategy == "zero2":
+        weights, state, gathered = frozen + trained_weights, grads_and_moments / n, 0
+    else:  # fsdp2, zero3: everything sharded; one block computed while the next is prefetched (bf16)
+        weights, state = (frozen + trained_weights) / n, grads_and_moments / n
+        gathered = 2 * counts.largest_block_params * 2 if n > 1 else 0
+    key = f"{px}:{mode}:{'gc' if gradient_checkpointing else 'nogc'}"
+    if key not in counts.activations:
+        raise ValueError(f"No activation count for {key}; count_model(resolutions=...) must include {px}.")
+    text = 0 if free_text_encoders else 2 * sum(counts.text_encoder_params.values())
+    return GPUPlan(
+        weights=int(weights),
+        trainable_state=int(state),
+        gathered=int(gathered),
+        text_encoders=text,
+        vae=2 * counts.vae_params,
+        activations=micro_batch * counts.activations[key],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+_VALIDATION_SPEC = "flux-validation"
+MODELS[_VALIDATION_SPEC] = ModelSpec(
+    name="FLUX-shaped validation config (4 + 8 blocks, width 384)",
+    transformer_class="FluxTransformer2DModel",
+    transformer_config=dict(
+        patch_size=1,
+        in_channels=64,
+        num_layers=4,
+        num_single_layers=8,
+        attention_head_dim=64,
+        num_attention_heads=6,
+        joint_attention_dim=512,
+        pooled_projection_dim=128,
+        guidance_embeds=True,
+        axes_dims_rope=[16, 24, 24],
+    ),
+    lora_targets=_FLUX_LORA,
+    text_tokens=64,
+    cfg_rows=1,
+    text_encoders={},
+)
+
+
+def _measure_child(px: int, rows: int, gradient_checkpointing: bool, lora_rank: int) -> dict:
+    """In a fresh process: real float32 forward + backward on the CPU; peak resident memory above the baseline."""
+    torch.manual_seed(0)
+    spec = MODELS[_VALIDATION_SPEC]
+    model = build_transformer(spec, device="cpu", dtype=torch.float32)
+    add_lora(model, spec.lora_targets, lora_rank)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data.normal_(0, 0.02)
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    kwargs = dummy_inputs(spec, model, rows, px, "cpu", torch.float32)
+    for k, v in kwargs.items():
+        if torch.is_tensor(v) and v.is_floating_point() and k in ("hidden_states", "encoder_hidden_states"):
+            v.normal_()
+    # Warm-up on a tiny input (one-off allocations: kernels, thread pools, autograd engine) before the baseline; the
+    # real input is never run before the measurement (resident memory is a high-water mark).
+    small = dummy_inputs(spec, model, 1, 64, "cpu", torch.float32)
+    model(**small)[0].sum().backward()
+    model.zero_grad(set_to_none=True)
+    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (VmHWM) to the current size
+        f.write("5")
+    base = _proc_status_bytes("VmRSS")
+    out = model(**kwargs)[0]
+    out.float().pow(2).mean().backward()
+    return {"measured_bytes": _proc_status_bytes("VmHWM") - base}
+
+
+def _proc_status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status (the CPU validation needs Linux)")
+
+
+def validate_on_cpu(
+    px: int = 512, rows: int = 2, lora_rank: int = 8, gradient_checkpointing: bool = False
+) -> dict[str, float]:
+    """Estimate (meta count) vs measured peak (real CPU run in a subprocess, `MALLOC_MMAP_THRESHOLD_` set so that
+    freed large buffers go back to the OS and resident memory follows live memory). Returns both and the error."""
+    spec = MODELS[_VALIDATION_SPEC]
+    model = build_transformer(spec, dtype=torch.float32)
+    lora = add_lora(model, spec.lora_targets, lora_rank)
+    prof = activation_profile(model, spec, rows, px, dtype=torch.float32)
+    estimate = prof.peak(gradient_checkpointing) + lora * 4  # + the LoRA gradients
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    here = os.path.dirname(os.path.abspath(__file__))
+    call = f"m._measure_child({px}, {rows}, {gradient_checkpointing!r}, {lora_rank})"
+    code = f"import json, sys; sys.path.insert(0, {here!r}); import memory_plan as m; print(json.dumps({call}))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    measured = json.loads(out.stdout.strip().splitlines()[-1])["measured_bytes"]
+    return {
+        "px": px,
+        "rows": rows,
+        "gradient_checkpointing": gradient_checkpointing,
+        "estimate_bytes": estimate,
+        "measured_bytes": measured,
+        "relative_error": (estimate - measured) / measured,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- output
+def _gib(b: float) -> str:
+    return f"{b / GiB:.1f}"
+
+
+def format_counts(c: ModelCounts) -> str:
+    lines = [
+        f"## {c.name}",
+        f"denoiser parameters: {c.denoiser_params / 1e9:.3f} B (largest block {c.largest_block_params / 1e6:.0f} M); "
+        f"LoRA r={c.lora_rank}: {c.lora_params / 1e6:.1f} M",
+        "text encoders: "
+        + ", ".join(f"{k} {v / 1e9:.3f} B" for k, v in c.text_encoder_params.items())
+        + f"; VAE {c.vae_params / 1e6:.0f} M",
+        "",
+        "activations per image (GiB, bf16) | "
+        + " | ".join(f"{px} px" for px in sorted({int(k.split(":")[0]) for k in c.activations})),
+    ]
+    pxs = sorted({int(k.split(":")[0]) for k in c.activations})
+    for mode in ("lora", "full"):
+        for gc in ("nogc", "gc"):
+            label = f"{mode}, {'gradient checkpointing' if gc == 'gc' else 'no checkpointing'}"
+            lines.append(f"  {label:<40} | " + " | ".join(_gib(c.activations[f"{px}:{mode}:{gc}"]) for px in pxs))
+    return "\n".join(lines)
+
+
+def fit_table(
+    all_counts: dict[str, ModelCounts], px: int = 720, gpu_counts=GPU_COUNTS, optimizer: str = "adamw"
+) -> list[dict]:
+    rows = []
+    for c in all_counts.values():
+        for mode in ("lora", "full"):
+            for strategy in STRATEGIES:
+                for n in gpu_counts:
+                    if strategy != "ddp" and n == 1:
+                        continue
+                    plan = per_gpu(c, mode=mode, strategy=strategy, num_gpus=n, px=px, optimizer=optimizer)
+                    rows.append(
+                        {
+                            "model": c.name,
+                            "mode": mode,
+                            "strategy": strategy,
+                            "gpus": n,
+                            "per_gpu_gib": plan.total / GiB,
+                            **{f"fits_{g}": plan.total <= GPU_MEMORY_BYTES[g] for g in GPU_SIZES_GB},
+                            "plan": asdict(plan),
+                        }
+                    )
+    return rows
+
+
+def main(argv: Optional[list] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=[k for k in MODELS if k != _VALIDATION_SPEC], action="append")
+    parser.add_argument("--resolution", type=int, action="append")
+    parser.add_argument("--lora_rank", type=int, default=32)
+    parser.add_argument("--optimizer", choices=("adamw", "adamw8bit"), default="adamw")
+    parser.add_argument("--fit_resolution", type=int, default=720)
+    parser.add_argument("--json", help="write the counts and the per-GPU table here")
+    parser.add_argument("--validate", action="store_true", help="compare the estimate with a measured CPU peak")
+    args = parser.parse_args(argv)
+    if args.validate:
+        for gc in (False, True):
+            r = validate_on_cpu(gradient_checkpointing=gc)
+            print(
+                f"validation ({MODELS[_VALIDATION_SPEC].name}, {r['px']} px, {r['rows']} images, float32, "
+                f"checkpointing={gc}): estimate {r['estimate_bytes'] / 2**20:.0f} MiB, measured peak "
+                f"{r['measured_bytes'] / 2**20:.0f} MiB, error {100 * r['relative_error']:+.1f}%"
+            )
+        return
+    keys = args.model or [k for k in MODELS if k != _VALIDATION_SPEC]
+    resolutions = sorted(set(args.resolution or RESOLUTIONS) | {args.fit_resolution})
+    all_counts = {k: count_model(MODELS[k], args.lora_rank, resolutions) for k in keys}
+    for c in all_counts.values():
+        print(format_counts(c))
+        print()
+    rows = fit_table(all_counts, px=args.fit_resolution, optimizer=args.optimizer)
+    print(
+        f"per GPU at {args.fit_resolution} px, micro-batch 1 image, gradient checkpointing, bf16 weights, "
+        f"{args.optimizer}, text encoders freed, +{OVERHEAD_BYTES / GiB:.1f} GiB overhead"
+    )
+    print("model | mode | strategy | GPUs | GiB per GPU | " + " | ".join(f"{g} GB" for g in GPU_SIZES_GB))
+    for r in rows:
+        fits = " | ".join("yes" if r[f"fits_{g}"] else "no" for g in GPU_SIZES_GB)
+        print(f"{r['model']} | {r['mode']} | {r['strategy']} | {r['gpus']} | {r['per_gpu_gib']:.1f} | {fits}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"counts": {k: asdict(c) for k, c in all_counts.items()}, "per_gpu": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
