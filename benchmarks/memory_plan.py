@@ -33,6 +33,8 @@ from typing import Any, Optional
 
 import torch
 
+from diffusers_mixgrpo.training.config import DEFAULT_LORA_TARGET_MODULES
+
 GiB = 1024**3
 RESOLUTIONS = (512, 720, 1024)
 GPU_COUNTS = (1, 8, 32)
@@ -42,30 +44,9 @@ GPU_SIZES_GB = (24, 48, 80)
 GPU_MEMORY_BYTES = {24: 24564 * 2**20, 48: 46068 * 2**20, 80: 81559 * 2**20}
 OVERHEAD_BYTES = int(1.5 * GiB)  # CUDA context + cuBLAS/attention workspaces + allocator slack (an assumption)
 
-_FLUX_LORA = [
-    "attn.to_k",
-    "attn.to_q",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_k_proj",
-    "attn.add_q_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-]
-_SD3_LORA = [
-    "attn.add_k_proj",
-    "attn.add_q_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "attn.to_k",
-    "attn.to_out.0",
-    "attn.to_q",
-    "attn.to_v",
-]
+# The LoRA targets the trainer uses by default (GRPOConfig.lora_target_modules=None).
+_FLUX_LORA = DEFAULT_LORA_TARGET_MODULES["flux"]
+_SD3_LORA = DEFAULT_LORA_TARGET_MODULES["sd3"]
 # FLUX.2: the double blocks' attention as for FLUX.1, the single blocks' fused projections (a regex: in the double
 # blocks `attn.to_out` is a ModuleList, in the single blocks a Linear).
 _FLUX2_LORA = (
