@@ -305,11 +305,12 @@ def main(argv=None) -> dict:
     if not args.report_only:
         common["base_eval"] = base_evaluation(args.toy_model, n_eval, common["final_images_per_prompt"])
         log(f"base model: {common['base_eval']['heldout']}")
-    run = (
-        (lambda jobs: [json.loads((out_dir / "runs" / f"{j['name']}.json").read_text()) for j in jobs])
-        if (args.report_only)
-        else (lambda jobs: run_jobs(jobs, out_dir, args.jobs, log))
-    )
+
+    def stored(jobs):  # --report-only: the runs stored so far (an interrupted benchmark reports what it has)
+        files = [out_dir / "runs" / f"{j['name']}.json" for j in jobs]
+        return [json.loads(f.read_text()) for f in files if f.is_file()]
+
+    run = stored if args.report_only else (lambda jobs: run_jobs(jobs, out_dir, args.jobs, log))
 
     if args.no_tune:
         rates, tune_runs = {"dancegrpo": args.lr, "mixgrpo": args.lr}, []
