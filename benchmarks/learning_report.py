@@ -179,16 +179,21 @@ def markdown(results: dict) -> str:
             for c, k in steps.items():
                 if c in s:
                     i = s[c]
-                    lines.append(f"| {group} | {k} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} |")
+                    lines.append(
+                        f"| {group} | {k} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | "
+                        f"{len(i['seeds'])} |"
+                    )
         lines.append("")
     win = [c for c in PARTS["window"] if c in s]
     if "window" in results["parts"]:
-        lines += ["## Window position (K = 4, equal wall time)", "", "| window | held-out reward | accuracy |"]
-        lines += ["| --- | --- | --- |"]
+        lines += ["## Window position (K = 4, equal wall time)", "", "| window | held-out reward | accuracy | seeds |"]
+        lines += ["| --- | --- | --- | --- |"]
         for c in win:
             i = s[c]
             label = "progressive" if c == "mixgrpo" else c.replace("window_", "fixed at the ")
-            lines.append(f"| {label} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} |")
+            lines.append(
+                f"| {label} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | {len(i['seeds'])} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
