@@ -78,7 +78,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         family = detect_family(transformer, unet)
         scheduler_cls = _MIX_SCHEDULERS[ADAPTERS[family].scheduler_kind]
         if not isinstance(scheduler, scheduler_cls):
-            scheduler = scheduler_cls.from_config(scheduler.config)
+            overrides = ADAPTERS[family].mix_scheduler_overrides(scheduler)
+            scheduler = scheduler_cls.from_config(scheduler.config, **overrides)
         self.register_modules(
             scheduler=scheduler,
             vae=vae,
@@ -110,7 +111,13 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 f"Unsupported base pipeline {type(pipeline).__name__}; GRPOTrainingPipeline supports "
                 f"{', '.join(sorted(SUPPORTED_PIPELINES))} (and their subclasses)."
             )
-        return super().from_pipe(pipeline, **kwargs)
+        # Pass the components explicitly: from_pipe would otherwise drop a model whose class is not in __init__'s
+        # type hints (the family check is detect_family's, on the denoiser).
+        expected, _ = cls._get_signature_keys(cls)
+        components = {k: v for k, v in pipeline.components.items() if k in expected and k not in kwargs}
+        pipe = super().from_pipe(pipeline, **components, **kwargs)
+        pipe.adapter.adopt_stock_config(pipeline)
+        return pipe
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -273,7 +280,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         dtype = self.denoiser.dtype
         default_h, default_w = self.default_image_size()
         height, width = int(height or default_h), int(width or default_w)
-        multiple = self.adapter.vae_scale_factor * (2 if self.model_family == "flux" else 1)
+        multiple = self.adapter.size_multiple
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}.")
 

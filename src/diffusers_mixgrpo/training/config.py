@@ -30,7 +30,7 @@ METHODS = ("mixgrpo", "flash", "flash_star", "dancegrpo")
 SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
 WINDOW_STRATEGIES = ("progressive", "random", "decay", "exp_decay")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
-MODEL_FAMILIES = ("flux", "sd3", "sd15")
+MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 # What each `method` fills in for the fields left at `None`. Values from the MixGRPO paper / released scripts
@@ -107,6 +107,8 @@ DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
         "attn.to_v",
     ],
     "sd15": ["to_k", "to_q", "to_v", "to_out.0"],
+    # SDXL: the UNet attention, as diffusers' train_dreambooth_lora_sdxl.py
+    "sdxl": ["to_k", "to_q", "to_v", "to_out.0"],
 }
 
 # List fields whose items may contain commas: a string given for one of them is a single item.
@@ -137,6 +139,8 @@ def infer_model_family(pipeline_or_class: Any) -> str:
         return "flux"
     if name.startswith("StableDiffusion3"):
         return "sd3"
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl"
     if name.startswith("StableDiffusion"):
         return "sd15"
     raise ValueError(f"Cannot infer the model family of {name!r}; set model_family to one of {MODEL_FAMILIES}.")
@@ -296,7 +300,7 @@ class GRPOConfig:
         variant (`str`, *optional*):
             Weights variant to load (e.g. `"fp16"`).
         model_family (`str`, *optional*):
-            `"flux"`, `"sd3"` or `"sd15"`. `None`: inferred from the pipeline class by the trainer. Selects the
+            `"flux"`, `"sd3"`, `"sd15"` or `"sdxl"`. `None`: inferred from the pipeline class by the trainer. Selects the
             default `lora_target_modules`.
         output_dir (`str`, defaults to `"mixgrpo-output"`):
             Where checkpoints, logs, the final LoRA weights and the model card are written.
@@ -522,8 +526,8 @@ class GRPOConfig:
     )
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the pretrained pipeline."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant to load, e.g. 'fp16'."})
-    model_family: Optional[Literal["flux", "sd3", "sd15"]] = field(
-        default=None, metadata={"help": "'flux', 'sd3' or 'sd15'; None: inferred from the pipeline class."}
+    model_family: Optional[Literal["flux", "sd3", "sd15", "sdxl"]] = field(
+        default=None, metadata={"help": "'flux', 'sd3', 'sd15', 'sdxl'; None: inferred from the pipeline class."}
     )
     output_dir: str = field(
         default="mixgrpo-output", metadata={"help": "Where checkpoints, logs, weights and the model card go."}

@@ -225,7 +225,9 @@ def write_model_card(
     steps = config_values.get("num_inference_steps", 25)
     guidance = config_values.get("guidance_scale", 3.5)
     base_for_code = base_model or "<Hub id or folder of the base model>"
-    family_name = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3", "sd15": "Stable Diffusion 1.5"}.get(family, family)
+    family_names = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3", "sd15": "Stable Diffusion 1.5"}
+    family_names.update(sdxl="Stable Diffusion XL", sana="SANA", wan="Wan")
+    family_name = family_names.get(family, family)
     base_text = (
         f"[{base_model}](https://huggingface.co/{base_model})"
         if base_model

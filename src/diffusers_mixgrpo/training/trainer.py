@@ -996,7 +996,7 @@ class GRPOTrainer:
                 from peft.utils import get_peft_model_state_dict
 
                 layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
-                key = "unet_lora_layers" if self.pipeline.model_family == "sd15" else "transformer_lora_layers"
+                key = f"{self.pipeline.adapter.denoiser_name}_lora_layers"  # unet_ / transformer_lora_layers
                 self.pipeline.save_lora_weights(output_dir, **{key: layers}, safe_serialization=True)
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")
             self.pipeline.stock_pipeline.save_pretrained(output_dir, safe_serialization=True)

@@ -5,9 +5,11 @@ from typing import Any
 from .base import ModelFamilyAdapter
 from .flux import FluxAdapter
 from .sd3 import SD3Adapter
+from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
 
 ADAPTERS: dict[str, type[ModelFamilyAdapter]] = {a.name: a for a in (FluxAdapter, SD3Adapter, StableDiffusionAdapter)}
+ADAPTERS["sdxl"] = StableDiffusionXLAdapter
 
 # denoiser class name -> family; the stock pipeline classes GRPOTrainingPipeline.from_pipe accepts.
 _DENOISER_FAMILY = {
@@ -15,6 +17,7 @@ _DENOISER_FAMILY = {
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd15",
 }
+
 SUPPORTED_PIPELINES = {a.stock_pipeline_class: a.name for a in ADAPTERS.values()}
 
 
@@ -35,7 +38,10 @@ def detect_family(transformer: Any = None, unet: Any = None) -> str:
             f"Unsupported denoiser {name}; supported: {sorted(_DENOISER_FAMILY)} "
             f"(pipelines {sorted(SUPPORTED_PIPELINES)})."
         )
-    return _DENOISER_FAMILY[name]
+    family = _DENOISER_FAMILY[name]
+    if family == "sd15" and getattr(denoiser.config, "addition_embed_type", None) == "text_time":
+        family = "sdxl"  # the SDXL UNet: same class, pooled text + time-id conditioning
+    return family
 
 
 __all__ = ["ADAPTERS", "SUPPORTED_PIPELINES", "ModelFamilyAdapter", "detect_family"]

@@ -43,6 +43,20 @@ class ModelFamilyAdapter(ABC):
     def extra_stock_kwargs(self) -> dict:
         return {}
 
+    @classmethod
+    def mix_scheduler_overrides(cls, scheduler) -> dict:
+        """Keyword overrides for building the family's Mix scheduler from the stock `scheduler`'s config, where the
+        config alone does not say how the stock scheduler samples (e.g. SDXL's Euler ends at sigma 0)."""
+        return {}
+
+    def adopt_stock_config(self, pipeline) -> None:
+        """Take over settings of the wrapped stock `pipeline`'s own config (called by `from_pipe`); may refuse a
+        pipeline whose settings the adapter does not support, with a ValueError."""
+        return None
+
+    # Video families (Wan): latents `(B, C, F, H, W)`, decoded to `(B, F, 3, H, W)`; `rollout(num_frames=...)`.
+    is_video: bool = False
+
     # A distributed wrapper (DDP / FSDP from `accelerator.prepare`) to call instead of the bare denoiser, so that
     # gradient synchronisation hooks run; the bare module is still used for its config.
     forward_module: Optional[torch.nn.Module] = None
@@ -57,6 +71,11 @@ class ModelFamilyAdapter(ABC):
     @property
     def vae_scale_factor(self) -> int:
         return self.stock.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this (the VAE factor, times the patch packing)."""
+        return self.vae_scale_factor
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         """Whether a rollout with this guidance runs classifier-free guidance (two denoiser branches)."""

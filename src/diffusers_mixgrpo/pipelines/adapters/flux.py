@@ -31,6 +31,10 @@ class FluxAdapter(ModelFamilyAdapter):
         latents, _ = self.stock.prepare_latents(num, channels, height, width, dtype, device, generator)
         return latents
 
+    @property
+    def size_multiple(self) -> int:
+        return 2 * self.vae_scale_factor
+
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
         f = self.vae_scale_factor
         return 2 * (int(height) // (f * 2)), 2 * (int(width) // (f * 2))
