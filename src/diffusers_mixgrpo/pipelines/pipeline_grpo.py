@@ -159,6 +159,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         return self.adapter.default_guidance_scale
 
     def default_image_size(self) -> tuple[int, int]:
+        if self.adapter.default_size is not None:
+            return self.adapter.default_size
         stock = self.adapter.stock
         size = getattr(stock, "default_sample_size", None)
         if size is None and self.unet is not None:
@@ -224,9 +226,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         same_initial_noise: bool = True,
         max_batch_size: Optional[int] = None,
         autocast_dtype: Optional[torch.dtype] = None,
+        num_frames: Optional[int] = None,
     ) -> RolloutBatch:
         r"""
-        Sample `num_generations` images for each prompt and record the SDE-window steps for training.
+        Sample `num_generations` images (videos) for each prompt and record the SDE-window steps for training.
 
         Args:
             prompts (`list[str]`): P distinct prompts; the batch holds B = P x `num_generations` samples, sample
@@ -252,6 +255,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             max_batch_size (`int`, *optional*): most samples per denoiser call; groups are chunked to fit.
             autocast_dtype (`torch.dtype`, *optional*): run the denoiser under autocast in this dtype (e.g.
                 `torch.bfloat16`); the scheduler's Gaussian math stays float32.
+            num_frames (`int`, *optional*): video families (Wan) only: frames per video (the family's default when
+                `None`); the batch's `images` are then `(B, F, 3, H, W)` and the latents `(B, C, F', H', W')`.
 
         Returns:
             `RolloutBatch`.
@@ -284,6 +289,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}.")
 
+        noise_kwargs = self.adapter.noise_kwargs(num_frames)  # {} for image families, {"num_frames": F} for video
+
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompts(prompts, guidance_scale, negative_prompt, device=device)
         prompt_embeds = prompt_embeds.to(device, dtype)
@@ -297,9 +304,11 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             )
         if latents is None and per_prompt:
             rows = 1 if same_initial_noise else group
-            noise = torch.cat([self.adapter.prepare_noise(rows, height, width, g, device, dtype) for g in generator])
+            noise = torch.cat(
+                [self.adapter.prepare_noise(rows, height, width, g, device, dtype, **noise_kwargs) for g in generator]
+            )
         elif latents is None:
-            noise = self.adapter.prepare_noise(noise_rows, height, width, generator, device, dtype)
+            noise = self.adapter.prepare_noise(noise_rows, height, width, generator, device, dtype, **noise_kwargs)
         else:
             if latents.shape[0] != noise_rows:
                 raise ValueError(

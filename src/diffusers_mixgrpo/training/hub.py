@@ -235,21 +235,28 @@ def write_model_card(
         if family_name
         else "its base model"
     )
+    sample_code = (
+        f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
+        'image.save("sample.png")\n```'
+    )
+    if family == "wan":  # a video pipeline: `.frames`, written with diffusers' export_to_video
+        frames = config_values.get("num_frames") or 81
+        sample_code = (
+            f'video = pipe("{example_prompt}", num_frames={frames}, num_inference_steps={steps}, '
+            f"guidance_scale={guidance}).frames[0]\n"
+            'from diffusers.utils import export_to_video\n\nexport_to_video(video, "sample.mp4", fps=16)\n```'
+        )
     if use_lora:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
             f'pipe = DiffusionPipeline.from_pretrained("{base_for_code}", dtype=torch.bfloat16).to("cuda")\n'
-            f'pipe.load_lora_weights("{repo_id}")\n'
-            f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
-            'image.save("sample.png")\n```'
+            f'pipe.load_lora_weights("{repo_id}")\n' + sample_code
         )
         what = f"LoRA weights for {base_text}"
     else:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16).to("cuda")\n'
-            f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
-            'image.save("sample.png")\n```'
+            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16).to("cuda")\n' + sample_code
         )
         what = f"A fine-tuned version of {base_text}"
     sections = [

@@ -11,7 +11,7 @@ import torch
 
 from .tiny_models import _tiny_clip, _tiny_vae, build_word_level_tokenizer
 
-__all__ = ["build_tiny_sdxl_pipeline"]
+__all__ = ["build_tiny_sdxl_pipeline", "build_tiny_wan_pipeline"]
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None):
@@ -56,4 +56,61 @@ def build_tiny_sdxl_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = Non
         unet=unet.eval(),
         scheduler=scheduler,
         add_watermarker=False,
+    )
+
+
+def build_tiny_wan_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None, flow_shift: float = 3.0):
+    """A tiny `WanPipeline` (text-to-video) with Wan 2.1's stock `UniPCMultistepScheduler` flow-sigma config."""
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tok = build_word_level_tokenizer(vocab)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tok),
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=3,
+            decoder_start_token_id=0,
+        )
+    )
+    scheduler = UniPCMultistepScheduler(  # Wan2.1-T2V-1.3B-Diffusers' scheduler_config.json, flow_shift 3 (480p)
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        num_train_timesteps=1000,
+        flow_shift=flow_shift,
+        solver_order=2,
+        solver_type="bh2",
+    )
+    return WanPipeline(
+        tokenizer=tok,
+        text_encoder=text_encoder.eval(),
+        vae=vae.eval(),
+        transformer=transformer.eval(),
+        scheduler=scheduler,
     )

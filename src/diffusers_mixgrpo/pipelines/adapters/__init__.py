@@ -7,15 +7,18 @@ from .flux import FluxAdapter
 from .sd3 import SD3Adapter
 from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
+from .wan import WanAdapter
 
 ADAPTERS: dict[str, type[ModelFamilyAdapter]] = {a.name: a for a in (FluxAdapter, SD3Adapter, StableDiffusionAdapter)}
 ADAPTERS["sdxl"] = StableDiffusionXLAdapter
+ADAPTERS["wan"] = WanAdapter
 
 # denoiser class name -> family; the stock pipeline classes GRPOTrainingPipeline.from_pipe accepts.
 _DENOISER_FAMILY = {
     "FluxTransformer2DModel": "flux",
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd15",
+    "WanTransformer3DModel": "wan",
 }
 
 SUPPORTED_PIPELINES = {a.stock_pipeline_class: a.name for a in ADAPTERS.values()}

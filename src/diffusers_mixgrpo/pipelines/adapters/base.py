@@ -56,6 +56,16 @@ class ModelFamilyAdapter(ABC):
 
     # Video families (Wan): latents `(B, C, F, H, W)`, decoded to `(B, F, 3, H, W)`; `rollout(num_frames=...)`.
     is_video: bool = False
+    # (height, width) when the stock pipeline has no `default_sample_size` (Wan: its `__call__` defaults).
+    default_size: Optional[tuple[int, int]] = None
+
+    def noise_kwargs(self, num_frames: Optional[int]) -> dict:
+        """Extra `prepare_noise` arguments of a rollout: `{}` for image families (which refuse `num_frames`)."""
+        if num_frames is not None:
+            raise ValueError(
+                f"num_frames={num_frames!r} is for video families (wan); this pipeline's family is {self.name!r}."
+            )
+        return {}
 
     # A distributed wrapper (DDP / FSDP from `accelerator.prepare`) to call instead of the bare denoiser, so that
     # gradient synchronisation hooks run; the bare module is still used for its config.
