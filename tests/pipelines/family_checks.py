@@ -1,4 +1,4 @@
-"""The checks every model family passes (issue 11), parametrised by a `FamilySpec`; used by tests/pipelines/test_<family>.py.
+"""The checks every model family passes (issue 11), parametrised by a `FamilySpec` (tests/pipelines/test_<family>.py).
 
 1. an empty SDE window reproduces the stock pipeline's sampler (to `stock_atol`);
 2. a rollout with a window recomputes its own log-probs exactly (ratio 1, bitwise);

@@ -30,7 +30,7 @@ METHODS = ("mixgrpo", "flash", "flash_star", "dancegrpo")
 SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
 WINDOW_STRATEGIES = ("progressive", "random", "decay", "exp_decay")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
-MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl", "wan")
+MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl", "sana", "wan")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 # What each `method` fills in for the fields left at `None`. Values from the MixGRPO paper / released scripts
@@ -111,6 +111,8 @@ DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
     "sdxl": ["to_k", "to_q", "to_v", "to_out.0"],
     # Wan: self- and cross-attention projections of the transformer blocks (Flow-Factory's / Flow-GRPO's Wan LoRA)
     "wan": ["to_k", "to_q", "to_v", "to_out.0"],
+    # SANA: the linear self-attention and the cross-attention projections of its blocks
+    "sana": ["to_k", "to_q", "to_v", "to_out.0"],
 }
 
 # List fields whose items may contain commas: a string given for one of them is a single item.
@@ -124,14 +126,14 @@ SECRET_FIELDS = frozenset({"hub_token"})
 
 
 def default_lora_target_modules(model_family: str) -> list[str]:
-    """The default LoRA target modules of a model family (`"flux"`, `"sd3"` or `"sd15"`); a fresh list."""
+    """The default LoRA target modules of a model family (a name in `MODEL_FAMILIES`); a fresh list."""
     if model_family not in DEFAULT_LORA_TARGET_MODULES:
         raise ValueError(f"model_family must be one of {MODEL_FAMILIES}, got {model_family!r}.")
     return list(DEFAULT_LORA_TARGET_MODULES[model_family])
 
 
 def infer_model_family(pipeline_or_class: Any) -> str:
-    """The model family (`"flux"`, `"sd3"`, `"sd15"`) of a diffusers pipeline, pipeline class or class name."""
+    """The model family (a name in `MODEL_FAMILIES`) of a diffusers pipeline, pipeline class or class name."""
     if isinstance(pipeline_or_class, str):
         name = pipeline_or_class
     else:
@@ -145,6 +147,8 @@ def infer_model_family(pipeline_or_class: Any) -> str:
         return "sdxl"
     if name.startswith("Wan"):
         return "wan"
+    if name.startswith("Sana"):
+        return "sana"
     if name.startswith("StableDiffusion"):
         return "sd15"
     raise ValueError(f"Cannot infer the model family of {name!r}; set model_family to one of {MODEL_FAMILIES}.")
@@ -304,8 +308,8 @@ class GRPOConfig:
         variant (`str`, *optional*):
             Weights variant to load (e.g. `"fp16"`).
         model_family (`str`, *optional*):
-            `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"` or `"wan"`. `None`: inferred from the pipeline class by the trainer. Selects the
-            default `lora_target_modules`.
+            `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"`, `"sana"` or `"wan"`. `None`: inferred from the pipeline class by
+            the trainer. Selects the default `lora_target_modules`.
         output_dir (`str`, defaults to `"mixgrpo-output"`):
             Where checkpoints, logs, the final LoRA weights and the model card are written.
         method (`str`, defaults to `"mixgrpo"`):
@@ -533,9 +537,9 @@ class GRPOConfig:
     )
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the pretrained pipeline."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant to load, e.g. 'fp16'."})
-    model_family: Optional[Literal["flux", "sd3", "sd15", "sdxl", "wan"]] = field(
+    model_family: Optional[Literal["flux", "sd3", "sd15", "sdxl", "sana", "wan"]] = field(
         default=None,
-        metadata={"help": "'flux', 'sd3', 'sd15', 'sdxl', 'wan'; None: inferred from the pipeline class."},
+        metadata={"help": "'flux', 'sd3', 'sd15', 'sdxl', 'sana', 'wan'; None: inferred from the pipeline class."},
     )
     output_dir: str = field(
         default="mixgrpo-output", metadata={"help": "Where checkpoints, logs, weights and the model card go."}

@@ -11,7 +11,7 @@ import torch
 
 from .tiny_models import _tiny_clip, _tiny_vae, build_word_level_tokenizer
 
-__all__ = ["build_tiny_sdxl_pipeline", "build_tiny_wan_pipeline"]
+__all__ = ["build_tiny_sana_pipeline", "build_tiny_sdxl_pipeline", "build_tiny_wan_pipeline"]
 
 
 def build_tiny_sdxl_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None):
@@ -108,6 +108,78 @@ def build_tiny_wan_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None
         solver_type="bh2",
     )
     return WanPipeline(
+        tokenizer=tok,
+        text_encoder=text_encoder.eval(),
+        vae=vae.eval(),
+        transformer=transformer.eval(),
+        scheduler=scheduler,
+    )
+
+
+def build_tiny_sana_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None, flow_shift: float = 3.0):
+    """A tiny `SanaPipeline` (Gemma-2 encoder, DC-AE) with SANA's stock `DPMSolverMultistepScheduler` flow config."""
+    from diffusers import AutoencoderDC, DPMSolverMultistepScheduler, SanaPipeline, SanaTransformer2DModel
+    from transformers import Gemma2Config, Gemma2Model
+
+    tok = build_word_level_tokenizer(vocab)
+    torch.manual_seed(seed)
+    transformer = SanaTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=4,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=4,
+        cross_attention_dim=8,
+        caption_channels=16,
+        sample_size=16,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderDC(
+        in_channels=3,
+        latent_channels=4,
+        attention_head_dim=2,
+        encoder_block_types=("ResBlock", "EfficientViTBlock"),
+        decoder_block_types=("ResBlock", "EfficientViTBlock"),
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        encoder_qkv_multiscales=((), (5,)),
+        decoder_qkv_multiscales=((), (5,)),
+        encoder_layers_per_block=(1, 1),
+        decoder_layers_per_block=[1, 1],
+        downsample_block_type="conv",
+        upsample_block_type="interpolate",
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+        scaling_factor=0.41407,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = Gemma2Model(
+        Gemma2Config(
+            vocab_size=len(tok),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,
+        )
+    )
+    scheduler = DPMSolverMultistepScheduler(  # Sana_1600M_1024px_diffusers' scheduler_config.json
+        algorithm_type="dpmsolver++",
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        flow_shift=flow_shift,
+        solver_order=2,
+        solver_type="midpoint",
+    )
+    return SanaPipeline(
         tokenizer=tok,
         text_encoder=text_encoder.eval(),
         vae=vae.eval(),

@@ -4,6 +4,7 @@ from typing import Any
 
 from .base import ModelFamilyAdapter
 from .flux import FluxAdapter
+from .sana import SanaAdapter
 from .sd3 import SD3Adapter
 from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
@@ -12,6 +13,7 @@ from .wan import WanAdapter
 ADAPTERS: dict[str, type[ModelFamilyAdapter]] = {a.name: a for a in (FluxAdapter, SD3Adapter, StableDiffusionAdapter)}
 ADAPTERS["sdxl"] = StableDiffusionXLAdapter
 ADAPTERS["wan"] = WanAdapter
+ADAPTERS["sana"] = SanaAdapter
 
 # denoiser class name -> family; the stock pipeline classes GRPOTrainingPipeline.from_pipe accepts.
 _DENOISER_FAMILY = {
@@ -19,6 +21,7 @@ _DENOISER_FAMILY = {
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd15",
     "WanTransformer3DModel": "wan",
+    "SanaTransformer2DModel": "sana",
 }
 
 SUPPORTED_PIPELINES = {a.stock_pipeline_class: a.name for a in ADAPTERS.values()}

@@ -1,4 +1,4 @@
-"""Stable Diffusion XL adapter: two CLIP text encoders, pooled embeddings, added time ids, true classifier-free guidance."""
+"""Stable Diffusion XL adapter: two CLIP text encoders, pooled embeddings, added time ids, true CFG."""
 
 import logging
 
@@ -22,8 +22,8 @@ class StableDiffusionXLAdapter(ModelFamilyAdapter):
 
     SDXL ships `EulerDiscreteScheduler` (leading spacing, offset 1). Deterministic Euler in sigma space is DDIM
     (eta = 0) in `x / sqrt(alpha_bar)`, and Euler's last step goes to sigma 0, so the swap keeps the config's grid
-    and sets `set_alpha_to_one=True` and `clip_sample=False`: with an empty window the rollout reproduces the stock Euler sampler
-    (`tests/pipelines/test_sdxl.py`).
+    and sets `set_alpha_to_one=True` and `clip_sample=False`: with an empty window the rollout reproduces the stock
+    Euler sampler (`tests/pipelines/test_sdxl.py`).
     """
 
     name = "sdxl"

@@ -67,9 +67,10 @@ class WanAdapter(ModelFamilyAdapter):
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be a positive integer, got {num_frames!r}.")
         if (num_frames - 1) % temporal:
+            below = (num_frames - 1) // temporal * temporal + 1
             raise ValueError(
                 f"num_frames={num_frames} is not allowed: Wan needs num_frames - 1 divisible by {temporal} "
-                f"(e.g. {(num_frames - 1) // temporal * temporal + 1} or {((num_frames - 1) // temporal + 1) * temporal + 1})."
+                f"(e.g. {below} or {below + temporal})."
             )
         return {"num_frames": num_frames}
 
