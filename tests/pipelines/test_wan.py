@@ -123,3 +123,15 @@ def test_wan22_ti2v_per_token_timesteps_match_the_stock_pipeline():
     spec = checks.FamilySpec(**{**SPEC.__dict__, "build": lambda seed: ti2v})
     ours, ref = checks._empty_window_pair(spec, ti2v, pipe, 5.0)
     torch.testing.assert_close(ours.images, ref, rtol=0, atol=1e-5)
+
+
+def test_a_bf16_transformer_samples_float32_latents_like_the_stock_loop():
+    stock = build_tiny_wan_pipeline()
+    stock.transformer.to(torch.bfloat16)
+    pipe = checks.grpo(stock)
+    batch = checks.rollout(SPEC, pipe, num_generations=2, num_inference_steps=4)
+    assert batch.latents.dtype == torch.float32 and torch.isfinite(batch.latents).all()
+    with torch.no_grad():
+        for chunk in batch.chunks:
+            logp = pipe.log_prob(batch, batch.step_indices[0], chunk)
+            assert torch.equal(logp, batch.log_probs[chunk, 0])

@@ -77,15 +77,16 @@ class SanaAdapter(ModelFamilyAdapter):
 
     def prepare_noise(self, num, height, width, generator, device, dtype) -> torch.Tensor:
         channels = self.denoiser.config.in_channels
-        return self.stock.prepare_latents(num, channels, height, width, dtype, device, generator)
+        # float32 latents whatever the model dtype, cast to it per call: the stock loop's precision
+        return self.stock.prepare_latents(num, channels, height, width, torch.float32, device, generator)
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:
-        config = self.denoiser.config
+        config, model_dtype = self.denoiser.config, self.denoiser.dtype
 
         def call(x, enc, mask):
             t = timestep.expand(x.shape[0]) if timestep.ndim == 0 else timestep.repeat(x.shape[0] // timestep.shape[0])
             return self.call_denoiser(
-                x,
+                x.to(model_dtype),
                 encoder_hidden_states=enc,
                 encoder_attention_mask=mask,
                 timestep=t * config.timestep_scale,

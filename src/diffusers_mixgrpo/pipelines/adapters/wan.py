@@ -92,7 +92,8 @@ class WanAdapter(ModelFamilyAdapter):
     def prepare_noise(self, num, height, width, generator, device, dtype, num_frames=None) -> torch.Tensor:
         num_frames = self.noise_kwargs(num_frames)["num_frames"]
         channels = self.denoiser.config.in_channels
-        return self.stock.prepare_latents(num, channels, height, width, num_frames, dtype, device, generator)
+        # float32 latents whatever the model dtype, cast to it per call: the stock loop's precision
+        return self.stock.prepare_latents(num, channels, height, width, num_frames, torch.float32, device, generator)
 
     def _timestep(self, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         b = latents.shape[0]
@@ -106,11 +107,10 @@ class WanAdapter(ModelFamilyAdapter):
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:
         t = self._timestep(timestep, latents)
+        x = latents.to(self.denoiser.dtype)
 
         def call(enc):
-            return self.call_denoiser(hidden_states=latents, timestep=t, encoder_hidden_states=enc, return_dict=False)[
-                0
-            ]
+            return self.call_denoiser(hidden_states=x, timestep=t, encoder_hidden_states=enc, return_dict=False)[0]
 
         cond = call(embeds["prompt_embeds"])
         if not self.uses_cfg(guidance_scale):
