@@ -183,19 +183,20 @@ def write_model_card(
 
     # Metadata
     license_meta = {"license": license} if license else _license_for(base_model)
-    card_tags = ["text-to-image", "diffusers", "diffusers-training", "mixgrpo", "grpo"]
+    family = _config_value(config, "model_family")
+    task = "text-to-video" if family == "wan" else "text-to-image"
+    card_tags = [task, "diffusers", "diffusers-training", "mixgrpo", "grpo"]
     if use_lora:
         card_tags.append("lora")
     if method != "mixgrpo":
         card_tags.append(method.replace("_", "-"))
-    family = _config_value(config, "model_family")
     if family:
         card_tags.append(family)
     card_tags += [t for t in tags if t not in card_tags]
     data = ModelCardData(
         base_model=base_model,
         library_name="diffusers",
-        pipeline_tag="text-to-image",
+        pipeline_tag=task,
         tags=card_tags,
         **license_meta,
     )
