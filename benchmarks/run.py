@@ -14,6 +14,7 @@ Writes `results.json`, `results.md` and PNG plots to `--output-dir`. Ratios are 
 DanceGRPO-style measured in the same run. Usage:
 
     python benchmarks/run.py --suite quick|full|smoke [--output-dir benchmarks/results] [--seeds 0 1 2]
+    python benchmarks/run.py --suite learning [learning.py options]   # the learning results, see learning.py
 """
 
 import argparse
@@ -699,8 +700,14 @@ def summarise_toy(runs: list) -> dict:
 
 # ------------------------------------------------------------------------------------------------------------ main
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--suite" in argv and argv[argv.index("--suite") + 1 :][:1] == ["learning"]:
+        import learning
+
+        i = argv.index("--suite")
+        return learning.main(argv[:i] + argv[i + 2 :])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=sorted(SUITES), default="quick")
+    parser.add_argument("--suite", choices=[*sorted(SUITES), "learning"], default="quick")
     parser.add_argument("--output-dir", default=None, help="default: benchmarks/results/<suite>")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="toy-task seeds (default: 0..k-1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: stable on a shared box)")
@@ -736,7 +743,7 @@ def main(argv=None) -> dict:
 
     results = {
         "suite": args.suite,
-        "command": "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python benchmarks/run.py " + " ".join(argv),
         "settings": {k: v for k, v in cfg.items()},
         "machine": machine_info(args.threads),
         "sections_seconds": {},

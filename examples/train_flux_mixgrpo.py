@@ -7,6 +7,8 @@
 
 Every `GRPOConfig` field is a flag (`--help` lists them); flags override the YAML file. The result loads into a stock
 pipeline with `pipe.load_lora_weights("out")` (or the Hub id). The library holds the logic; see docs/training.md.
+examples/train_mixgrpo.py is the same command for every family (detected from the model); this script only adds
+the check that the model is a FLUX.1 one.
 """
 
 from diffusers_mixgrpo.training.cli import main

@@ -6,6 +6,8 @@
     accelerate launch examples/train_sd3_mixgrpo.py --output_dir out --resume_from_checkpoint latest
 
 Every `GRPOConfig` field is a flag (`--help` lists them); flags override the YAML file. See docs/training.md.
+examples/train_mixgrpo.py is the same command for every family (detected from the model); this script only adds
+the check that the model is a SD3 one.
 """
 
 from diffusers_mixgrpo.training.cli import main

@@ -69,3 +69,34 @@ def test_smoke_suite_measured_nfe_matches_the_formula_everywhere(smoke_results):
     for row in results["rollouts"]["rows"]:
         assert row["nfe_per_rollout"] == pytest.approx(row["expected_nfe_per_rollout"]), row
         assert row["images_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_learning_benchmark_smoke_runs_every_table_variant_and_reports(tmp_path):
+    """`benchmarks/learning.py --smoke`: one seed, a 2 s budget per variant; checks the plumbing, not the figures."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--suite",
+            "learning",
+            "--smoke",
+            "--output-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    results = json.loads((tmp_path / "results_learning.json").read_text())
+    assert set(results["summary"]) == set(VARIANTS)
+    for name in VARIANTS:
+        info = results["summary"][name]
+        assert info["iterations"][0] >= 1 and info["seconds_per_iteration"][0] > 0
+        assert 0.0 <= info["heldout_reward"][0] <= 1.0
+    assert results["summary"]["dancegrpo"]["nfe_train_per_image"] == 14  # 60% of its 24 SDE steps (N = 25)
+    assert results["summary"]["mixgrpo"]["nfe_train_per_image"] == 4
+    assert "The paper's table in miniature" in (tmp_path / "results_learning.md").read_text()
+    assert (tmp_path / "learning_reward_vs_time.png").stat().st_size > 1000

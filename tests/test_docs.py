@@ -85,7 +85,8 @@ def test_few_blocks_are_skipped_and_each_says_why(capsys):
 # ----------------------------------------------------------------------------------------------------------- models
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    """The tiny models the Hub ids of the docs stand for, and a LoRA for the FLUX one."""
+    """The tiny models the Hub ids of the docs stand for (FLUX.1, SD3, SD1.5 and the 2026 families), and a LoRA
+    for the FLUX one."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
@@ -102,6 +103,11 @@ def tiny_models(tmp_path_factory):
         paths[name] = root / name
     build_tiny_sd_pipeline().save_pretrained(root / "sd15")
     paths["sd15"] = root / "sd15"
+    from diffusers_mixgrpo.utils import tiny_family_models
+
+    for name in ("qwenimage", "flux2", "flux2_klein", "zimage"):
+        getattr(tiny_family_models, f"build_tiny_{name}_pipeline")().save_pretrained(root / name)
+        paths[name] = root / name
     pipe = build_tiny_flux_pipeline()
     torch.manual_seed(0)
     pipe.transformer.add_adapter(LoraConfig(r=2, target_modules=["to_q", "to_v"], init_lora_weights=False))
@@ -117,6 +123,10 @@ def hub_ids(models) -> dict[str, str]:
         "stabilityai/stable-diffusion-3.5-medium": str(models["sd3"]),
         "stable-diffusion-v1-5/stable-diffusion-v1-5": str(models["sd15"]),
         "your-name/flux-mixgrpo": str(models["lora"]),
+        "Qwen/Qwen-Image": str(models["qwenimage"]),
+        "black-forest-labs/FLUX.2-dev": str(models["flux2"]),
+        "black-forest-labs/FLUX.2-klein-base-4B": str(models["flux2_klein"]),
+        "Tongyi-MAI/Z-Image": str(models["zimage"]),
     }
 
 

@@ -97,16 +97,18 @@ def test_bf16_autocast_log_probs_match_rollout_within_tolerance(tiny_stock_pipes
 def test_prefix_sharing_gives_the_same_trajectories_and_saves_forward_passes(tiny_stock_pipes, family):
     """Window start 8, size 2, G = 4, N = 10: sharing runs the 8 prefix steps once instead of 4 times per prompt.
 
-    The prefix runs at batch size P instead of P x G, which changes float32 GEMM rounding (~1e-7), so the
-    trajectories agree to 1e-5, not bitwise.
+    The prefix runs at batch size P instead of P x G, which changes float32 GEMM rounding (~1e-7 per step), so
+    the trajectories agree closely, not bitwise. Measured: < 1e-5 for FLUX and SD3; up to 2.9e-5 for the SD1.5
+    UNet on the 2-core Intel Xeon CI machine (depending on the load and the thread split of its convolutions),
+    < 1e-5 on an AMD EPYC. Tolerance 1e-4 on latents and images.
     """
     pipe = grpo(tiny_stock_pipes[family])
     kw = dict(num_generations=4, num_inference_steps=10, sde_window=(8, 2))
     shared = rollout(pipe, family, share_prefix=True, **kw)
     unshared = rollout(pipe, family, share_prefix=False, **kw)
-    torch.testing.assert_close(shared.latents, unshared.latents, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared.latents, unshared.latents, rtol=0, atol=1e-4)
     torch.testing.assert_close(shared.log_probs, unshared.log_probs, rtol=0, atol=1e-4)
-    torch.testing.assert_close(shared.images, unshared.images, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared.images, unshared.images, rtol=0, atol=1e-4)
     per_prompt_saving = (unshared.nfe - shared.nfe) / len(PROMPTS)
     assert per_prompt_saving == 3 * 8
     assert unshared.nfe == len(PROMPTS) * 4 * 10
@@ -183,7 +185,18 @@ def test_unsupported_base_pipeline_error_lists_the_supported_ones(tiny_stock_pip
 
     with pytest.raises(ValueError, match="Unsupported base pipeline NotAPipeline") as err:
         GRPOTrainingPipeline.from_pipe(object.__new__(NotAPipeline))
-    for name in ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline"):
+    for name in (
+        "FluxPipeline",
+        "StableDiffusion3Pipeline",
+        "StableDiffusionPipeline",
+        "StableDiffusionXLPipeline",
+        "SanaPipeline",
+        "WanPipeline",
+        "QwenImagePipeline",
+        "Flux2Pipeline",
+        "Flux2KleinPipeline",
+        "ZImagePipeline",
+    ):
         assert name in str(err.value)
 
 

@@ -135,9 +135,10 @@ def test_center_crop_transform_matches_torchvision_semantics():
 
 def test_hps_transform_pads_the_long_image_to_a_square_with_black():
     image = Image.new("RGB", (64, 32), (255, 255, 255))
-    out = np.asarray(resize_max_size_pad(image, 32))
-    assert out.shape == (32, 32, 3)
-    assert (out[:8] == 0).all() and (out[24:] == 0).all() and (out[8:24] == 255).all()
+    out = resize_max_size_pad(image, 32)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert (out[:, :8] == 0).all() and (out[:, 24:] == 0).all()
+    torch.testing.assert_close(out[:, 8:24], torch.ones(3, 16, 32))  # interior of a flat image: 1 (tolerance 1e-6)
 
 
 def test_hps_and_imagereward_normalise_with_openai_clip_constants(rewards):
@@ -332,3 +333,117 @@ def test_pickled_objects_are_refused_without_an_explicit_opt_out(tmp_path, tiny_
     torch.save({"state_dict": _Pickled()}, path)  # not a tensor-only file
     with pytest.raises(RuntimeError, match="weights_only=False"):
         load_reward("hpsv2.1", checkpoint=str(path), tokenizer=str(tiny_hps_dir / "tokenizer"))
+
+
+# --- fidelity to the official scorers (issue 12): each test fails if the deviation comes back ---------------------
+
+MOJIBAKE = "caf\u00c3\u00a9 au lait"  # "café" encoded as UTF-8 and decoded as Latin-1
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Tom &amp; Jerry", "Tom & Jerry"),
+        ("Tom &amp;amp; Jerry", "Tom & Jerry"),  # unescaped twice, as open_clip
+        (MOJIBAKE, "caf\u00e9 au lait"),  # ftfy.fix_text
+        ("  a\tred \n\n cat  ", "a red cat"),
+    ],
+)
+def test_hps_tokenizes_as_open_clip(rewards, raw, clean):
+    # open_clip: whitespace_clean(basic_clean(text)) with basic_clean = ftfy.fix_text + html.unescape x2 + strip.
+    reward = rewards["hpsv2.1"]
+    ids = reward.tokenize([raw])
+    assert torch.equal(ids, reward.tokenize([clean]))
+    hf_only = reward.tokenizer([raw], padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+    if raw.strip().split() != clean.split():
+        assert not torch.equal(ids, hf_only)  # the Hugging Face tokenizer alone tokenizes these differently
+
+
+def test_hps_scores_an_escaped_prompt_as_the_plain_one(rewards):
+    reward = rewards["hpsv2.1"]
+    images = sample_images(2)
+    assert torch.equal(
+        reward(images, ["Tom &amp; Jerry", MOJIBAKE]), reward(images, ["Tom & Jerry", "caf\u00e9 au lait"])
+    )
+
+
+def _hps_reference_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """HPSv2's preprocess_val written from its definition (torchvision's ops spelled out): ToTensor, ResizeMaxSize on
+    the tensor (bicubic, antialias, align_corners=False, no clamp), zero padding, Normalize."""
+    x = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).float() / 255
+    h, w = x.shape[1:]
+    scale = size / max(h, w)
+    new = (round(h * scale), round(w * scale))
+    x = F.interpolate(x[None], size=new, mode="bicubic", align_corners=False, antialias=True)[0]
+    ph, pw = size - new[0], size - new[1]
+    x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=0.0)
+    return (x - torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+
+
+@pytest.mark.parametrize("size", [(48, 40), (40, 72), (97, 61)])
+def test_hps_resizes_the_tensor_as_hpsv2(rewards, size):
+    # Exact. The old order (resize the uint8 PIL image, then ToTensor) is 1/255-quantised and clamped: it differs.
+    reward = rewards["hpsv2.1"]
+    image = Image.fromarray(sample_images(1, size=size)[0].permute(1, 2, 0).numpy())
+    pixels = reward.preprocess([image])[0]
+    assert torch.equal(pixels, _hps_reference_pixels(image, IMAGE_SIZE))
+    w, h = image.size
+    scale = IMAGE_SIZE / max(w, h)
+    old = np.asarray(image.resize((round(w * scale), round(h * scale)), Image.BICUBIC), dtype=np.float32) / 255
+    old_interior = (
+        torch.from_numpy(old).permute(2, 0, 1) - torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+    ) / torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    top, left = (IMAGE_SIZE - old.shape[0]) // 2, (IMAGE_SIZE - old.shape[1]) // 2
+    interior = pixels[:, top : top + old.shape[0], left : left + old.shape[1]]
+    assert (interior - old_interior).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("w", "h", "offset"), [(1216, 832, (52, 0)), (832, 1216, (0, 52)), (1024, 1024, (0, 0))])
+def test_center_crop_offset_rounds_as_torchvision(w, h, offset):
+    # OpenAI CLIP's CenterCrop (torchvision): int(round((side - crop) / 2)). At 224 px the SD3/SDXL sizes resize to
+    # 327x224 / 224x327: (327 - 224) / 2 = 51.5 -> 52, where transformers' processors floor to 51.
+    rows, cols = np.mgrid[0:h, 0:w]
+    x = np.stack([cols % 251, rows % 251, (rows + cols) % 251], axis=-1).astype(np.uint8)  # no two rows/cols alike
+    image = Image.fromarray(x)
+    out = resize_shortest_center_crop(image, 224)
+    short = min(w, h)
+    resized = np.asarray(image.resize((int(224 * w / short), int(224 * h / short)), Image.BICUBIC))
+    left, top = offset
+    np.testing.assert_array_equal(np.asarray(out), resized[top : top + 224, left : left + 224])
+    floored = resized[(resized.shape[0] - 224) // 2 :][:224, (resized.shape[1] - 224) // 2 :][:, :224]
+    assert np.array_equal(np.asarray(out), floored) == (offset == (0, 0))
+
+
+def test_aesthetic_crops_as_openai_clip_not_as_the_transformers_processor(rewards):
+    # The tiny CLIP is 32 px: a 35x32 image crops at round(1.5) = 2 (torchvision), the processor floors to 1.
+    reward = rewards["aesthetic"]
+    x = np.zeros((32, 35, 3), dtype=np.uint8)
+    x[:, :, :] = (np.arange(35, dtype=np.uint8) * 7)[None, :, None]
+    image = Image.fromarray(x)
+    expected = (
+        torch.from_numpy(x[:, 2:34]).permute(2, 0, 1).float() / 255 - torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+    ) / (torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1))
+    pixels = reward.preprocess([image])[0]
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-6)
+    processor = reward.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    assert not torch.allclose(processor, pixels, atol=1e-3)  # the floored offset: one column off
+
+
+@pytest.mark.parametrize("name", ["pickscore", "clipscore", "aesthetic"])
+def test_clip_family_processors_are_pinned_to_the_pil_backend(reward_factories, monkeypatch, name):
+    # transformers picks the torchvision processor whenever torchvision imports; ours must ask for the PIL one
+    # explicitly, so the choice does not depend on what is installed.
+    from transformers import AutoImageProcessor
+
+    calls = []
+    original = AutoImageProcessor.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoImageProcessor, "from_pretrained", classmethod(spy))
+    reward = reward_factories[name]()
+    assert calls and all(backend == "pil" for backend in calls)
+    processor = reward.metric.processor.image_processor if name == "clipscore" else reward.image_processor
+    assert type(processor).__name__.endswith("Pil")

@@ -3,6 +3,7 @@
 import copy
 import inspect
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler
@@ -457,3 +458,30 @@ def test_wrong_shapes_and_indices_raise():
         mix.step_log_prob(x, x, x, torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="ODE step"):
         mix.step_log_prob(x, x, x, 3)
+
+
+@pytest.mark.parametrize(
+    "as_type",
+    [int, np.int64, np.float32, lambda t: np.array(t), lambda t: torch.tensor(t), lambda t: torch.full((2,), t)],
+    ids=["int", "np.int64", "np.float32", "np.ndarray", "tensor", "batch-tensor"],
+)
+def test_timesteps_of_any_number_type_are_accepted(as_type):
+    scheduler = MixDDIMSDEScheduler(sde_window_size=2)
+    scheduler.set_timesteps(5)
+    x = torch.zeros(1, 4)
+    for t in scheduler.timesteps.tolist():
+        scheduler.step(x, as_type(t), x, generator=torch.Generator().manual_seed(0))
+    assert scheduler.step_index == 5
+
+
+def test_timestep_off_the_grid_raises_on_every_step():
+    scheduler = MixDDIMSDEScheduler()
+    scheduler.set_timesteps(5)
+    x = torch.zeros(1, 4)
+    scheduler.step(x, scheduler.timesteps[0], x)
+    with pytest.raises(ValueError, match="timestep 123 is not on the grid"):
+        scheduler.step(x, 123, x)
+    with pytest.raises(ValueError, match="does not match step_index 1"):
+        scheduler.step(x, scheduler.timesteps[2], x)
+    with pytest.raises(ValueError, match="timestep must be a number"):
+        scheduler.step(x, True, x)

@@ -59,29 +59,67 @@ def sd3_pipe():
     return pipe
 
 
-def run_pipe(pipe, scheduler, guidance_scale):
+def run_pipe(pipe, scheduler, guidance_scale, output_type="pt", num_inference_steps=4):
     pipe.scheduler = scheduler
     return pipe(
         "a red circle",
         height=32,
         width=32,
-        num_inference_steps=4,
+        num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
         max_sequence_length=16,
         generator=torch.Generator().manual_seed(0),
-        output_type="pt",
+        output_type=output_type,
     ).images
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pipe_name", ["flux_pipe", "sd3_pipe"])
+def test_swapped_in_with_empty_window_gives_the_euler_latents_bit_for_bit(pipe_name, dtype):
+    # FLUX passes sigmas= and mu= (dynamic shifting); SD3 passes neither (static shift 3). Exact in float32 and in
+    # bf16 (how FLUX and SD3 run): the Euler step rounds as diffusers' does (dt * v in the model's dtype). Before
+    # that, 42% (FLUX) / 59% (SD3) of the bf16 latents differed by one ulp after 6 steps.
+    from diffusers_mixgrpo.utils import tiny_models
+
+    pipe = getattr(tiny_models, f"build_tiny_{pipe_name.removesuffix('_pipe')}_pipeline")().to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    euler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    reference = run_pipe(pipe, euler, guidance_scale=3.5, output_type="latent", num_inference_steps=6)
+    ours = run_pipe(pipe, MixODESDEScheduler.from_config(euler.config), 3.5, "latent", num_inference_steps=6)
+    assert ours.dtype == reference.dtype == dtype
+    assert torch.equal(ours, reference)
 
 
 @pytest.mark.parametrize("pipe_name", ["flux_pipe", "sd3_pipe"])
 def test_swapped_in_with_empty_window_gives_the_euler_images(pipe_name, request):
-    # FLUX passes sigmas= and mu= (dynamic shifting); SD3 passes neither (static shift 3). Tolerance 1e-6 (float32).
     pipe = request.getfixturevalue(pipe_name)
     euler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
     reference = run_pipe(pipe, euler, guidance_scale=3.5)
     ours = run_pipe(pipe, MixODESDEScheduler.from_config(euler.config), guidance_scale=3.5)
     pipe.scheduler = euler
-    assert (ours - reference).abs().max().item() <= 1e-6
+    assert torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_euler_step_equals_flow_match_euler_step_in_every_dtype(dtype):
+    # Mixed dtypes too: a float32 sample with a low-precision model output (the result is cast as diffusers casts
+    # it, then to the sample's dtype, as stock pipelines do). Exact.
+    g = torch.Generator().manual_seed(0)
+    euler, ours = FlowMatchEulerDiscreteScheduler(shift=3.0), make()
+    euler.set_timesteps(8)
+    ours.set_timesteps(8)
+    x_ref = x = torch.randn(2, 4, 8, 8, generator=g).to(dtype)
+    for t in ours.timesteps:
+        v = torch.randn(2, 4, 8, 8, generator=g).to(dtype)
+        x_ref = euler.step(v, t, x_ref).prev_sample
+        x = ours.step(v, t, x).prev_sample
+        assert x.dtype == dtype and torch.equal(x, x_ref)
+    x32 = torch.randn(2, 4, generator=g)
+    v16 = torch.randn(2, 4, generator=g).to(dtype)
+    euler.set_timesteps(8)
+    ours.set_timesteps(8)
+    expected = euler.step(v16, euler.timesteps[0], x32).prev_sample.to(torch.float32)
+    assert torch.equal(ours.step(v16, ours.timesteps[0], x32).prev_sample, expected)
 
 
 def test_stock_flux_pipeline_runs_with_a_window_and_records_log_probs(flux_pipe):
@@ -354,7 +392,8 @@ def test_bf16_inputs_use_float32_math_and_return_bf16():
     assert out.prev_sample.dtype == torch.bfloat16 and out.prev_sample_mean.dtype == torch.float32
     assert torch.equal(out.prev_sample, (mean32 + std32 * z).bfloat16())
     ode = scheduler.step(v.bfloat16(), scheduler.timesteps[1], out.prev_sample)
-    expected = out.prev_sample.float() + (scheduler.sigmas[2] - scheduler.sigmas[1]) * v.bfloat16().float()
+    # The Euler step rounds as diffusers': dt * v in bf16 (the model's dtype), the sum in float32.
+    expected = out.prev_sample.float() + (scheduler.sigmas[2] - scheduler.sigmas[1]) * v.bfloat16()
     assert ode.prev_sample.dtype == torch.bfloat16 and torch.equal(ode.prev_sample, expected.bfloat16())
 
 
@@ -364,7 +403,7 @@ def test_step_tuple_form_has_prev_sample_first():
     x = torch.randn(1, 8)
     out = scheduler.step(torch.ones_like(x), scheduler.timesteps[0], x, return_dict=False)
     assert isinstance(out, tuple) and torch.equal(out[0], x + (scheduler.sigmas[1] - scheduler.sigmas[0]))
-    assert out[1] is None and out[-1] is False
+    assert out[1:] == (None, None, None, None)  # tensors or None only (no trailing is_sde flag); Euler fills none
 
 
 # -- marginals -----------------------------------------------------------------------------------------------------
@@ -557,6 +596,56 @@ def test_timestep_not_on_the_grid_raises():
         scheduler.step(torch.zeros(1, 2), 123.0, torch.zeros(1, 2))
 
 
+@pytest.mark.parametrize("begin_index", [None, 0])
+def test_timestep_off_the_grid_raises_on_every_step(begin_index):
+    # Not only the first call (which sets the step index): a later off-grid or out-of-turn timestep raises too.
+    scheduler = make()
+    scheduler.set_timesteps(4)
+    if begin_index is not None:
+        scheduler.set_begin_index(begin_index)
+    x = torch.zeros(1, 2)
+    scheduler.step(x, scheduler.timesteps[0], x)
+    with pytest.raises(ValueError, match="timestep 123.0 is not on the current grid"):
+        scheduler.step(x, 123.0, x)
+    with pytest.raises(ValueError, match="timestep 123.0 is not on the current grid"):
+        scheduler.step(x, torch.tensor(123.0), x)
+    expected = float(scheduler.timesteps[1])
+    with pytest.raises(ValueError, match=rf"does not match step_index 1; allowed: {expected}"):
+        scheduler.step(x, scheduler.timesteps[3], x)
+    assert scheduler.step_index == 1  # the refused calls changed nothing
+    scheduler.step(x, scheduler.timesteps[1], x)
+    assert scheduler.step_index == 2
+
+
+@pytest.mark.parametrize(
+    "as_type",
+    [
+        float,
+        np.float32,
+        np.float64,
+        lambda t: np.array(t, dtype=np.float32),
+        lambda t: torch.tensor(t),
+        lambda t: torch.full((3,), t),
+    ],
+    ids=["float", "np.float32", "np.float64", "np.ndarray", "tensor", "batch-tensor"],
+)
+def test_timesteps_of_any_number_type_are_accepted(as_type):
+    scheduler = make()
+    scheduler.set_timesteps(4)
+    x = torch.zeros(1, 2)
+    for t in scheduler.timesteps.tolist():
+        scheduler.step(x, as_type(t), x)
+    assert scheduler.step_index == 4
+
+
+@pytest.mark.parametrize("bad", [True, "1000", None, torch.tensor([1000.0, 750.0])])
+def test_timestep_of_a_wrong_type_raises(bad):
+    scheduler = make()
+    scheduler.set_timesteps(4)
+    with pytest.raises(ValueError, match="timestep must be"):
+        scheduler.step(torch.zeros(1, 2), bad, torch.zeros(1, 2))
+
+
 @pytest.mark.parametrize("name", ["prev_sample", "noise"])
 def test_prev_sample_or_noise_of_the_wrong_shape_raises(name):
     scheduler = make(sde_window_size=1)
@@ -575,3 +664,107 @@ def test_log_prob_of_an_ode_step_raises():
 def test_dynamic_shifting_without_mu_raises():
     with pytest.raises(ValueError, match="mu must be passed"):
         MixODESDEScheduler(use_dynamic_shifting=True).set_timesteps(4)
+
+
+# -- log-prob conventions -------------------------------------------------------------------------------------------
+
+
+def _cps_step(cps_log_prob, reduction="mean", eta=0.8):
+    scheduler = make(
+        sde_type="cps", eta=eta, sde_window_size=3, cps_log_prob=cps_log_prob, log_prob_reduction=reduction
+    )
+    scheduler.set_timesteps(sigmas=linear_grid(25))
+    g = torch.Generator().manual_seed(0)
+    x, v, z = (torch.randn(3, 4, 8, 8, generator=g) for _ in range(3))
+    out = scheduler.step(v, scheduler.timesteps[0], x, noise=z)
+    return scheduler, x, v, out
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cps_flow_grpo_log_prob_is_minus_the_squared_error(reduction):
+    # Flow-GRPO / official MixGRPO: -(x - mu)^2, no 1/(2 tau^2), no constants, reduced like the Gaussian one.
+    _, _, _, out = _cps_step("flow_grpo", reduction)
+    sq = (out.prev_sample - out.prev_sample_mean) ** 2
+    expected = -(sq.mean(dim=(1, 2, 3)) if reduction == "mean" else sq.sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(out.log_prob, expected, rtol=1e-6, atol=0)
+
+
+def test_cps_gaussian_log_prob_is_the_density():
+    _, _, _, out = _cps_step("gaussian")
+    tau = out.std_dev.item()
+    density = torch.distributions.Normal(out.prev_sample_mean.double(), tau).log_prob(out.prev_sample.double())
+    torch.testing.assert_close(out.log_prob.double(), density.mean(dim=(1, 2, 3)), rtol=1e-6, atol=1e-6)
+
+
+def test_cps_conventions_differ_by_two_tau_squared_in_the_log_ratio():
+    # Same transitions, a second policy (perturbed velocity): at every window step the flow_grpo log-ratio is
+    # 2 tau^2 times the Gaussian one (float32 arithmetic: rtol 1e-4).
+    ratios, taus = {}, []
+    for convention in ("gaussian", "flow_grpo"):
+        scheduler = make(sde_type="cps", eta=0.8, sde_window_size=3, cps_log_prob=convention)
+        scheduler.set_timesteps(sigmas=linear_grid(25))
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(3, 4, 8, 8, generator=g)
+        for i in range(3):
+            v = torch.randn(3, 4, 8, 8, generator=g)
+            out = scheduler.step(v, scheduler.timesteps[i], x, generator=g)
+            new = scheduler.step_log_prob(v + 0.05 * torch.ones_like(v), x, out.prev_sample, i)[0]
+            ratios[convention, i] = new - out.log_prob
+            taus.append(out.std_dev.item())
+            x = out.prev_sample
+    for i, tau in enumerate(taus[:3]):
+        torch.testing.assert_close(ratios["flow_grpo", i], 2 * tau**2 * ratios["gaussian", i], rtol=1e-4, atol=1e-7)
+
+
+def test_cps_log_prob_convention_leaves_the_samples_and_other_sde_types_alone():
+    a, b = _cps_step("gaussian")[3], _cps_step("flow_grpo")[3]
+    assert torch.equal(a.prev_sample, b.prev_sample) and torch.equal(a.prev_sample_mean, b.prev_sample_mean)
+    for sde_type in ("flow_grpo", "dance_grpo"):
+        outs = []
+        for convention in ("gaussian", "flow_grpo"):
+            scheduler = make(sde_type=sde_type, sde_window_size=1, cps_log_prob=convention)
+            scheduler.set_timesteps(5)
+            x = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+            outs.append(scheduler.step(x, scheduler.timesteps[0], x, generator=torch.Generator().manual_seed(2)))
+        assert torch.equal(outs[0].log_prob, outs[1].log_prob)
+
+
+def test_cps_log_prob_scale_ratio_over_the_25_step_grid():
+    # The factor 1/(2 tau^2) between the Gaussian and the flow_grpo CPS log-ratios on the paper's grid (N = 25,
+    # shift 3), as docs/schedulers.md states it: 0.65 .. 51 at eta 0.7, 0.57 .. 45 at eta 0.8 (2 significant digits).
+    for eta, low, high in ((0.7, 0.65, 51), (0.8, 0.57, 45)):
+        scheduler = make(sde_type="cps", eta=eta, sde_window_size=24)
+        scheduler.set_timesteps(sigmas=linear_grid(25))
+        taus = [scheduler.sigmas[i + 1].item() * math.sin(eta * math.pi / 2) for i in range(24)]
+        factors = [1 / (2 * tau**2) for tau in taus]
+        assert float(f"{min(factors):.2g}") == low and float(f"{max(factors):.2g}") == high
+
+
+def test_unknown_cps_log_prob_raises():
+    with pytest.raises(ValueError, match=r"cps_log_prob must be one of \('gaussian', 'flow_grpo'\), got 'none'"):
+        make(cps_log_prob="none")
+
+
+@pytest.mark.parametrize(
+    ("sde_type", "eta", "largest", "smallest_before_last", "last"),
+    [
+        ("flow_grpo", 0.7, 0.71, 0.11, 0.082),
+        ("dance_grpo", 0.3, 0.10, 0.035, 0.10),
+        ("cps", 0.7, 0.88, 0.099, 0.0),
+        ("cps", 0.8, 0.94, 0.11, 0.0),
+    ],
+)
+def test_std_dev_ranges_over_the_paper_grid_are_the_documented_ones(
+    sde_type, eta, largest, smallest_before_last, last
+):
+    # docs/schedulers.md, "Log-prob scale of each SDE type": tau of each step on N = 25, shift 3 (2 significant digits).
+    scheduler = make(sde_type=sde_type, eta=eta, sde_window_size=25)
+    scheduler.set_timesteps(sigmas=linear_grid(25))
+    x = torch.zeros(1, 4)
+    taus = []
+    for t in scheduler.timesteps:
+        out = scheduler.step(x, t, x, generator=torch.Generator().manual_seed(0))
+        taus.append(out.std_dev.item())
+    two_digits = lambda value: float(f"{value:.2g}")  # noqa: E731
+    assert two_digits(max(taus)) == largest
+    assert two_digits(min(taus[:-1])) == smallest_before_last and two_digits(taus[-1]) == last

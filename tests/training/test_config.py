@@ -63,6 +63,12 @@ def test_method_presets_fill_unset_fields(method, expected):
         assert getattr(c, name) == value, name
 
 
+@pytest.mark.parametrize("method", ["mixgrpo", "flash", "flash_star", "dancegrpo"])
+def test_presets_use_the_gaussian_cps_log_prob(method):
+    # Documented in docs/schedulers.md ("Log-prob scale"): the true density unless a config asks for Flow-GRPO's.
+    assert GRPOConfig(method=method).cps_log_prob == "gaussian"
+
+
 def test_dancegrpo_trains_14_of_24_steps_at_n25():
     c = GRPOConfig(method="dancegrpo")
     assert c.window_size == 24 and c.num_train_timesteps == 14  # algorithm notes section 7
@@ -99,6 +105,10 @@ def test_infer_model_family_from_class_names():
     assert infer_model_family("FluxPipeline") == "flux"
     assert infer_model_family("StableDiffusion3Pipeline") == "sd3"
     assert infer_model_family("StableDiffusionPipeline") == "sd15"
+    assert infer_model_family("QwenImagePipeline") == "qwenimage"
+    assert infer_model_family("Flux2Pipeline") == "flux2"
+    assert infer_model_family("Flux2KleinPipeline") == "flux2_klein"
+    assert infer_model_family("ZImagePipeline") == "zimage"
     with pytest.raises(ValueError, match="model_family"):
         infer_model_family("KandinskyPipeline")
 
@@ -226,6 +236,7 @@ def test_example_configs_are_shipped():
         "flux_mixgrpo_flash.yaml",
         "flux_mixgrpo_flash_star.yaml",
         "flux_dancegrpo.yaml",
+        "flux_mixgrpo_cps.yaml",
         "sd3_mixgrpo.yaml",
         "sd15_mixgrpo.yaml",
     } <= names
@@ -259,6 +270,17 @@ def test_flux_example_configs_hold_the_paper_hyper_parameters():
         "flux_mixgrpo_flash.yaml": {"window_size": 4, "window_shift_interval": 20, "tail_ratio": 0.4},
         "flux_mixgrpo_flash_star.yaml": {"window_size": 4, "window_stride": 0, "tail_ratio": 0.2},
         "flux_dancegrpo.yaml": {"eta": 0.3, "sde_type": "dance_grpo", "train_timestep_fraction": 0.6},
+        # The paper's current version: CPS in the window, as the official code runs it (noise level 0.8, -(x - mu)^2)
+        "flux_mixgrpo_cps.yaml": {
+            "sde_type": "cps",
+            "eta": 0.8,
+            "cps_log_prob": "flow_grpo",
+            "window_size": 4,
+            "window_shift_interval": 25,
+            "window_stride": 1,
+            "tail_ratio": None,
+            "clip_range": 1e-4,
+        },
     }
     for name, values in expected.items():
         c = GRPOConfig.from_yaml(os.path.join(CONFIG_DIR, name))
@@ -289,6 +311,7 @@ def test_strings_and_numbers_are_read_as_the_field_type(kwargs, field_name, expe
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
+        ({"cps_log_prob": "none"}, "cps_log_prob='none' is not allowed; choose one of 'gaussian', 'flow_grpo'"),
         ({"use_lora": "maybe"}, "use_lora='maybe' is not allowed; it must be true or false"),
         ({"use_lora": 1}, "use_lora=1 is not allowed"),
         ({"window_size": 2.0}, "window_size=2.0 is not allowed; it must be an integer"),

@@ -60,6 +60,15 @@ def test_model_card_metadata_sections_and_files(tmp_path):
         assert TOKEN not in (folder / name).read_text()
 
 
+def test_model_card_of_qwen_image_calls_its_cfg_true_cfg_scale(tmp_path):
+    folder = tmp_path / "out"
+    config = GRPOConfig(pretrained_model_name_or_path="Qwen/Qwen-Image", model_family="qwenimage", guidance_scale=4.0)
+    write_model_card(folder, config, repo_id="me/qwen-mixgrpo")
+    meta, body = read_card(folder)
+    assert "qwenimage" in meta["tags"] and "Qwen-Image" in body
+    assert 'true_cfg_scale=4.0, negative_prompt=" "' in body and "guidance_scale=" not in body
+
+
 def test_model_card_for_a_local_base_and_full_fine_tune(tmp_path):
     folder = tmp_path / "out"
     base = tmp_path / "tiny-flux"

@@ -1,5 +1,6 @@
 """GRPOTrainer end to end on a tiny FLUX: exact resume, NaN policy, failing rewards, LoRA export, Hub folder, DDP."""
 
+import math
 import os
 import subprocess
 import sys
@@ -53,6 +54,19 @@ def make_trainer(config, rewards=None, seed=0) -> GRPOTrainer:
 
 def lora_weights(trainer) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in trainer.pipeline.denoiser.named_parameters() if "lora" in n}
+
+
+@pytest.mark.parametrize("cps_log_prob", ["gaussian", "flow_grpo"])
+def test_cps_window_trains_with_either_log_prob_convention(tmp_path, cps_log_prob):
+    # The paper's current CPS-in-window setting (flux_mixgrpo_cps.yaml) and the Gaussian default: the convention
+    # reaches the scheduler, the on-policy ratio is 1 (tolerance 1e-4, as the test below) and the loss is finite.
+    config = make_config(tmp_path, sde_type="cps", eta=0.8, cps_log_prob=cps_log_prob, max_train_steps=1)
+    trainer = make_trainer(config)
+    assert trainer.pipeline.scheduler.config.sde_type == "cps"
+    assert trainer.pipeline.scheduler.config.cps_log_prob == cps_log_prob
+    logs = trainer.train_step()
+    assert logs["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert all(math.isfinite(v) for v in logs.values() if isinstance(v, float))
 
 
 def test_training_changes_only_the_lora_weights_and_logs_the_phases(tmp_path):

@@ -7,20 +7,9 @@ from contextlib import nullcontext
 from typing import Optional, Union
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DiffusionPipeline,
-    FluxTransformer2DModel,
-    SD3Transformer2DModel,
-    UNet2DConditionModel,
-)
+from diffusers import DiffusionPipeline, ModelMixin, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from transformers import (
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    PreTrainedTokenizerBase,
-    T5EncoderModel,
-)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..schedulers.scheduling_mix_ddim_sde import MixDDIMSDEScheduler
 from ..schedulers.scheduling_mix_ode_sde import MixODESDEScheduler
@@ -32,8 +21,8 @@ _MIX_SCHEDULERS = {"flow": MixODESDEScheduler, "vp": MixDDIMSDEScheduler}
 
 class GRPOTrainingPipeline(DiffusionPipeline):
     r"""
-    Rollouts and log-probs for GRPO on FLUX.1, SD3/SD3.5 and SD1.5-class models, on top of the stock pipelines'
-    components.
+    Rollouts and log-probs for GRPO on FLUX.1, SD3/SD3.5, SD1.5-class, SDXL, SANA, Wan (text-to-video), Qwen-Image,
+    FLUX.2 [dev] / [klein] and Z-Image models, on top of the stock pipelines' components.
 
     Build it from a stock pipeline with `GRPOTrainingPipeline.from_pipe(pipe)` (no weights are copied). The
     scheduler is swapped for the windowed ODE-SDE sampler of the family (`MixODESDEScheduler` for flow matching,
@@ -46,7 +35,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
       differentiably (the GRPO training pass).
 
     Components are those of the wrapped family (unused ones are `None`): `scheduler`, `vae`, `text_encoder(_2, _3)`,
-    `tokenizer(_2, _3)`, and `transformer` (FLUX, SD3) or `unet` (SD1.5).
+    `tokenizer(_2, _3)`, and `transformer` (FLUX, SD3, ...) or `unet` (SD1.5, SDXL).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->unet->vae"
@@ -64,18 +53,21 @@ class GRPOTrainingPipeline(DiffusionPipeline):
     def __init__(
         self,
         scheduler: SchedulerMixin,
-        vae: AutoencoderKL,
-        text_encoder: Optional[Union[CLIPTextModel, CLIPTextModelWithProjection]] = None,
+        vae: ModelMixin,
+        text_encoder: Optional[PreTrainedModel] = None,
         tokenizer: Optional[PreTrainedTokenizerBase] = None,
-        text_encoder_2: Optional[Union[T5EncoderModel, CLIPTextModelWithProjection]] = None,
+        text_encoder_2: Optional[PreTrainedModel] = None,
         tokenizer_2: Optional[PreTrainedTokenizerBase] = None,
-        text_encoder_3: Optional[T5EncoderModel] = None,
+        text_encoder_3: Optional[PreTrainedModel] = None,
         tokenizer_3: Optional[PreTrainedTokenizerBase] = None,
-        transformer: Optional[Union[FluxTransformer2DModel, SD3Transformer2DModel]] = None,
+        transformer: Optional[ModelMixin] = None,
         unet: Optional[UNet2DConditionModel] = None,
+        is_distilled: bool = False,
     ):
         super().__init__()
-        family = detect_family(transformer, unet)
+        # FLUX.2 [klein]'s stock-pipeline flag (a step-distilled checkpoint runs no CFG); `from_pipe` carries it over.
+        self.register_to_config(is_distilled=bool(is_distilled))
+        family = detect_family(transformer, unet, text_encoder=text_encoder)
         scheduler_cls = _MIX_SCHEDULERS[ADAPTERS[family].scheduler_kind]
         if not isinstance(scheduler, scheduler_cls):
             overrides = ADAPTERS[family].mix_scheduler_overrides(scheduler)
@@ -102,7 +94,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "GRPOTrainingPipeline":
-        """Wrap a stock `FluxPipeline`, `StableDiffusion3Pipeline` or `StableDiffusionPipeline` (shares its modules)."""
+        """Wrap a stock pipeline of a supported family (`FluxPipeline`, `QwenImagePipeline`, ...; see
+        `adapters.SUPPORTED_PIPELINES`), sharing its modules."""
         if isinstance(pipeline, GRPOTrainingPipeline):
             return super().from_pipe(pipeline, **kwargs)
         supported = [c for c in type(pipeline).__mro__ if c.__name__ in SUPPORTED_PIPELINES]
@@ -111,11 +104,14 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 f"Unsupported base pipeline {type(pipeline).__name__}; GRPOTrainingPipeline supports "
                 f"{', '.join(sorted(SUPPORTED_PIPELINES))} (and their subclasses)."
             )
-        # Pass the components explicitly: from_pipe would otherwise drop a model whose class is not in __init__'s
-        # type hints (the family check is detect_family's, on the denoiser).
-        expected, _ = cls._get_signature_keys(cls)
-        components = {k: v for k, v in pipeline.components.items() if k in expected and k not in kwargs}
-        pipe = super().from_pipe(pipeline, **components, **kwargs)
+        # Pass the modules explicitly: `DiffusionPipeline.from_pipe` drops a model whose class is not in the type
+        # hints of `__init__`, and the families' VAEs and transformers are more classes than the hints list (the
+        # family check is detect_family's, on the denoiser).
+        own = set(cls._get_signature_keys(cls)[0])
+        for name, component in pipeline.components.items():
+            if name in own and name not in kwargs and component is not None:
+                kwargs[name] = component
+        pipe = super().from_pipe(pipeline, **kwargs)
         pipe.adapter.adopt_stock_config(pipeline)
         return pipe
 
@@ -159,8 +155,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         return self.adapter.default_guidance_scale
 
     def default_image_size(self) -> tuple[int, int]:
-        if self.adapter.default_size is not None:
-            return self.adapter.default_size
+        if self.adapter.default_image_size is not None:
+            return self.adapter.default_image_size
         stock = self.adapter.stock
         size = getattr(stock, "default_sample_size", None)
         if size is None and self.unet is not None:
@@ -189,7 +185,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             self.adapter.encode_prompts(list(prompts[i : i + batch_size]), guidance_scale, device, negative_prompt)
             for i in range(0, len(prompts), batch_size)
         ]
-        return PromptEmbeds.concat(parts)
+        return self.adapter.concat_prompt_embeds(parts)
 
     @staticmethod
     def _check_prompts(prompts) -> list[str]:
@@ -241,7 +237,9 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 SDE (DanceGRPO); `(w, 0)` is a pure ODE rollout.
             prompt_embeds (`PromptEmbeds`, *optional*): precomputed `encode_prompts(prompts)` rows (one per prompt).
             guidance_scale (`float`, *optional*): FLUX: the embedded guidance (default 3.5); SD3 / SD1.5: the CFG scale
-                (CFG runs when > 1). The same value is stored in the batch and used by `log_prob`.
+                (CFG runs when > 1); Qwen-Image: the stock `true_cfg_scale`; FLUX.2 [dev]: embedded; FLUX.2 [klein]:
+                CFG above 1; Z-Image: its CFG above 0 (docs/pipelines.md). The same value is stored in the batch and
+                used by `log_prob`.
             negative_prompt (`str`, *optional*): for CFG families.
             height, width (`int`, *optional*): image size (default: the model's native size).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): draws the initial noise and the

@@ -1,11 +1,18 @@
 """LAION aesthetic predictor v2 ("improved-aesthetic-predictor", sac+logos+ava1-l14-linearMSE): an MLP on the
-L2-normalised CLIP ViT-L/14 image embedding, predicting a 1-10 aesthetic rating. No prompt is used."""
+L2-normalised CLIP ViT-L/14 image embedding, predicting a 1-10 aesthetic rating. No prompt is used.
+
+The image goes through OpenAI CLIP's `preprocess` (what the predictor was trained and published with):
+`Resize(224, bicubic)`, `CenterCrop(224)` with torchvision's rounding of the crop offset, `ToTensor`, `Normalize`.
+transformers' CLIP processors floor that offset instead (1 px off for 1216x832 and 832x1216), so the transform is
+ours (`resize_shortest_center_crop`), with the sizes and constants read from the model's processor config.
+"""
 
 from typing import Optional, Union
 
 import torch
 from PIL import Image
 
+from ._preprocess import load_pil_image_processor, resize_shortest_center_crop, to_normalized_tensor
 from .base import ModelReward, from_pretrained_or_explain, hf_hub_file, torch_load_weights
 
 AESTHETIC_CLIP = "openai/clip-vit-large-patch14"
@@ -64,10 +71,17 @@ class AestheticReward(ModelReward):
         batch_size: int = 16,
     ):
         super().__init__(device=device, batch_size=batch_size)
-        from transformers import AutoImageProcessor, CLIPConfig, CLIPVisionModelWithProjection
+        from transformers import CLIPConfig, CLIPVisionModelWithProjection
 
         self.dtype = dtype or torch.float32
-        self.image_processor = from_pretrained_or_explain(AutoImageProcessor, clip_model, "aesthetic CLIP processor")
+        self.image_processor = load_pil_image_processor(clip_model, "aesthetic CLIP processor")  # sizes, constants
+        self.resize_size = int(self.image_processor.size["shortest_edge"])
+        crop = self.image_processor.crop_size
+        if crop["height"] != crop["width"]:
+            raise ValueError(f"The aesthetic CLIP processor's crop_size must be square, got {dict(crop)}.")
+        self.crop_size = int(crop["height"])
+        self.image_mean = tuple(self.image_processor.image_mean)
+        self.image_std = tuple(self.image_processor.image_std)
         # Only the image tower of the full CLIP checkpoint is loaded; its projection size lives in the top config.
         clip_config = from_pretrained_or_explain(CLIPConfig, clip_model, "aesthetic CLIP")
         vision_config = clip_config.vision_config
@@ -82,8 +96,13 @@ class AestheticReward(ModelReward):
         self.clip.to(self.device_).eval().requires_grad_(False)
         self.mlp.to(self.device_).eval().requires_grad_(False)
 
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """OpenAI CLIP's `preprocess`: Resize(shortest side, bicubic), CenterCrop (torchvision rounding), Normalize."""
+        crops = [resize_shortest_center_crop(im.convert("RGB"), self.resize_size, self.crop_size) for im in images]
+        return to_normalized_tensor(crops, self.image_mean, self.image_std)
+
     def score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
-        pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = self.preprocess(images)
         embed = self.clip(pixel_values=pixels.to(self.device_, self.dtype)).image_embeds.float()
         embed = embed / embed.norm(dim=-1, keepdim=True)
         return self.mlp(embed).squeeze(-1)

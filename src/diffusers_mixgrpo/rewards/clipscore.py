@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._preprocess import load_pil_image_processor
 from .base import ModelReward, from_pretrained_or_explain
 
 CLIPSCORE_MODEL = "openai/clip-vit-large-patch14"
@@ -61,11 +62,15 @@ class CLIPScoreReward(ModelReward):
     ):
         super().__init__(device=device, batch_size=batch_size)
         from torchmetrics.multimodal import CLIPScore
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
 
         def _load():
             model = from_pretrained_or_explain(CLIPModel, model_name_or_path, "CLIP", dtype=dtype or torch.float32)
-            processor = from_pretrained_or_explain(CLIPProcessor, model_name_or_path, "CLIP processor")
+            # torchmetrics' own loader takes the default backend (torchvision when it imports); pin the PIL one.
+            processor = CLIPProcessor(
+                image_processor=load_pil_image_processor(model_name_or_path, "CLIP processor"),
+                tokenizer=from_pretrained_or_explain(AutoTokenizer, model_name_or_path, "CLIP tokenizer"),
+            )
             return _ProjectedCLIP(model.eval().requires_grad_(False)), processor
 
         self.metric = CLIPScore(model_name_or_path=_load).to(self.device_)

@@ -3,8 +3,10 @@
 open_clip needs torchvision, so the model runs as a transformers `CLIPModel`: the open_clip checkpoint
 (``xswu/HPSv2`` / ``HPS_v2.1_compressed.pt``) is converted key by key by `convert_open_clip_state_dict` (an exact
 re-layout: fused attention projections are split, projections transposed). The tokenizer is open_clip's CLIP BPE
-(the same vocabulary as ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``'s tokenizer); the image transform is HPSv2's
-evaluation transform: longest side to 224 (bicubic), black padding to a square, OpenAI CLIP normalisation.
+(the same vocabulary as ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``'s tokenizer), fed with prompts cleaned as open_clip
+cleans them (ftfy, HTML unescaping, whitespace); the image transform is HPSv2's evaluation transform in its order:
+to a [0, 1] tensor, longest side to 224 (bicubic with antialias, on the tensor), black padding to a square, OpenAI
+CLIP normalisation.
 """
 
 import re
@@ -13,7 +15,7 @@ from typing import Optional, Union
 import torch
 from PIL import Image
 
-from ._preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize_max_size_pad, to_normalized_tensor
+from ._preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, open_clip_clean, resize_max_size_pad
 from .base import ModelReward, from_pretrained_or_explain, hf_hub_file, torch_load_weights
 
 HPS_REPO = "xswu/HPSv2"
@@ -197,16 +199,25 @@ class HPSv21Reward(ModelReward):
         self.image_size = config.vision_config.image_size
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """HPSv2's `preprocess_val`: ResizeMaxSize(224, bicubic, fill 0), ToTensor, Normalize(OpenAI CLIP)."""
-        squares = [resize_max_size_pad(im.convert("RGB"), self.image_size) for im in images]
-        return to_normalized_tensor(squares, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+        """HPSv2's `preprocess_val`: ToTensor, ResizeMaxSize(224, bicubic + antialias on the tensor, fill 0),
+        Normalize(OpenAI CLIP)."""
+        squares = torch.stack([resize_max_size_pad(im, self.image_size) for im in images])
+        return normalize(squares, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """open_clip's `tokenize`: cleaned text (`open_clip_clean`), BPE, padded with 0 to the context length."""
+        # open_clip pads to the full context with 0 and uses no padding mask (the causal mask makes it irrelevant).
+        return self.tokenizer(
+            [open_clip_clean(p) for p in prompts],
+            padding="max_length",
+            truncation=True,
+            max_length=self.context_length,
+            return_tensors="pt",
+        )["input_ids"]
 
     def score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         pixels = self.preprocess(images).to(self.device_, self.dtype)
-        # open_clip pads to the full context with 0 and uses no padding mask (the causal mask makes it irrelevant).
-        ids = self.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
-        )["input_ids"].to(self.device_)
+        ids = self.tokenize(prompts).to(self.device_)
         image_embs = self.model.get_image_features(pixel_values=pixels)
         text_embs = self.model.get_text_features(input_ids=ids)
         image_embs = _features(image_embs).float()

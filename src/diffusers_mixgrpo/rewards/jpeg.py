@@ -2,6 +2,10 @@
 
 `jpeg_incompressibility` rewards large files (detail, texture), `jpeg_compressibility` small ones (flat images);
 useful to test an RL loop offline, since the reward is exact and needs no model.
+
+Float image tensors are turned into pixels exactly as DDPO does, `(images * 255).round().clamp(0, 255)` in the input's
+own dtype: for bf16 / fp16 images the product rounds in that precision first, so the bytes (and the reward) are the
+reference's, not those of a float32 conversion (which differs on 8% of the pixels of uniform bf16 noise, 4% for fp16).
 """
 
 import io
@@ -14,10 +18,22 @@ from PIL import Image
 from .base import ImageBatch, batch_size_of, check_prompts, resolve_device, to_uint8_hwc
 
 
+def ddpo_uint8(images: ImageBatch) -> ImageBatch:
+    """DDPO's float-to-pixel rule for tensors, `(x * 255).round().clamp(0, 255).to(uint8)` in the tensor's dtype.
+
+    Anything else (PIL images, uint8, NumPy arrays) is returned unchanged for `to_uint8_hwc`.
+    """
+    if isinstance(images, torch.Tensor) and torch.is_floating_point(images):
+        return (images.detach() * 255).round().clamp(0, 255).to(torch.uint8)
+    return images
+
+
 def jpeg_sizes_kb(images: ImageBatch, quality: int = 95) -> torch.Tensor:
-    """(B,) float32: bytes of each image encoded by PIL as JPEG at `quality`, divided by 1000 (as DDPO)."""
+    """(B,) float32: bytes of each image encoded by PIL as JPEG at `quality`, divided by 1000 (as DDPO).
+
+    Float tensors become pixels by DDPO's rule in their own dtype (`ddpo_uint8`)."""
     sizes = []
-    for array in to_uint8_hwc(images):
+    for array in to_uint8_hwc(ddpo_uint8(images)):
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
         sizes.append(buffer.tell() / 1000.0)

@@ -5,6 +5,7 @@ from typing import Optional, Union
 import torch
 from PIL import Image
 
+from ._preprocess import load_pil_image_processor
 from .base import ModelReward, from_pretrained_or_explain
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -35,10 +36,11 @@ class PickScoreReward(ModelReward):
         batch_size: int = 16,
     ):
         super().__init__(device=device, batch_size=batch_size)
-        from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel
 
         self.dtype = dtype or torch.float32
-        self.image_processor = from_pretrained_or_explain(AutoImageProcessor, processor, "PickScore processor")
+        # The PIL processor whatever is installed (the model card's AutoProcessor predates torchvision processors).
+        self.image_processor = load_pil_image_processor(processor, "PickScore processor")
         self.tokenizer = from_pretrained_or_explain(AutoTokenizer, processor, "PickScore tokenizer")
         self.model = from_pretrained_or_explain(CLIPModel, checkpoint, "PickScore", dtype=self.dtype)
         self.model.to(self.device_).eval().requires_grad_(False)

@@ -32,6 +32,20 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, re
     return log_prob.mean(dim=dims) if reduction == "mean" else log_prob.sum(dim=dims)
 
 
+def squared_error_log_prob(x: torch.Tensor, mean: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Flow-GRPO's CPS "log-prob" `-(x - mean)^2`, reduced over every non-batch dimension; float32, `(batch,)`.
+
+    Not a log-density: it drops the `1/(2 std^2)` factor and the normalising terms. Differences of it between two
+    policies at the same step are the Gaussian log-ratio times `2 std^2`.
+    """
+    if reduction not in LOG_PROB_REDUCTIONS:
+        raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {reduction!r}.")
+    diff = x.float() - mean.float()
+    dims = tuple(range(1, diff.ndim))
+    sq = diff * diff
+    return -(sq.mean(dim=dims) if reduction == "mean" else sq.sum(dim=dims))
+
+
 def resolve_window(start: int, size: int, num_steps: int, max_start: Optional[int] = None) -> tuple[int, int]:
     """Validate an SDE window `[start, start + size)` on a grid of `num_steps` steps; returns `(start, end)`.
 

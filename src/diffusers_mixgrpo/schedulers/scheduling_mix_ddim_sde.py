@@ -12,6 +12,7 @@ already the first-order deterministic solver of the VP probability-flow ODE, so 
 uncompressed grid. Pick fewer inference steps to make them cheaper.
 """
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
@@ -38,24 +39,29 @@ class MixDDIMSDESchedulerOutput(BaseOutput):
     Args:
         prev_sample (`torch.Tensor`):
             `x_{t-1}`, the next latent (in the input's dtype). The given `prev_sample`, unchanged, when one is passed.
-        log_prob (`torch.Tensor`, *optional*):
-            `(B,)` float32 log-density of `prev_sample` under the step's Gaussian (SDE steps); `None` on ODE steps.
+        pred_original_sample (`torch.Tensor`):
+            The model's estimate of `x_0` (float32, clipped or thresholded as configured).
         prev_sample_mean (`torch.Tensor`):
             The Gaussian mean (float32); equal to `prev_sample` on ODE steps.
         std_dev (`torch.Tensor`):
             The Gaussian standard deviation (float32, broadcastable); 0 on ODE steps.
-        pred_original_sample (`torch.Tensor`):
-            The model's estimate of `x_0` (float32, clipped or thresholded as configured).
-        is_sde (`bool`):
-            Whether the step was inside the SDE window.
+        log_prob (`torch.Tensor`, *optional*):
+            `(B,)` float32 log-density of `prev_sample` under the step's Gaussian (SDE steps); `None` on ODE steps.
+
+    `is_sde` (a property, not a field: the tuple form holds tensors or `None` only, as diffusers' outputs do) tells
+    whether the step was inside the SDE window.
     """
 
     prev_sample: torch.Tensor
-    log_prob: Optional[torch.Tensor] = None
+    pred_original_sample: Optional[torch.Tensor] = None
     prev_sample_mean: Optional[torch.Tensor] = None
     std_dev: Optional[torch.Tensor] = None
-    pred_original_sample: Optional[torch.Tensor] = None
-    is_sde: bool = False
+    log_prob: Optional[torch.Tensor] = None
+
+    @property
+    def is_sde(self) -> bool:
+        """Whether the step was inside the SDE window: only those have a log-prob."""
+        return self.log_prob is not None
 
 
 class MixDDIMSDEScheduler(SDEWindowMixin, SchedulerMixin, ConfigMixin):
@@ -301,12 +307,15 @@ class MixDDIMSDEScheduler(SDEWindowMixin, SchedulerMixin, ConfigMixin):
         return int(matches[0])
 
     @staticmethod
-    def _timestep_value(timestep: Union[int, float, torch.Tensor]) -> int:
-        if isinstance(timestep, torch.Tensor):
-            values = timestep.flatten().unique()
-            if values.numel() != 1:
-                raise ValueError(f"timestep must be a single value, got {timestep.tolist()}.")
+    def _timestep_value(timestep: Union[int, float, torch.Tensor, np.ndarray]) -> int:
+        # Python and numpy numbers, and tensors / arrays holding one value (a batch of equal values), as diffusers.
+        if isinstance(timestep, (torch.Tensor, np.ndarray)):
+            values = torch.as_tensor(timestep).flatten().unique()
+            if values.numel() != 1 or values.dtype == torch.bool:
+                raise ValueError(f"timestep must be a single value, got {values.tolist()}.")
             timestep = values.item()
+        elif isinstance(timestep, (bool, np.bool_)) or not isinstance(timestep, numbers.Real):
+            raise ValueError(f"timestep must be a number or a tensor from scheduler.timesteps, got {timestep!r}.")
         if int(timestep) != timestep:
             raise ValueError(f"timestep must be an integer training timestep, got {timestep}.")
         return int(timestep)
@@ -419,8 +428,9 @@ class MixDDIMSDEScheduler(SDEWindowMixin, SchedulerMixin, ConfigMixin):
             noise (`torch.Tensor`, *optional*):
                 The standard normal noise `z` of an SDE step (takes precedence over `generator`).
             return_dict (`bool`, defaults to `True`):
-                Return a `MixDDIMSDESchedulerOutput`, or the tuple `(prev_sample, log_prob, prev_sample_mean, std_dev,
-                pred_original_sample, is_sde)`.
+                Return a `MixDDIMSDESchedulerOutput`, or the tuple in its field order `(prev_sample,
+                pred_original_sample, prev_sample_mean, std_dev, log_prob)` (tensors; `log_prob` is `None` on ODE
+                steps). The first two are `DDIMScheduler`'s tuple.
         """
         self._check_ready()
         if self._step_index is None:
@@ -468,14 +478,13 @@ class MixDDIMSDEScheduler(SDEWindowMixin, SchedulerMixin, ConfigMixin):
 
         std = torch.as_tensor(std, dtype=torch.float32, device=sample.device)
         if not return_dict:
-            return prev_sample, log_prob, mean, std, x0_pred, is_sde
+            return prev_sample, x0_pred, mean, std, log_prob
         return MixDDIMSDESchedulerOutput(
             prev_sample=prev_sample,
             log_prob=log_prob,
             prev_sample_mean=mean,
             std_dev=std,
             pred_original_sample=x0_pred,
-            is_sde=is_sde,
         )
 
     def step_log_prob(

@@ -6,6 +6,7 @@ Euler again or DPM-Solver++ on a compressed tail (MixGRPO-Flash). See `docs/sche
 """
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
@@ -17,12 +18,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ._sde_math import LOG_PROB_REDUCTIONS, gaussian_log_prob
+from ._sde_math import LOG_PROB_REDUCTIONS, gaussian_log_prob, squared_error_log_prob
 from ._window_mixin import TRAJECTORY_LATENTS, MixTrajectory, SDEWindowMixin
 
 SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
 TAIL_SOLVER_ORDERS = (1, 2, 3)
+CPS_LOG_PROBS = ("gaussian", "flow_grpo")
 FLOW_SIGMAS_GRIDS = ("dpmsolver", "unipc")
 # config keys that only one of the two flow-sigma multistep schedulers has (to tell their configs apart)
 _UNIPC_ONLY_KEYS = ("predict_x0", "disable_corrector", "solver_p")
@@ -37,26 +39,31 @@ class MixODESDESchedulerOutput(BaseOutput):
     Args:
         prev_sample (`torch.Tensor`):
             `x_{i+1}`, in the dtype of the input `sample` (the given `prev_sample`, unchanged, when one was passed).
-        log_prob (`torch.Tensor`, *optional*):
-            `(B,)` float32 log-density of `prev_sample` under the SDE step (reduced by `log_prob_reduction`);
-            `None` on ODE steps.
+        pred_original_sample (`torch.Tensor`, *optional*):
+            `x0_hat = x - sigma * v` on SDE and DPM-Solver++ steps; `None` on plain Euler steps (kept as cheap as
+            `FlowMatchEulerDiscreteScheduler`).
         prev_sample_mean (`torch.Tensor`, *optional*):
             Mean of the SDE transition (float32, float64 for float64 inputs); `None` on ODE steps.
         std_dev (`torch.Tensor`, *optional*):
             Scalar standard deviation of the SDE transition (`tau` in the docs); `None` on ODE steps.
-        pred_original_sample (`torch.Tensor`, *optional*):
-            `x0_hat = x - sigma * v` on SDE and DPM-Solver++ steps; `None` on plain Euler steps (kept as cheap as
-            `FlowMatchEulerDiscreteScheduler`).
-        is_sde (`bool`):
-            Whether this was an SDE (window) step.
+        log_prob (`torch.Tensor`, *optional*):
+            `(B,)` float32 log-density of `prev_sample` under the SDE step (reduced by `log_prob_reduction`);
+            `None` on ODE steps.
+
+    `is_sde` (a property, not a field: the tuple form holds tensors or `None` only, as diffusers' outputs do) tells
+    whether this was an SDE (window) step.
     """
 
     prev_sample: torch.Tensor
-    log_prob: Optional[torch.Tensor] = None
+    pred_original_sample: Optional[torch.Tensor] = None
     prev_sample_mean: Optional[torch.Tensor] = None
     std_dev: Optional[torch.Tensor] = None
-    pred_original_sample: Optional[torch.Tensor] = None
-    is_sde: bool = False
+    log_prob: Optional[torch.Tensor] = None
+
+    @property
+    def is_sde(self) -> bool:
+        """Whether this was an SDE (window) step: only those have a log-prob."""
+        return self.log_prob is not None
 
 
 def _lambda(sigma: float) -> float:
@@ -126,6 +133,11 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         log_prob_reduction (`str`, defaults to "mean"):
             How the per-element Gaussian log-density is reduced over the non-batch dimensions: `"mean"` (the
             reference implementations) or `"sum"` (the true log-density of the whole sample).
+        cps_log_prob (`str`, defaults to "gaussian"):
+            Log-prob convention of the `"cps"` SDE: `"gaussian"` (the true Gaussian log-density, as for the other SDE
+            types) or `"flow_grpo"` (Flow-GRPO's and the official MixGRPO code's `-(x - mu)^2`, without `1/(2 tau^2)`
+            and the normalising terms: the log-ratio of two policies is then `2 tau^2` times the Gaussian one).
+            Ignored by the other SDE types.
         tail_solver (`str`, defaults to "euler"):
             Solver for the steps after the window: `"euler"` or `"dpmsolver++"` (multistep, data prediction,
             midpoint). Without a window every step is Euler.
@@ -179,6 +191,7 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         sde_window_start: int = 0,
         sde_window_size: int = 0,
         log_prob_reduction: Literal["mean", "sum"] = "mean",
+        cps_log_prob: Literal["gaussian", "flow_grpo"] = "gaussian",
         tail_solver: Literal["euler", "dpmsolver++"] = "euler",
         tail_solver_order: int = 2,
         tail_ratio: Optional[float] = None,
@@ -208,6 +221,8 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
             raise ValueError(f"eta must be >= 0, got {eta!r}.")
         if log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {log_prob_reduction!r}.")
+        if cps_log_prob not in CPS_LOG_PROBS:
+            raise ValueError(f"cps_log_prob must be one of {CPS_LOG_PROBS}, got {cps_log_prob!r}.")
         if tail_solver not in TAIL_SOLVERS:
             raise ValueError(f"tail_solver must be one of {TAIL_SOLVERS}, got {tail_solver!r}.")
         if tail_solver_order not in TAIL_SOLVER_ORDERS:
@@ -256,6 +271,8 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
 
     def _reset_grid_state(self) -> None:
         self._sigmas_list: list[float] = []  # python floats of self.sigmas: no .item() per step
+        self._timesteps_list: list[float] = []  # python floats of self.timesteps: the per-step grid check
+        self._dts: Optional[torch.Tensor] = None  # sigma_{i+1} - sigma_i as diffusers computes it (float32 tensor)
         self._tail_start: Optional[int] = None  # first step after the window (None: no window)
         self._history: list[tuple[float, torch.Tensor]] = []  # (sigma, x0_hat) for the DPM-Solver++ tail
         self._history_from: Optional[int] = None  # first step whose x0_hat the tail needs
@@ -349,16 +366,50 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         # As diffusers: with duplicates take the second one, so that starting mid-schedule skips no sigma.
         return indices[1 if len(indices) > 1 else 0].item()
 
+    @staticmethod
+    def _timestep_value(timestep: Union[float, torch.Tensor, np.ndarray]) -> float:
+        """The timestep as a python float: a number (numpy scalars included) or a tensor / array of one value."""
+        if isinstance(timestep, (torch.Tensor, np.ndarray)):
+            values = torch.as_tensor(timestep).detach().reshape(-1)
+            if values.numel() == 0 or bool((values != values[0]).any()):
+                raise ValueError(f"timestep must be a single value, got {values.tolist()}.")
+            if values.dtype == torch.bool:
+                raise ValueError(f"timestep must be a number from scheduler.timesteps, got {timestep!r}.")
+            return float(values[0])
+        if isinstance(timestep, (bool, np.bool_)) or not isinstance(timestep, numbers.Real):
+            raise ValueError(f"timestep must be a number or a tensor from scheduler.timesteps, got {timestep!r}.")
+        return float(timestep)
+
     def _init_step_index(self, timestep: Union[float, torch.Tensor]) -> None:
         if self.begin_index is not None:
             self._step_index = self._begin_index
             return
-        if isinstance(timestep, bool) or not isinstance(timestep, (int, float, torch.Tensor)):
-            raise ValueError(f"timestep must be a number or a tensor from scheduler.timesteps, got {timestep!r}.")
-        timestep = torch.as_tensor(timestep, device=self.timesteps.device)
-        if timestep.numel() != 1:
-            timestep = timestep.reshape(-1)[0]
-        self._step_index = self.index_for_timestep(timestep)
+        self._step_index = self.index_for_timestep(self._timestep_value(timestep))
+
+    def _check_timestep(self, timestep: Union[float, torch.Tensor], i: int) -> None:
+        """ValueError unless `timestep` is `self.timesteps[i]` (checked on every step, not only the first)."""
+        expected = self.timesteps[i]
+        if (
+            isinstance(timestep, torch.Tensor)
+            and timestep.numel() == 1
+            and timestep.dtype == expected.dtype
+            and timestep.device == expected.device
+            and timestep.data_ptr() == expected.data_ptr()
+        ):
+            return  # an element of self.timesteps itself (the stock loop): known to be on the grid, no device sync
+        value = self._timestep_value(timestep)
+        if np.float32(value) == np.float32(self._timesteps_list[i]):
+            return
+        on_grid = np.float32(value) in np.asarray(self._timesteps_list, dtype=np.float32)
+        if not on_grid:
+            raise ValueError(
+                f"timestep {value!r} is not on the current grid; allowed: one of scheduler.timesteps "
+                f"({self._timesteps_list})."
+            )
+        raise ValueError(
+            f"timestep {value!r} does not match step_index {i}; allowed: {self._timesteps_list[i]!r} "
+            "(scheduler.timesteps[scheduler.step_index]). Call set_timesteps to start a new run."
+        )
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
@@ -489,6 +540,10 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         self.timesteps = timesteps
         self.sigmas = sigmas
         self._sigmas_list = sigmas.tolist()
+        self._timesteps_list = timesteps.tolist()
+        # The Euler step's dt exactly as FlowMatchEulerDiscreteScheduler forms it: a float32 0-dim tensor on the
+        # grid's device (`self._dts[i]`), so that `dt * model_output` rounds as there in every dtype.
+        self._dts = sigmas[1:] - sigmas[:-1]
         self._step_index = None
         self._begin_index = None
         num_steps_run = len(timesteps)
@@ -576,6 +631,11 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
                 f"step_index={step_index} is an ODE step and has no log-prob; allowed: SDE steps [{start}, {end})."
             )
 
+    def _log_prob(self, prev_sample: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:
+        if self.config.sde_type == "cps" and self.config.cps_log_prob == "flow_grpo":
+            return squared_error_log_prob(prev_sample, mean, self.config.log_prob_reduction)
+        return gaussian_log_prob(prev_sample, mean, std, self.config.log_prob_reduction)
+
     def step_log_prob(
         self, model_output: torch.Tensor, sample: torch.Tensor, prev_sample: torch.Tensor, step_index: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -591,7 +651,7 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         self._check_like("prev_sample", prev_sample, sample)
         cdtype = self._compute_dtype(sample.dtype)
         mean, std = self._sde_transition(model_output.to(cdtype), sample.to(cdtype), step_index)
-        log_prob = gaussian_log_prob(prev_sample, mean, std, self.config.log_prob_reduction)
+        log_prob = self._log_prob(prev_sample, mean, std)
         return log_prob, mean, torch.tensor(std, dtype=torch.float32)
 
     def _dpm_update(self, x: torch.Tensor, i: int, order: int) -> torch.Tensor:
@@ -641,14 +701,17 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
 
         Args:
             model_output (`torch.Tensor`): the predicted velocity `v` at `sample`.
-            timestep (`float` or `torch.Tensor`): the current timestep, one of `self.timesteps` (it sets the step
-                index on the first call unless `set_begin_index` was used).
+            timestep (`float` or `torch.Tensor`): the current timestep, `self.timesteps[self.step_index]` (it sets
+                the step index on the first call unless `set_begin_index` was used; every call checks it). Python and
+                numpy numbers and one-value tensors are accepted.
             sample (`torch.Tensor`): the current latent `x_i`.
             generator (`torch.Generator` or list, *optional*): randomness for the SDE noise.
             prev_sample (`torch.Tensor`, *optional*): a recorded `x_{i+1}`: returned unchanged (any step), its
                 log-prob computed on SDE steps.
             noise (`torch.Tensor`, *optional*): the standard normal `z` of an SDE step, shape of `sample`.
-            return_dict (`bool`): return a `MixODESDESchedulerOutput` (default) or a tuple in its field order.
+            return_dict (`bool`): return a `MixODESDESchedulerOutput` (default) or the tuple in its field order,
+                `(prev_sample, pred_original_sample, prev_sample_mean, std_dev, log_prob)`: tensors, `None` for the
+                fields a step does not fill (always the trailing ones; `[0]` and `[1]` as in diffusers' DDIM).
         """
         self._check_grid()
         if self._step_index is None:
@@ -656,54 +719,59 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         i = self._step_index
         if i >= len(self.timesteps):
             raise ValueError(f"step called {i + 1} times but the grid has {len(self.timesteps)} steps.")
+        self._check_timestep(timestep, i)
         self._check_like("prev_sample", prev_sample, sample)
         self._check_like("noise", noise, sample)
 
         cdtype = self._compute_dtype(sample.dtype)
-        x = sample.to(cdtype)
-        v = model_output.to(cdtype)
         sigma = self._sigmas_list[i]
         log_prob = mean = std_dev = x0 = None
-        is_sde = self.is_sde_step(i)
-        if is_sde:
+        in_history = self._history_from is not None and i >= self._history_from
+        if self.is_sde_step(i):
+            x, v = sample.to(cdtype), model_output.to(cdtype)
             mean, std = self._sde_transition(v, x, i)
             if prev_sample is None:
                 if noise is None:
                     noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=cdtype)
                 prev_sample = torch.add(mean, noise.to(cdtype), alpha=std).to(sample.dtype)
-            log_prob = gaussian_log_prob(prev_sample, mean, std, self.config.log_prob_reduction)
+            log_prob = self._log_prob(prev_sample, mean, std)
             std_dev = torch.tensor(std, dtype=torch.float32)
             x0 = torch.add(x, v, alpha=-sigma)
-        elif self._history_from is not None and i >= self._history_from:
-            x0 = torch.add(x, v, alpha=-sigma)  # data prediction for the DPM-Solver++ tail
-        if self._history_from is not None and i >= self._history_from:
+        elif in_history:
+            x0 = torch.add(sample.to(cdtype), model_output.to(cdtype), alpha=-sigma)  # for the DPM-Solver++ tail
+        if in_history:
             self._history = [*self._history[-(self.config.tail_solver_order - 1) :], (sigma, x0)]
 
         if prev_sample is None:
             tail_order = self._tail_order(i) if self._history_from is not None and i >= self._tail_start else 1
             if tail_order > 1:
-                prev_sample = self._dpm_update(x, i, tail_order).to(sample.dtype)
+                prev_sample = self._dpm_update(sample.to(cdtype), i, tail_order).to(sample.dtype)
             else:
-                # Euler: x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * v (first-order DPM-Solver++ is the same step).
-                # Rounded as FlowMatchEulerDiscreteScheduler rounds it (dt * v, then + x), laid out like `sample`
-                # (the next model call's numerics depend on the strides), with one allocation.
-                prev_sample = torch.mul(v, self._sigmas_list[i + 1] - sigma, out=torch.empty_like(x)).add_(x)
-                prev_sample = prev_sample.to(sample.dtype)
+                prev_sample = self._euler_step(model_output, sample, i)
 
         if self._trajectory is not None:
             self._record_step(i, sample, prev_sample, log_prob, keep=self.config.trajectory_latents)
         self._step_index = i + 1
 
         if not return_dict:
-            return (prev_sample, log_prob, mean, std_dev, x0, is_sde)
+            return (prev_sample, x0, mean, std_dev, log_prob)
         return MixODESDESchedulerOutput(
-            prev_sample=prev_sample,
-            log_prob=log_prob,
-            prev_sample_mean=mean,
-            std_dev=std_dev,
-            pred_original_sample=x0,
-            is_sde=is_sde,
+            prev_sample=prev_sample, log_prob=log_prob, prev_sample_mean=mean, std_dev=std_dev, pred_original_sample=x0
         )
+
+    def _euler_step(self, model_output: torch.Tensor, sample: torch.Tensor, i: int) -> torch.Tensor:
+        """`x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * v` with FlowMatchEulerDiscreteScheduler's arithmetic, op for op.
+
+        As there: the sample is upcast to float32, `dt * v` is formed in the model output's dtype (rounded to bf16
+        for a bf16 model), the sum is float32 and is cast to the model output's dtype; then to the sample's dtype
+        (what stock pipelines do with the result). Bit-identical to the Euler scheduler in every dtype but float64,
+        which stays float64 here (diffusers' step downcasts it to float32).
+        """
+        if sample.dtype == torch.float64:
+            return sample + (self._sigmas_list[i + 1] - self._sigmas_list[i]) * model_output.to(torch.float64)
+        dt = self._dts[i]
+        prev_sample = sample.to(torch.float32) + dt * model_output
+        return prev_sample.to(model_output.dtype).to(sample.dtype)
 
     def repeat_interleave_state(self, repeats: int) -> None:
         """Expand per-sample state (DPM-Solver++ history, recorded trajectory) when a shared prefix branches."""

@@ -26,6 +26,7 @@ TOY_MAX_SEQUENCE_LENGTH = 16
 TOY_GUIDANCE_SCALE = 3.5
 TOY_NUM_INFERENCE_STEPS = 10
 TOY_IMAGE_SIZE = DEFAULT_IMAGE_SIZE
+TOY_LATENT_CHANNELS = 4  # VAE latent channels; the transformer sees them packed 2x2 (16 channels per token)
 
 #: What `pipe(...)` needs to sample like the base model was trained and evaluated.
 TOY_PIPELINE_CALL_KWARGS = {
@@ -120,7 +121,7 @@ def _vae(seed: int):
         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         block_out_channels=(8, 16),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=TOY_LATENT_CHANNELS,
         norm_num_groups=8,
         sample_size=TOY_IMAGE_SIZE,
         mid_block_add_attention=False,
@@ -128,8 +129,8 @@ def _vae(seed: int):
     with torch.no_grad():
         # Start with a near-deterministic posterior (std e^-5): with std 1 the decoder first sees mostly noise, and
         # the tiny KL weight of a short training takes long to shrink it.
-        vae.quant_conv.weight[4:] = 0.0
-        vae.quant_conv.bias[4:] = -10.0
+        vae.quant_conv.weight[TOY_LATENT_CHANNELS:] = 0.0
+        vae.quant_conv.bias[TOY_LATENT_CHANNELS:] = -10.0
     return vae
 
 
@@ -139,7 +140,7 @@ def _transformer(seed: int, num_layers: int, num_single_layers: int, num_attenti
     torch.manual_seed(seed)
     return FluxTransformer2DModel(
         patch_size=1,
-        in_channels=16,
+        in_channels=4 * TOY_LATENT_CHANNELS,
         num_layers=num_layers,
         num_single_layers=num_single_layers,
         attention_head_dim=16,

@@ -2,9 +2,11 @@
 
     python examples/toy_world_demo.py [--method mixgrpo|flash|flash_star|dancegrpo] [--output_dir DIR] [--steps N]
 
-Runs the real `GRPOTrainer` on `GRPOTrainingPipeline` (no separate code path) and writes the LoRA, `reward_curve.png`
-(held-out reward vs training step), `before_after.png` (held-out prompts: base model vs aligned, same noise) and
-`summary.json`, then prints a one-line summary of the held-out reward before and after.
+Runs the real `GRPOTrainer` on `GRPOTrainingPipeline` (no separate code path): it trains on training prompts and
+measures, before and after, on held-out prompts (object combinations that neither the base model's data nor the
+GRPO prompts contain) sampled from held-out noise (`toy_world.evaluation`). Writes the LoRA, `reward_curve.png`
+(held-out reward and accuracy vs training step), `before_after.png` (held-out prompts, same noise: base model on
+top, aligned model below), `summary.json`, and prints a one-line summary.
 """
 
 import argparse
@@ -12,16 +14,16 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Optional
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
 
 import torch
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
 from ..training.config import METHODS, GRPOConfig
-from ..training.logging_utils import make_image_grid, plot_reward_curve
+from ..training.logging_utils import make_image_grid
 from ..training.trainer import GRPOTrainer
-from . import heldout_prompts
 from .base_model import (
     TOY_GUIDANCE_SCALE,
     TOY_IMAGE_SIZE,
@@ -29,9 +31,16 @@ from .base_model import (
     TOY_NUM_INFERENCE_STEPS,
     load_toy_base_pipeline,
 )
+from .evaluation import (
+    HELDOUT_NOISE_SEED,
+    TRAIN_EVAL_NOISE_SEED,
+    evaluate_alignment,
+    heldout_eval_prompts,
+    train_eval_prompts,
+)
+from .world import train_prompts
 
 # Demo hyper-parameters: the paper's method presets, scaled to a 10-step, 32 px task that learns in minutes on a CPU.
-# The window moves every `window_shift_interval` steps (the paper: 25 / 20 of 300 iterations at N = 25).
 DEMO_DEFAULTS = dict(
     num_inference_steps=TOY_NUM_INFERENCE_STEPS,
     resolution=TOY_IMAGE_SIZE,
@@ -39,49 +48,55 @@ DEMO_DEFAULTS = dict(
     shift=None,  # the base model's own grid (FLUX dynamic shifting at 64 tokens, s = exp(mu) = 1.6), as it was trained
     num_generations=8,
     sample_prompts_per_device=4,
-    sample_max_batch_size=16,
+    sample_max_batch_size=32,
     window_size=3,
-    window_shift_interval=6,
-    window_max_start=5,  # early and middle steps, where layout and shape are decided (N = 10)
+    window_shift_interval=25,
+    window_max_start=4,
     learning_rate=1e-3,
     weight_decay=1e-4,
     max_grad_norm=1.0,
     lora_rank=8,
     lora_alpha=8,
-    gradient_accumulation_steps=2,
+    gradient_accumulation_steps=1,
     adv_clip_max=5.0,
-    validation_steps=10,
+    validation_steps=25,
     checkpointing_steps=0,
     logging_steps=1,
 )
-DEMO_STEPS = 60
+DEMO_STEPS = 150
+NUM_TRAIN_PROMPTS = 1024  # drawn from the training pool (`train_prompts(1024, seed=0)`)
 EVAL_IMAGES_PER_PROMPT = 4
-
-
-def demo_prompts() -> list[str]:
-    """The demo's target prompts: 8 two-object prompts whose object combinations the base model never saw in
-    training (the base model is weakest there: about 25% correct). GRPO trains on them and the before/after
-    evaluation uses them with fixed noise, as in aligning a model to a target prompt distribution. Generalisation to
-    prompts outside the RL set is not what the demo measures (see docs/toy_world.md)."""
-    return heldout_prompts(2)[:8]
 
 
 @dataclass
 class DemoResult:
-    """Held-out reward before and after, wall time, and where the files are."""
+    """Held-out and training-prompt scores before and after, wall time, and where the files are."""
 
     method: str
-    reward_before: float
-    reward_after: float
+    heldout_before: dict[str, Any]
+    heldout_after: dict[str, Any]
+    train_before: dict[str, Any]
+    train_after: dict[str, Any]
     train_seconds: float
     steps: int
     output_dir: str
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def accuracy_gain(self) -> float:
+        return self.heldout_after["accuracy"] - self.heldout_before["accuracy"]
+
+    @property
+    def reward_gain(self) -> float:
+        return self.heldout_after["reward"] - self.heldout_before["reward"]
 
     def summary(self) -> str:
-        gain = self.reward_after - self.reward_before
+        b, a, tb, ta = self.heldout_before, self.heldout_after, self.train_before, self.train_after
         return (
-            f"[{self.method}] held-out reward {self.reward_before:.3f} -> {self.reward_after:.3f} ({gain:+.3f}) "
-            f"after {self.steps} steps in {self.train_seconds:.0f} s; results in {self.output_dir}"
+            f"[{self.method}] held-out accuracy {b['accuracy']:.2f} -> {a['accuracy']:.2f}, "
+            f"reward {b['reward']:.3f} -> {a['reward']:.3f} (training prompts, fresh noise: accuracy "
+            f"{tb['accuracy']:.2f} -> {ta['accuracy']:.2f}) after {self.steps} steps in {self.train_seconds:.0f} s; "
+            f"results in {self.output_dir}"
         )
 
 
@@ -90,6 +105,7 @@ def make_demo_config(method: str, output_dir: str, steps: int, seed: int, **over
     values = {**DEMO_DEFAULTS, **overrides}
     if method == "dancegrpo":
         values["window_size"] = None  # every trainable step
+        values.pop("window_max_start", None)
     values.setdefault("report_to", "tensorboard" if _has("tensorboard") else "none")
     return GRPOConfig(method=method, output_dir=output_dir, max_train_steps=steps, seed=seed, **values)
 
@@ -98,6 +114,52 @@ def _has(module: str) -> bool:
     from importlib.util import find_spec
 
     return find_spec(module) is not None
+
+
+def build_toy_trainer(
+    method: str,
+    output_dir: str,
+    steps: int,
+    seed: int,
+    prompts: Optional[Sequence[str]] = None,
+    pipeline: Optional[GRPOTrainingPipeline] = None,
+    eval_images_per_prompt: int = EVAL_IMAGES_PER_PROMPT,
+    **config_overrides,
+) -> GRPOTrainer:
+    """A `GRPOTrainer` on the toy base model whose periodic evaluation scores the held-out set (prompts and noise
+    never used in training) and logs `eval/accuracy` and `eval/reward`."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(METHODS)}.")
+    os.makedirs(output_dir, exist_ok=True)
+    config = make_demo_config(method, output_dir, steps, seed, **config_overrides)
+    pipe = pipeline if pipeline is not None else GRPOTrainingPipeline.from_pipe(load_toy_base_pipeline())
+    pipe.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
+    train = list(prompts) if prompts is not None else train_prompts(NUM_TRAIN_PROMPTS, seed=0)
+    heldout = heldout_eval_prompts()
+    trainer = GRPOTrainer(config, pipe, rewards={"toy_world": 1.0}, train_prompts=train, eval_prompts=heldout)
+
+    def heldout_scores(t: GRPOTrainer) -> dict[str, float]:
+        scores, _ = _evaluate(t, heldout, HELDOUT_NOISE_SEED, eval_images_per_prompt)
+        return {"accuracy": scores.accuracy, "reward": scores.reward}
+
+    trainer.evaluation_hook = heldout_scores
+    return trainer
+
+
+def _evaluate(trainer: GRPOTrainer, prompts, noise_seed: int, images_per_prompt: int = EVAL_IMAGES_PER_PROMPT):
+    """The held-out evaluation of the trainer's current weights (the EMA weights when EMA is on, as saved)."""
+    cfg = trainer.config
+    ema = trainer.ema.average_parameters(trainer.trainable) if trainer.ema is not None else nullcontext()
+    with ema:
+        return evaluate_alignment(
+            trainer.pipeline,
+            prompts,
+            images_per_prompt=images_per_prompt,
+            noise_seed=noise_seed,
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            resolution=cfg.resolution,
+        )
 
 
 def run_demo(
@@ -109,50 +171,102 @@ def run_demo(
     progress: bool = True,
     **config_overrides,
 ) -> DemoResult:
-    """Train, evaluate before/after on held-out prompts, write the plots; returns a `DemoResult`."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(METHODS)}.")
-    os.makedirs(output_dir, exist_ok=True)
-    config = make_demo_config(method, output_dir, steps, seed, **config_overrides)
-    pipe = GRPOTrainingPipeline.from_pipe(load_toy_base_pipeline())
-    pipe.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
-    eval_prompts = list(prompts) if prompts is not None else demo_prompts()
-    trainer = GRPOTrainer(
-        config, pipe, rewards={"toy_world": 1.0}, train_prompts=eval_prompts, eval_prompts=eval_prompts
-    )
-    trainer.eval_images_per_prompt = EVAL_IMAGES_PER_PROMPT
+    """Train on training prompts; evaluate before/after on held-out prompts with held-out noise (and on training
+    prompts with fresh noise); write the plots and `summary.json`; returns a `DemoResult`."""
+    trainer = build_toy_trainer(method, output_dir, steps, seed, prompts, **config_overrides)
     if not progress:
         os.environ.setdefault("TQDM_DISABLE", "1")
+    heldout, seen = heldout_eval_prompts(), train_eval_prompts()
 
-    before, _, before_batch = trainer.evaluate(eval_prompts, EVAL_IMAGES_PER_PROMPT)
+    heldout_before, before_batch = _evaluate(trainer, heldout, HELDOUT_NOISE_SEED)
+    train_before, _ = _evaluate(trainer, seen, TRAIN_EVAL_NOISE_SEED)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    after, _, after_batch = trainer.evaluate(eval_prompts, EVAL_IMAGES_PER_PROMPT)
+    heldout_after, after_batch = _evaluate(trainer, heldout, HELDOUT_NOISE_SEED)
+    train_after, _ = _evaluate(trainer, seen, TRAIN_EVAL_NOISE_SEED)
 
-    history = trainer.history.get("eval_reward", [])
-    if not history or history[-1][0] != trainer.global_step:
-        history = [*history, (trainer.global_step, after)]
-    history = sorted({step: value for step, value in [(0, before), *history]}.items())
-    plot_reward_curve(
-        {"held-out reward": history, "train reward": trainer.history.get("train_reward", [])},
-        os.path.join(output_dir, "reward_curve.png"),
+    curve = _heldout_curve(trainer.history, heldout_before, heldout_after, trainer.global_step)
+    plot_heldout_curve(curve, trainer.history.get("train_reward", []), os.path.join(output_dir, "reward_curve.png"))
+    before_after_grid(before_batch, after_batch, os.path.join(output_dir, "before_after.png"))
+    result = DemoResult(
+        method,
+        heldout_before.to_dict(),
+        heldout_after.to_dict(),
+        train_before.to_dict(),
+        train_after.to_dict(),
+        seconds,
+        trainer.global_step,
+        output_dir,
+        curve,
     )
-    _before_after_grid(before_batch, after_batch, os.path.join(output_dir, "before_after.png"))
-    result = DemoResult(method, before, after, seconds, trainer.global_step, output_dir)
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump({**asdict(result), "held_out_curve": history}, f, indent=2)
+        json.dump(
+            {**asdict(result), "accuracy_gain": result.accuracy_gain, "reward_gain": result.reward_gain}, f, indent=2
+        )
     return result
 
 
-def _before_after_grid(before, after, path: str, max_prompts: int = 8) -> None:
-    """Two rows per held-out prompt chunk: base model (top) and aligned model (bottom), same initial noise."""
-    n = min(max_prompts * EVAL_IMAGES_PER_PROMPT, before.batch_size)
-    idx = torch.arange(0, n, EVAL_IMAGES_PER_PROMPT)  # the first sample of each prompt
-    images = [*[before.pil_images()[i] for i in idx], *[after.pil_images()[i] for i in idx]]
-    images = [im.resize((96, 96), resample=0) for im in images]
-    captions = [f"before: {before.prompts[i]}" for i in idx] + [f"after: {after.prompts[i]}" for i in idx]
-    make_image_grid(images, cols=len(idx), captions=captions).save(path)
+def _heldout_curve(history, before, after, last_step: int) -> list[dict[str, float]]:
+    """Held-out accuracy and reward per evaluated step, step 0 and the last step included."""
+    points = {0: {"accuracy": before.accuracy, "reward": before.reward}}
+    for name in ("accuracy", "reward"):
+        for step, value in history.get(f"eval_{name}", []):
+            points.setdefault(int(step), {})[name] = value
+    points[last_step] = {"accuracy": after.accuracy, "reward": after.reward}
+    return [{"step": s, **v} for s, v in sorted(points.items()) if len(v) == 2]
+
+
+def plot_heldout_curve(curve, train_reward, path: str) -> str:
+    """Held-out accuracy and reward (left) and the training reward (right, grey) against training step."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    steps = [p["step"] for p in curve]
+    ax.plot(steps, [p["accuracy"] for p in curve], "o-", label="held-out accuracy", color="tab:blue")
+    ax.plot(steps, [p["reward"] for p in curve], "s-", label="held-out reward", color="tab:orange")
+    if train_reward:
+        s, v = zip(*train_reward)
+        ax.plot(s, v, color="grey", alpha=0.4, linewidth=0.8, label="training reward (rollouts)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("accuracy / reward")
+    ax.set_ylim(0, 1)
+    ax.set_title("Held-out prompts and noise (ODE samples)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def before_after_grid(before, after, path: str, max_prompts: int = 8, scale: int = 4) -> None:
+    """The first sample of the first `max_prompts` held-out prompts (4 single-, 4 two-object), base model on top,
+    aligned model below (same prompts, same initial noise), with the prompts printed under the images."""
+    from PIL import Image, ImageDraw
+
+    per = before.batch_size // len(set(before.prompts)) if before.batch_size else 1
+    firsts = list(range(0, before.batch_size, per))
+    singles = [i for i in firsts if " and " not in before.prompts[i]][: max_prompts // 2]
+    pairs = [i for i in firsts if " and " in before.prompts[i]][: max_prompts - len(singles)]
+    idx = singles + pairs
+    size = 32 * scale
+    row = [before.pil_images()[i].resize((size, size), resample=0) for i in idx]
+    row += [after.pil_images()[i].resize((size, size), resample=0) for i in idx]
+    grid = make_image_grid(row, cols=len(idx))
+    label_h, pad = 58, 2
+    out = Image.new("RGB", (grid.width + 60, grid.height + label_h), (255, 255, 255))
+    out.paste(grid, (60, 0))
+    draw = ImageDraw.Draw(out)
+    draw.text((4, size // 2), "before", fill=(0, 0, 0))
+    draw.text((4, size + pad + size // 2), "after", fill=(0, 0, 0))
+    for k, i in enumerate(idx):
+        words = before.prompts[i].split()
+        lines = [" ".join(words[j : j + 3]) for j in range(0, len(words), 3)]  # up to 5 lines of 3 words
+        x = 60 + pad + k * (size + pad)
+        for n, line in enumerate(lines):
+            draw.text((x, grid.height + 1 + 11 * n), line, fill=(0, 0, 0))
+    out.save(path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> DemoResult:

@@ -30,7 +30,7 @@ METHODS = ("mixgrpo", "flash", "flash_star", "dancegrpo")
 SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
 WINDOW_STRATEGIES = ("progressive", "random", "decay", "exp_decay")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
-MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl", "sana", "wan")
+MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl", "sana", "wan", "qwenimage", "flux2", "flux2_klein", "zimage")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 # What each `method` fills in for the fields left at `None`. Values from the MixGRPO paper / released scripts
@@ -113,7 +113,32 @@ DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
     "wan": ["to_k", "to_q", "to_v", "to_out.0"],
     # SANA: the linear self-attention and the cross-attention projections of its blocks
     "sana": ["to_k", "to_q", "to_v", "to_out.0"],
+    # Qwen-Image / FLUX.2: the attention of both streams of the dual-stream blocks (FLUX.2 also the fused
+    # single-stream projections); Z-Image: the attention of its single-stream blocks and refiners.
+    "qwenimage": [
+        "attn.to_k",
+        "attn.to_q",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+    ],
+    "flux2": [
+        "attn.to_k",
+        "attn.to_q",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_k_proj",
+        "attn.add_q_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        "attn.to_qkv_mlp_proj",
+    ],
+    "zimage": ["attention.to_k", "attention.to_q", "attention.to_v", "attention.to_out.0"],
 }
+DEFAULT_LORA_TARGET_MODULES["flux2_klein"] = list(DEFAULT_LORA_TARGET_MODULES["flux2"])
 
 # List fields whose items may contain commas: a string given for one of them is a single item.
 _WHOLE_STRING_LISTS = frozenset({"validation_prompts"})
@@ -126,21 +151,31 @@ SECRET_FIELDS = frozenset({"hub_token"})
 
 
 def default_lora_target_modules(model_family: str) -> list[str]:
-    """The default LoRA target modules of a model family (a name in `MODEL_FAMILIES`); a fresh list."""
+    """The default LoRA target modules of a model family (one of `MODEL_FAMILIES`); a fresh list."""
     if model_family not in DEFAULT_LORA_TARGET_MODULES:
         raise ValueError(f"model_family must be one of {MODEL_FAMILIES}, got {model_family!r}.")
     return list(DEFAULT_LORA_TARGET_MODULES[model_family])
 
 
 def infer_model_family(pipeline_or_class: Any) -> str:
-    """The model family (a name in `MODEL_FAMILIES`) of a diffusers pipeline, pipeline class or class name."""
+    """The model family (a name in `MODEL_FAMILIES`: `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"`, `"sana"`, `"wan"`,
+    `"qwenimage"`, `"flux2"`, `"flux2_klein"`, `"zimage"`) of a diffusers pipeline, pipeline class or class name."""
     if isinstance(pipeline_or_class, str):
         name = pipeline_or_class
     else:
         cls = pipeline_or_class if isinstance(pipeline_or_class, type) else type(pipeline_or_class)
         name = cls.__name__
+    # by class-name prefix, without importing the pipelines (the command line checks this before loading torch)
+    if name.startswith("Flux2Klein"):
+        return "flux2_klein"
+    if name.startswith("Flux2"):
+        return "flux2"
     if name.startswith("Flux"):
         return "flux"
+    if name.startswith("QwenImage"):
+        return "qwenimage"
+    if name.startswith("ZImage"):
+        return "zimage"
     if name.startswith("StableDiffusion3"):
         return "sd3"
     if name.startswith("StableDiffusionXL"):
@@ -301,15 +336,17 @@ class GRPOConfig:
         > Model and output
 
         pretrained_model_name_or_path (`str`, *optional*):
-            Hub id or local path of the diffusers pipeline to fine-tune (FLUX.1, SD3 or SD1.5). May be left unset when
+            Hub id or local path of the diffusers pipeline to fine-tune (FLUX.1, SD3, SD1.5, Qwen-Image, FLUX.2 [dev]
+            / [klein] or Z-Image). May be left unset when
             a pipeline object is handed to the trainer.
         revision (`str`, *optional*):
             Hub revision (branch, tag or commit) of the pretrained pipeline.
         variant (`str`, *optional*):
             Weights variant to load (e.g. `"fp16"`).
         model_family (`str`, *optional*):
-            `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"`, `"sana"` or `"wan"`. `None`: inferred from the pipeline class by
-            the trainer. Selects the default `lora_target_modules`.
+            `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"`, `"sana"`, `"wan"`, `"qwenimage"`, `"flux2"`, `"flux2_klein"` or
+            `"zimage"`. `None`: inferred from the pipeline class by the trainer. Selects the default
+            `lora_target_modules`.
         output_dir (`str`, defaults to `"mixgrpo-output"`):
             Where checkpoints, logs, the final LoRA weights and the model card are written.
         method (`str`, defaults to `"mixgrpo"`):
@@ -355,6 +392,10 @@ class GRPOConfig:
         log_prob_reduction (`str`, defaults to `"mean"`):
             How a step's per-element Gaussian log-density is reduced over the non-batch dimensions: `"mean"` (the
             reference implementations) or `"sum"` (the true log-density).
+        cps_log_prob (`str`, defaults to `"gaussian"`):
+            Log-prob of the `"cps"` SDE: `"gaussian"` (the true density, as every other SDE type; every preset) or
+            `"flow_grpo"` (Flow-GRPO's and the official MixGRPO code's `-(x - mu)^2`, which scales each step's
+            log-ratio by `2 tau^2`; `examples/configs/flux_mixgrpo_cps.yaml`). See docs/schedulers.md.
 
         > Method: SDE and window (preset-controlled when `None`)
 
@@ -537,9 +578,14 @@ class GRPOConfig:
     )
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the pretrained pipeline."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant to load, e.g. 'fp16'."})
-    model_family: Optional[Literal["flux", "sd3", "sd15", "sdxl", "sana", "wan"]] = field(
+    model_family: Optional[
+        Literal["flux", "sd3", "sd15", "sdxl", "sana", "wan", "qwenimage", "flux2", "flux2_klein", "zimage"]
+    ] = field(
         default=None,
-        metadata={"help": "'flux', 'sd3', 'sd15', 'sdxl', 'sana', 'wan'; None: inferred from the pipeline class."},
+        metadata={
+            "help": "'flux', 'sd3', 'sd15', 'sdxl', 'sana', 'wan', 'qwenimage', 'flux2', 'flux2_klein' or 'zimage'; "
+            "None: inferred from the pipeline class."
+        },
     )
     output_dir: str = field(
         default="mixgrpo-output", metadata={"help": "Where checkpoints, logs, weights and the model card go."}
@@ -589,6 +635,9 @@ class GRPOConfig:
     )
     log_prob_reduction: Literal["mean", "sum"] = field(
         default="mean", metadata={"help": "Reduce per-element log-densities by 'mean' (reference) or 'sum'."}
+    )
+    cps_log_prob: Literal["gaussian", "flow_grpo"] = field(
+        default="gaussian", metadata={"help": "CPS log-prob: 'gaussian' (true density) or 'flow_grpo' (-(x-mu)^2)."}
     )
 
     # Method: SDE and window
@@ -846,6 +895,7 @@ class GRPOConfig:
         check_choice("window_strategy", WINDOW_STRATEGIES)
         check_choice("tail_solver", TAIL_SOLVERS)
         check_choice("log_prob_reduction", ("mean", "sum"))
+        check_choice("cps_log_prob", ("gaussian", "flow_grpo"))
         check_choice("adv_std", ("group", "global", "none"))
         check_choice("kl_type", ("none", "rollout", "reference"))
         check_choice("reward_mix", ("advantage_aggr", "reward_aggr"))

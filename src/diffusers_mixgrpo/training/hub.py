@@ -226,9 +226,11 @@ def write_model_card(
     steps = config_values.get("num_inference_steps", 25)
     guidance = config_values.get("guidance_scale", 3.5)
     base_for_code = base_model or "<Hub id or folder of the base model>"
-    family_names = {"flux": "FLUX.1", "sd3": "Stable Diffusion 3", "sd15": "Stable Diffusion 1.5"}
-    family_names.update(sdxl="Stable Diffusion XL", sana="SANA", wan="Wan")
-    family_name = family_names.get(family, family)
+    family_name = _FAMILY_NAMES.get(family, family)
+    # Qwen-Image's stock pipeline calls its CFG scale `true_cfg_scale` and runs CFG only with a negative prompt
+    guidance_arg = (
+        f'true_cfg_scale={guidance}, negative_prompt=" "' if family == "qwenimage" else f"guidance_scale={guidance}"
+    )
     base_text = (
         f"[{base_model}](https://huggingface.co/{base_model})"
         if base_model
@@ -237,7 +239,7 @@ def write_model_card(
         else "its base model"
     )
     sample_code = (
-        f'image = pipe("{example_prompt}", num_inference_steps={steps}, guidance_scale={guidance}).images[0]\n'
+        f'image = pipe("{example_prompt}", num_inference_steps={steps}, {guidance_arg}).images[0]\n'
         'image.save("sample.png")\n```'
     )
     if family == "wan":  # a video pipeline: `.frames`, written with diffusers' export_to_video
@@ -279,6 +281,19 @@ def write_model_card(
         f.write(content)
     return path
 
+
+_FAMILY_NAMES = {
+    "flux": "FLUX.1",
+    "sd3": "Stable Diffusion 3",
+    "sd15": "Stable Diffusion 1.5",
+    "sdxl": "Stable Diffusion XL",
+    "sana": "SANA",
+    "wan": "Wan",
+    "qwenimage": "Qwen-Image",
+    "flux2": "FLUX.2 [dev]",
+    "flux2_klein": "FLUX.2 [klein]",
+    "zimage": "Z-Image",
+}
 
 #: Files of a run's output folder that describe the local run (paths, prompts) and are never uploaded as they are.
 LOCAL_ONLY_FILES = ("training_config.yaml", "training_summary.json", "train_prompts.txt", MODEL_CARD_NAME)

@@ -286,7 +286,10 @@ def count_truncated_prompts(pipeline: Any, prompts: Sequence[str], max_sequence_
             continue
         limit = int(min(getattr(tok, "model_max_length", 10**6) or 10**6, 10**6))
         encoder = getattr(pipeline, slot.replace("tokenizer", "text_encoder"), None)
-        if max_sequence_length is not None and "t5" in type(encoder).__name__.lower():
+        # T5, and the LLM encoders of Qwen-Image / FLUX.2 / Z-Image, are cut at the pipeline's max_sequence_length
+        if max_sequence_length is not None and any(
+            k in type(encoder).__name__.lower() for k in ("t5", "qwen", "mistral")
+        ):
             limit = int(max_sequence_length)
         try:
             lengths = [len(ids) for ids in tok(list(prompts), add_special_tokens=True, verbose=False)["input_ids"]]

@@ -190,6 +190,10 @@ class GRPOTrainer:
         self._announce_truncation()
         self._bar = None
         self.eval_images_per_prompt = 1  # images per prompt of the periodic evaluation
+        # Replaces the periodic evaluation when set: called with the trainer every `validation_steps` (and before
+        # the first step), returns scalars logged as `eval/<name>`; its "reward" is the `eval_reward` curve. The
+        # toy task uses it to score held-out prompts with held-out noise (`toy_world.evaluation`).
+        self.evaluation_hook: Optional[Callable[[GRPOTrainer], Mapping[str, float]]] = None
 
     # ------------------------------------------------------------------ setup
     def _load_prompts(self, prompts: Optional[Sequence[str]]) -> list[str]:
@@ -319,6 +323,7 @@ class GRPOTrainer:
             elif cfg.shift is not None:
                 scheduler_overrides.update(shift=cfg.shift, use_dynamic_shifting=False)
             scheduler_overrides.update(
+                cps_log_prob=cfg.cps_log_prob,
                 tail_solver=cfg.tail_solver,
                 tail_solver_order=cfg.tail_solver_order,
                 tail_ratio=cfg.tail_ratio,
@@ -789,6 +794,12 @@ class GRPOTrainer:
 
     def _log_eval(self) -> Optional[float]:
         self._phase("eval")
+        if self.evaluation_hook is not None:
+            scalars = dict(self.evaluation_hook(self))
+            for name, value in scalars.items():
+                self.history.setdefault(f"eval_{name}", []).append((self.global_step, float(value)))
+            self.accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=self.global_step)
+            return scalars.get("reward")
         total, means, batch = self.evaluate()
         if total is None:
             return None
@@ -1010,7 +1021,9 @@ class GRPOTrainer:
                 from diffusers.utils import convert_state_dict_to_diffusers
                 from peft.utils import get_peft_model_state_dict
 
-                layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(denoiser))
+                layers = get_peft_model_state_dict(denoiser)
+                if self.pipeline.adapter.lora_legacy_keys:
+                    layers = convert_state_dict_to_diffusers(layers)
                 key = f"{self.pipeline.adapter.denoiser_name}_lora_layers"  # unet_ / transformer_lora_layers
                 self.pipeline.save_lora_weights(output_dir, **{key: layers}, safe_serialization=True)
                 return os.path.join(output_dir, "pytorch_lora_weights.safetensors")

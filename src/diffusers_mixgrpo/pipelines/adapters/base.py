@@ -56,8 +56,6 @@ class ModelFamilyAdapter(ABC):
 
     # Video families (Wan): latents `(B, C, F, H, W)`, decoded to `(B, F, 3, H, W)`; `rollout(num_frames=...)`.
     is_video: bool = False
-    # (height, width) when the stock pipeline has no `default_sample_size` (Wan: its `__call__` defaults).
-    default_size: Optional[tuple[int, int]] = None
 
     def noise_kwargs(self, num_frames: Optional[int]) -> dict:
         """Extra `prepare_noise` arguments of a rollout: `{}` for image families (which refuse `num_frames`)."""
@@ -82,10 +80,24 @@ class ModelFamilyAdapter(ABC):
     def vae_scale_factor(self) -> int:
         return self.stock.vae_scale_factor
 
+    # LoRA files: FLUX.1 / SD3 / SD1.5 are saved in diffusers' legacy key format (`convert_state_dict_to_diffusers`),
+    # which their loaders read; the newer loaders (Qwen-Image, FLUX.2, Z-Image) only read peft's own keys.
+    lora_legacy_keys: bool = True
+
+    # Image size `(height, width)` in pixels when the caller gives none; `None`: the stock pipeline's
+    # `default_sample_size` x the VAE factor (a family whose stock pipeline has no such attribute sets it, e.g.
+    # Z-Image: 1024 x 1024, Wan: its `__call__` defaults 480 x 832; SANA computes it from the transformer config).
+    default_image_size: Optional[tuple[int, int]] = None
+
     @property
     def size_multiple(self) -> int:
-        """Image height and width must be multiples of this (the VAE factor, times the patch packing)."""
+        """What height and width must be multiples of (the VAE factor, times the patch packing: 2 for FLUX-style 2x2
+        packing, the transformer's `patch_size` for SANA / Wan)."""
         return self.vae_scale_factor
+
+    def concat_prompt_embeds(self, parts: list[PromptEmbeds]) -> PromptEmbeds:
+        """Join the `encode_prompts` batches (a family with variable-length text pads them here)."""
+        return PromptEmbeds.concat(parts)
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         """Whether a rollout with this guidance runs classifier-free guidance (two denoiser branches)."""

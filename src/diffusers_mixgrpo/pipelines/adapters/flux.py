@@ -16,6 +16,10 @@ class FluxAdapter(ModelFamilyAdapter):
     default_guidance_scale = 3.5
     max_sequence_length = 512
 
+    @property
+    def size_multiple(self) -> int:
+        return 2 * self.vae_scale_factor
+
     def encode_prompts(self, prompts, guidance_scale, device, negative_prompt=None) -> PromptEmbeds:
         max_len = self.pipeline.max_sequence_length or self.max_sequence_length
         prompt_embeds, pooled, text_ids = self.stock.encode_prompt(
@@ -30,10 +34,6 @@ class FluxAdapter(ModelFamilyAdapter):
         channels = self.denoiser.config.in_channels // 4
         latents, _ = self.stock.prepare_latents(num, channels, height, width, dtype, device, generator)
         return latents
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 * self.vae_scale_factor
 
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
         f = self.vae_scale_factor

@@ -46,7 +46,7 @@ class SanaAdapter(ModelFamilyAdapter):
         self.complex_human_instruction: Optional[list[str]] = None  # None: the stock default
 
     @property
-    def default_size(self) -> tuple[int, int]:
+    def default_image_size(self) -> tuple[int, int]:
         size = int(self.denoiser.config.sample_size) * self.vae_scale_factor
         return size, size
 

@@ -33,7 +33,7 @@ class WanAdapter(ModelFamilyAdapter):
     default_guidance_scale = 5.0
     max_sequence_length = 512  # WanPipeline.__call__'s default
     is_video = True
-    default_size = (480, 832)  # WanPipeline.__call__'s defaults
+    default_image_size = (480, 832)  # WanPipeline.__call__'s defaults
     default_num_frames = 81
 
     def extra_stock_kwargs(self) -> dict:

@@ -1,0 +1,254 @@
+"""Tables and figures of `benchmarks/learning.py`: results_learning.json / .md and the PNGs, from the stored runs."""
+
+import json
+import statistics
+from pathlib import Path
+
+from learning import LABELS, PAPER_TABLE, PARTS, STEPS_DANCE, STEPS_MIX
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(mean, std, digits=3):
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def first_crossing(curve: list[dict], target: float, key=("heldout", "reward")):
+    """Wall time at which `curve` first reaches `target` (linear between evaluations); None if it never does."""
+    prev = None
+    for point in curve:
+        value = point[key[0]][key[1]]
+        if value >= target:
+            if prev is None:
+                return 0.0
+            (t0, v0), t1 = prev, point["wall_s"]
+            return t0 + (t1 - t0) * (target - v0) / (value - v0) if value > v0 else t1
+        prev = (point["wall_s"], value)
+    return None
+
+
+def mean_curve(runs: list[dict]) -> list[dict]:
+    """Seed-mean curve (evaluation k of every run averaged; the runs share the budget's evaluation points)."""
+    n = min(len(r["curve"]) for r in runs)
+    out = []
+    for k in range(n):
+        pts = [r["curve"][k] for r in runs]
+        out.append(
+            {
+                "wall_s": statistics.mean(p["wall_s"] for p in pts),
+                "iteration": statistics.mean(p["iteration"] for p in pts),
+                "heldout": {m: statistics.mean(p["heldout"][m] for p in pts) for m in ("reward", "accuracy")},
+                "heldout_std": {
+                    m: (statistics.stdev(p["heldout"][m] for p in pts) if len(pts) > 1 else 0.0)
+                    for m in ("reward", "accuracy")
+                },
+            }
+        )
+    return out
+
+
+def summarise(results: dict) -> dict:
+    runs = results["runs"]
+    by_config: dict[str, list[dict]] = {}
+    for r in runs:
+        by_config.setdefault(r["name"].split("__")[0], []).append(r)
+    summary = {}
+    for name, rs in by_config.items():
+        rs = sorted(rs, key=lambda r: r["seed"])
+        final = [r["curve"][-1] for r in rs]
+        summary[name] = {
+            "seeds": [r["seed"] for r in rs],
+            "base_heldout_reward": _mean_std([r["curve"][0]["heldout"]["reward"] for r in rs])[0],
+            "base_heldout_accuracy": _mean_std([r["curve"][0]["heldout"]["accuracy"] for r in rs])[0],
+            "heldout_reward": _mean_std([f["heldout"]["reward"] for f in final]),
+            "heldout_accuracy": _mean_std([f["heldout"]["accuracy"] for f in final]),
+            "train_reward": _mean_std([f["train"]["reward"] for f in final]),
+            "train_accuracy": _mean_std([f["train"]["accuracy"] for f in final]),
+            "per_seed_heldout_reward": [f["heldout"]["reward"] for f in final],
+            "per_seed_heldout_accuracy": [f["heldout"]["accuracy"] for f in final],
+            "seconds_per_iteration": _mean_std([r["seconds_per_iteration"] for r in rs]),
+            "iterations": _mean_std([r["iterations"] for r in rs]),
+            "nfe_rollout_per_image": statistics.mean(r["nfe_rollout_per_image"] for r in rs),
+            "nfe_train_per_image": statistics.mean(r["nfe_train_per_image"] for r in rs),
+            "learning_rate": rs[0]["learning_rate"],
+            "curve": mean_curve(rs),
+        }
+    dance = summary.get("dancegrpo")
+    if dance:
+        dance_runs = {r["seed"]: r for r in by_config["dancegrpo"]}
+        target = dance["heldout_reward"][0]
+        improved = target > dance["base_heldout_reward"]
+        for name, info in summary.items():
+            info["target_reward"] = target
+            info["dance_improved"] = improved
+            t = first_crossing(info["curve"], target) if improved else None
+            info["time_to_reach_vs_dance"] = t / dance["curve"][-1]["wall_s"] if t is not None else None
+            per_seed = []
+            for r in by_config[name]:
+                d = dance_runs.get(r["seed"])
+                if d is None or not improved:
+                    continue
+                ts = first_crossing(r["curve"], d["curve"][-1]["heldout"]["reward"])
+                per_seed.append(ts / d["train_wall_s"] if ts is not None else None)
+            info["time_to_reach_vs_dance_per_seed"] = per_seed
+            info["seconds_per_iteration_vs_dance"] = (
+                info["seconds_per_iteration"][0] / dance["seconds_per_iteration"][0]
+            )
+    return summary
+
+
+def write_learning_report(results: dict, out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    summary = summarise(results)
+    results = {**results, "summary": summary}
+    (out_dir / "results_learning.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "results_learning.md").write_text(markdown(results))
+    try:
+        plots(results, out_dir)
+    except ImportError:
+        pass
+
+
+def markdown(results: dict) -> str:
+    s, st = results["summary"], results["settings"]
+    m = results["machine"]
+    lines = [
+        "# Learning results on the toy task (`benchmarks/learning.py`)",
+        "",
+        f"Command: `{results['command']}`; {m['cpu_model']}, {m['nproc']} cores, {m['threads_per_run']} torch thread "
+        f"per run, {results['seconds'] / 60:.0f} min in all. N = {st['num_inference_steps']}, K = {st['window_size']}, "
+        f"G = {st['group_size']}, {st['prompts_per_step']} prompts per step, budget {st['budget_s']:.0f} s of training "
+        f"per run, window shift interval {st['shift_interval']}, seeds {st['seeds']}, learning rates "
+        f"{st['learning_rates']} (searched {st['learning_rates_searched']} on training prompts).",
+        "Held-out: prompts whose object combinations neither the base model's data nor the GRPO prompts contain, "
+        "noise seeds never used in training, ODE sampling; mean ± std over seeds.",
+        "",
+    ]
+    if results.get("tune"):
+        lines += ["## Learning-rate search (seed 100; selected on training prompts, fresh noise)", ""]
+        lines += ["| family | lr | training-prompt reward | held-out reward (not used) |", "| --- | --- | --- | --- |"]
+        for r in sorted(results["tune"], key=lambda r: (r["spec"]["family"], r["learning_rate"])):
+            f = r["curve"][-1]
+            lines.append(
+                f"| {r['spec']['family']} | {r['learning_rate']:g} | {f['train']['reward']:.3f} | "
+                f"{f['heldout']['reward']:.3f} |"
+            )
+        lines.append("")
+    if all(c in s for c in PARTS["table"]):
+        base_r, base_a = s["dancegrpo"]["base_heldout_reward"], s["dancegrpo"]["base_heldout_accuracy"]
+        lines += [
+            "## The paper's table in miniature",
+            "",
+            f"Base model (before training): held-out reward {base_r:.3f}, accuracy {base_a:.3f}.",
+            "",
+            "| variant | held-out reward | held-out accuracy | per-seed reward | s / iteration | vs DanceGRPO | "
+            "iterations | NFE sampling / image | NFE training / image | time to reach DanceGRPO's final reward "
+            "| per seed | paper: time / iteration | paper: training NFE |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in PARTS["table"]:
+            i = s[c]
+            ttr = i.get("time_to_reach_vs_dance")
+            per = ", ".join(
+                "not reached" if v is None else f"{v:.2f}" for v in i.get("time_to_reach_vs_dance_per_seed", [])
+            )
+            lines.append(
+                f"| {LABELS[c]} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | "
+                f"{', '.join(f'{v:.3f}' for v in i['per_seed_heldout_reward'])} | "
+                f"{i['seconds_per_iteration'][0]:.2f} | {i.get('seconds_per_iteration_vs_dance', float('nan')):.2f} | "
+                f"{i['iterations'][0]:.0f} | {i['nfe_rollout_per_image']:.1f} | {i['nfe_train_per_image']:.1f} | "
+                f"{'not reached' if ttr is None else f'{ttr:.2f}'} | {per} | {PAPER_TABLE[c]['time_ratio']:.2f} | "
+                f"{PAPER_TABLE[c]['nfe_train']} |"
+            )
+        lines.append("")
+    if any(c in s for c in STEPS_DANCE) and any(c in s for c in STEPS_MIX):
+        lines += [
+            "## Optimised steps (equal wall time)",
+            "",
+            "| variant | trained steps | held-out reward | accuracy |",
+        ]
+        lines += ["| --- | --- | --- | --- |"]
+        for group, steps in (("DanceGRPO", STEPS_DANCE), ("MixGRPO", STEPS_MIX)):
+            for c, k in steps.items():
+                if c in s:
+                    i = s[c]
+                    lines.append(f"| {group} | {k} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} |")
+        lines.append("")
+    win = [c for c in PARTS["window"] if c in s]
+    if len(win) == len(PARTS["window"]):
+        lines += ["## Window position (K = 4, equal wall time)", "", "| window | held-out reward | accuracy |"]
+        lines += ["| --- | --- | --- |"]
+        for c in win:
+            i = s[c]
+            label = "progressive" if c == "mixgrpo" else c.replace("window_", "fixed at the ")
+            lines.append(f"| {label} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plots(results: dict, out_dir: Path) -> None:
+    from matplotlib.figure import Figure
+
+    s = results["summary"]
+    if all(c in s for c in PARTS["table"]):
+        fig = Figure(figsize=(11, 4), dpi=100)
+        for j, metric in enumerate(("reward", "accuracy")):
+            ax = fig.add_subplot(1, 2, j + 1)
+            for c in PARTS["table"]:
+                curve = s[c]["curve"]
+                t = [p["wall_s"] for p in curve]
+                m = [p["heldout"][metric] for p in curve]
+                sd = [p["heldout_std"][metric] for p in curve]
+                ax.plot(t, m, "o-", label=LABELS[c], markersize=3)
+                ax.fill_between(t, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15)
+            if metric == "reward" and s["dancegrpo"].get("dance_improved"):
+                ax.axhline(s["dancegrpo"]["target_reward"], color="grey", linestyle=":", linewidth=1)
+            ax.set_xlabel("training wall time (s)")
+            ax.set_ylabel(f"held-out {metric}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("Held-out reward and accuracy vs wall time (mean ± std over seeds)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "learning_reward_vs_time.png")
+    if any(c in s for c in STEPS_DANCE):
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+        for group, steps, marker in (("DanceGRPO-style", STEPS_DANCE, "o-"), ("MixGRPO", STEPS_MIX, "s-")):
+            ks = [k for c, k in steps.items() if c in s]
+            ms = [s[c]["heldout_reward"][0] for c in steps if c in s]
+            sds = [s[c]["heldout_reward"][1] for c in steps if c in s]
+            ax.errorbar(ks, ms, yerr=sds, fmt=marker, capsize=4, label=group)
+        ax.set_xlabel("optimised (trained) denoising steps per rollout")
+        ax.set_ylabel("held-out reward after equal wall time")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "learning_optimized_steps.png")
+    win = [c for c in PARTS["window"] if c in s]
+    if win:
+        fig = Figure(figsize=(6, 4), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+        labels = ["progressive" if c == "mixgrpo" else c.replace("window_", "fixed: ") for c in win]
+        ax.bar(
+            labels,
+            [s[c]["heldout_reward"][0] for c in win],
+            yerr=[s[c]["heldout_reward"][1] for c in win],
+            capsize=5,
+            color=["tab:blue", "tab:green", "tab:red", "tab:orange"][: len(win)],
+        )
+        base = s[win[0]]["base_heldout_reward"]
+        ax.axhline(base, color="grey", linestyle=":", label=f"base model {base:.3f}")
+        lo = min(base, min(s[c]["heldout_reward"][0] - s[c]["heldout_reward"][1] for c in win))
+        ax.set_ylim(lo - 0.03, None)
+        ax.set_ylabel("held-out reward after equal wall time")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "learning_window_position.png")
