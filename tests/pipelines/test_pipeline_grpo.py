@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import FluxPipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, PixArtAlphaPipeline
 from peft import LoraConfig
 
 from diffusers_mixgrpo import GRPOTrainingPipeline, MixDDIMSDEScheduler, MixODESDEScheduler
@@ -179,13 +179,24 @@ def test_save_pretrained_round_trip_keeps_the_scheduler_config(tiny_stock_pipes,
 
 
 def test_unsupported_base_pipeline_error_lists_the_supported_ones(tiny_stock_pipes):
-    class NotAPipeline(StableDiffusionXLPipeline):
+    class NotAPipeline(PixArtAlphaPipeline):
         def __init__(self):  # never built: the check happens before any component is touched
             pass
 
-    with pytest.raises(ValueError, match="GRPOTrainingPipeline supports") as err:
+    with pytest.raises(ValueError, match="Unsupported base pipeline NotAPipeline") as err:
         GRPOTrainingPipeline.from_pipe(object.__new__(NotAPipeline))
-    for name in ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionPipeline", "QwenImagePipeline"):
+    for name in (
+        "FluxPipeline",
+        "StableDiffusion3Pipeline",
+        "StableDiffusionPipeline",
+        "StableDiffusionXLPipeline",
+        "SanaPipeline",
+        "WanPipeline",
+        "QwenImagePipeline",
+        "Flux2Pipeline",
+        "Flux2KleinPipeline",
+        "ZImagePipeline",
+    ):
         assert name in str(err.value)
 
 

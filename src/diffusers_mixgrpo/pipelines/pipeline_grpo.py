@@ -21,9 +21,8 @@ _MIX_SCHEDULERS = {"flow": MixODESDEScheduler, "vp": MixDDIMSDEScheduler}
 
 class GRPOTrainingPipeline(DiffusionPipeline):
     r"""
-    Rollouts and log-probs for GRPO on FLUX.1, SD3/SD3.5, SD1.5-class, Qwen-Image, FLUX.2 [dev] / [klein] and Z-Image
-    models, on top of the stock pipelines'
-    components.
+    Rollouts and log-probs for GRPO on FLUX.1, SD3/SD3.5, SD1.5-class, SDXL, SANA, Wan (text-to-video), Qwen-Image,
+    FLUX.2 [dev] / [klein] and Z-Image models, on top of the stock pipelines' components.
 
     Build it from a stock pipeline with `GRPOTrainingPipeline.from_pipe(pipe)` (no weights are copied). The
     scheduler is swapped for the windowed ODE-SDE sampler of the family (`MixODESDEScheduler` for flow matching,
@@ -36,7 +35,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
       differentiably (the GRPO training pass).
 
     Components are those of the wrapped family (unused ones are `None`): `scheduler`, `vae`, `text_encoder(_2, _3)`,
-    `tokenizer(_2, _3)`, and `transformer` (FLUX, SD3) or `unet` (SD1.5).
+    `tokenizer(_2, _3)`, and `transformer` (FLUX, SD3, ...) or `unet` (SD1.5, SDXL).
     """
 
     model_cpu_offload_seq = "text_encoder->text_encoder_2->text_encoder_3->transformer->unet->vae"
@@ -71,7 +70,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         family = detect_family(transformer, unet, text_encoder=text_encoder)
         scheduler_cls = _MIX_SCHEDULERS[ADAPTERS[family].scheduler_kind]
         if not isinstance(scheduler, scheduler_cls):
-            scheduler = scheduler_cls.from_config(scheduler.config)
+            overrides = ADAPTERS[family].mix_scheduler_overrides(scheduler)
+            scheduler = scheduler_cls.from_config(scheduler.config, **overrides)
         self.register_modules(
             scheduler=scheduler,
             vae=vae,
@@ -105,12 +105,15 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 f"{', '.join(sorted(SUPPORTED_PIPELINES))} (and their subclasses)."
             )
         # Pass the modules explicitly: `DiffusionPipeline.from_pipe` drops a model whose class is not in the type
-        # hints of `__init__`, and the families' VAEs and transformers are more classes than the hints list.
+        # hints of `__init__`, and the families' VAEs and transformers are more classes than the hints list (the
+        # family check is detect_family's, on the denoiser).
         own = set(cls._get_signature_keys(cls)[0])
         for name, component in pipeline.components.items():
             if name in own and name not in kwargs and component is not None:
                 kwargs[name] = component
-        return super().from_pipe(pipeline, **kwargs)
+        pipe = super().from_pipe(pipeline, **kwargs)
+        pipe.adapter.adopt_stock_config(pipeline)
+        return pipe
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -219,9 +222,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         same_initial_noise: bool = True,
         max_batch_size: Optional[int] = None,
         autocast_dtype: Optional[torch.dtype] = None,
+        num_frames: Optional[int] = None,
     ) -> RolloutBatch:
         r"""
-        Sample `num_generations` images for each prompt and record the SDE-window steps for training.
+        Sample `num_generations` images (videos) for each prompt and record the SDE-window steps for training.
 
         Args:
             prompts (`list[str]`): P distinct prompts; the batch holds B = P x `num_generations` samples, sample
@@ -249,6 +253,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             max_batch_size (`int`, *optional*): most samples per denoiser call; groups are chunked to fit.
             autocast_dtype (`torch.dtype`, *optional*): run the denoiser under autocast in this dtype (e.g.
                 `torch.bfloat16`); the scheduler's Gaussian math stays float32.
+            num_frames (`int`, *optional*): video families (Wan) only: frames per video (the family's default when
+                `None`); the batch's `images` are then `(B, F, 3, H, W)` and the latents `(B, C, F', H', W')`.
 
         Returns:
             `RolloutBatch`.
@@ -281,6 +287,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}.")
 
+        noise_kwargs = self.adapter.noise_kwargs(num_frames)  # {} for image families, {"num_frames": F} for video
+
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompts(prompts, guidance_scale, negative_prompt, device=device)
         prompt_embeds = prompt_embeds.to(device, dtype)
@@ -294,9 +302,11 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             )
         if latents is None and per_prompt:
             rows = 1 if same_initial_noise else group
-            noise = torch.cat([self.adapter.prepare_noise(rows, height, width, g, device, dtype) for g in generator])
+            noise = torch.cat(
+                [self.adapter.prepare_noise(rows, height, width, g, device, dtype, **noise_kwargs) for g in generator]
+            )
         elif latents is None:
-            noise = self.adapter.prepare_noise(noise_rows, height, width, generator, device, dtype)
+            noise = self.adapter.prepare_noise(noise_rows, height, width, generator, device, dtype, **noise_kwargs)
         else:
             if latents.shape[0] != noise_rows:
                 raise ValueError(

@@ -93,7 +93,7 @@ class RolloutBatch:
     (for a contiguous window) — see `step_latent_index`.
 
     Attributes:
-        images (`torch.Tensor`): `(B, 3, H, W)` float32 in [0, 1].
+        images (`torch.Tensor`): `(B, 3, H, W)` float32 in [0, 1]; video families `(B, F, 3, H, W)`.
         prompts (`list[str]`): one per sample.
         group_ids (`torch.LongTensor`): `(B,)`, the prompt index of each sample.
         prompt_embeds (`PromptEmbeds`): one row per prompt.
@@ -150,10 +150,14 @@ class RolloutBatch:
             ) from None
 
     def pil_images(self) -> list:
-        """The images as a list of PIL images."""
+        """The images as a list of PIL images; a video `(B, F, 3, H, W)` gives one filmstrip per sample (its frames
+        side by side, left to right)."""
         from PIL import Image
 
-        arr = (self.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        images = self.images
+        if images.ndim == 5:
+            images = torch.cat(images.unbind(1), dim=-1)  # (B, 3, H, F * W)
+        arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in arr]
 
     def to(self, device) -> "RolloutBatch":

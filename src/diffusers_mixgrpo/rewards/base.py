@@ -42,6 +42,12 @@ def to_uint8_hwc(images: ImageBatch) -> np.ndarray:
     x = torch.as_tensor(images).detach().cpu()
     if x.ndim == 3:
         x = x.unsqueeze(0)
+    if x.ndim == 5:
+        raise ValueError(
+            f"Got a batch of videos {tuple(x.shape)} (B, F, 3, H, W) for an image reward; score videos with a video "
+            "reward ('temporal_consistency') or average an image reward over the frames ('frame_mean', "
+            "rewards.video.FrameMeanReward)."
+        )
     if x.ndim != 4:
         raise ValueError(f"Expected a batch of images (B, 3, H, W) or (B, H, W, 3), got shape {tuple(x.shape)}.")
     if x.shape[1] in (1, 3):  # (B, C, H, W), the documented layout; (B, H, W, C) otherwise

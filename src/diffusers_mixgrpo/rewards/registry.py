@@ -46,6 +46,9 @@ _BUILTINS: dict[str, str] = {
     "remote": "diffusers_mixgrpo.rewards.remote:RemoteReward",
     "jpeg_compressibility": "diffusers_mixgrpo.rewards.jpeg:JpegCompressibility",
     "jpeg_incompressibility": "diffusers_mixgrpo.rewards.jpeg:JpegIncompressibility",
+    # video rewards: frames (B, F, 3, H, W)
+    "temporal_consistency": "diffusers_mixgrpo.rewards.video:TemporalConsistencyReward",
+    "frame_mean": "diffusers_mixgrpo.rewards.video:FrameMeanReward",
 }
 
 # Modules of this package that register rewards of their own when imported (imported lazily, once, on a lookup miss).

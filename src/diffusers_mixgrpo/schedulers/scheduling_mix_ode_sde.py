@@ -7,6 +7,7 @@ Euler again or DPM-Solver++ on a compressed tail (MixGRPO-Flash). See `docs/sche
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
@@ -24,6 +25,9 @@ SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
 TAIL_SOLVER_ORDERS = (1, 2, 3)
 CPS_LOG_PROBS = ("gaussian", "flow_grpo")
+FLOW_SIGMAS_GRIDS = ("dpmsolver", "unipc")
+# config keys that only one of the two flow-sigma multistep schedulers has (to tell their configs apart)
+_UNIPC_ONLY_KEYS = ("predict_x0", "disable_corrector", "solver_p")
 
 __all__ = ["MixODESDEScheduler", "MixODESDESchedulerOutput", "MixTrajectory"]
 
@@ -143,6 +147,18 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
             Compression of the steps after the window, in `(0, 1]` (MixGRPO-Flash: 0.4, Flash*: 0.2); `None` keeps
             the full grid. The tail gets `floor(max((N - e) * r, 1))` points (`e` = last window step), at least one
             step, and always ends at sigma 0.
+        use_flow_sigmas (`bool`, defaults to False):
+            Use the flow-sigma grid of `DPMSolverMultistepScheduler` / `UniPCMultistepScheduler` (SANA, Wan) instead
+            of `FlowMatchEulerDiscreteScheduler`'s: the same N sigmas (shifted by `flow_shift`, not `shift`) and the
+            same integer model timesteps `int(sigma * num_train_timesteps)`. `from_config` of such a scheduler's
+            config sets it (and `flow_sigmas_grid`); only the integrator differs (Euler / the SDE window here).
+        flow_shift (`float`, defaults to 1.0):
+            The shift of the flow-sigma grid (`use_flow_sigmas=True`), as in the DPM-Solver / UniPC configs.
+        flow_sigmas_grid (`str`, defaults to `"dpmsolver"`):
+            Whose flow-sigma grid: `"dpmsolver"` (`sigmas = shift(1 - linspace(1, 1/T, N + 1))`, reversed, last
+            dropped) or `"unipc"` (`shift(linspace(1, 1/T, N + 1)[:-1])`, first sigma lowered by 1e-6 when it is 1).
+        final_sigmas_type (`str`, defaults to `"zero"`):
+            Only `"zero"` (the grid ends at sigma 0) is supported; kept so DPM-Solver / UniPC configs load.
         record_trajectory (`bool`, defaults to False):
             Record each sampling run in `self.trajectory` (a `MixTrajectory`).
         trajectory_latents (`str`, defaults to "window"):
@@ -181,6 +197,10 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         tail_ratio: Optional[float] = None,
         record_trajectory: bool = False,
         trajectory_latents: Literal["window", "all", "none"] = "window",
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        flow_sigmas_grid: Literal["dpmsolver", "unipc"] = "dpmsolver",
+        final_sigmas_type: Literal["zero"] = "zero",
     ):
         for flag in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas"):
             if getattr(self.config, flag):
@@ -211,6 +231,25 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
             raise ValueError(f"tail_ratio must be None or in (0, 1], got {tail_ratio!r}.")
         if trajectory_latents not in TRAJECTORY_LATENTS:
             raise ValueError(f"trajectory_latents must be one of {TRAJECTORY_LATENTS}, got {trajectory_latents!r}.")
+        if flow_sigmas_grid not in FLOW_SIGMAS_GRIDS:
+            raise ValueError(f"flow_sigmas_grid must be one of {FLOW_SIGMAS_GRIDS}, got {flow_sigmas_grid!r}.")
+        if final_sigmas_type != "zero":
+            raise ValueError(
+                f"final_sigmas_type={final_sigmas_type!r} is not supported by MixODESDEScheduler; only 'zero' (the "
+                "grid ends at sigma 0)."
+            )
+        if use_flow_sigmas:
+            if use_dynamic_shifting:
+                raise ValueError(
+                    "use_flow_sigmas=True with use_dynamic_shifting=True is not supported; set one of them to False."
+                )
+            if shift != 1.0:
+                raise ValueError(
+                    f"shift={shift} applies to the FlowMatchEuler grid; with use_flow_sigmas=True the grid's shift is "
+                    "flow_shift: set flow_shift instead and leave shift at 1.0."
+                )
+            if not flow_shift > 0:
+                raise ValueError(f"flow_shift must be > 0, got {flow_shift!r}.")
 
         # The training grid, built as FlowMatchEulerDiscreteScheduler builds it (its sigma_min/sigma_max feed the
         # default inference grid).
@@ -222,7 +261,7 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         self.sigmas = sigmas
         self.sigma_min = sigmas[-1].item()
         self.sigma_max = sigmas[0].item()
-        self._shift = shift
+        self._shift = flow_shift if use_flow_sigmas else shift
 
         self.num_inference_steps: Optional[int] = None
         self._step_index: Optional[int] = None
@@ -372,9 +411,47 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
             "(scheduler.timesteps[scheduler.step_index]). Call set_timesteps to start a new run."
         )
 
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As `ConfigMixin.from_config`; a `UniPCMultistepScheduler` / `DPMSolverMultistepScheduler` config with
+        `use_flow_sigmas=True` (SANA, Wan) also sets `flow_sigmas_grid` to that scheduler's grid."""
+        values = getattr(config, "config", config)
+        if isinstance(values, Mapping) and values.get("use_flow_sigmas") and "flow_sigmas_grid" not in values:
+            if "flow_sigmas_grid" not in kwargs:
+                unipc = values.get("_class_name") == "UniPCMultistepScheduler" or any(
+                    k in values for k in _UNIPC_ONLY_KEYS
+                )
+                kwargs["flow_sigmas_grid"] = "unipc" if unipc else "dpmsolver"
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     # -- the grid ----------------------------------------------------------------------------------------------------
 
+    def _flow_sigmas(self, num_inference_steps: int, sigmas) -> tuple[np.ndarray, np.ndarray]:
+        """`(unshifted, shifted)` float64 sigmas of the DPM-Solver / UniPC flow grid (`use_flow_sigmas=True`)."""
+        n, big_t = num_inference_steps, self.config.num_train_timesteps
+        if sigmas is not None:  # UniPC's rule: given sigmas are shifted like its own
+            unshifted = np.asarray(sigmas, dtype=np.float64)
+        elif self.config.flow_sigmas_grid == "unipc":
+            unshifted = np.linspace(1, 1 / big_t, n + 1)[:-1]
+        else:
+            unshifted = (1.0 - np.linspace(1, 1 / big_t, n + 1))[::-1][:-1].copy()
+        shifted = self._shift_sigmas(unshifted, None)
+        if self.config.flow_sigmas_grid == "unipc" and abs(shifted[0] - 1) < 1e-6:
+            shifted = shifted.copy()
+            shifted[0] -= 1e-6  # UniPC avoids log(0) in its first update
+        return unshifted, shifted
+
+    def _model_timesteps(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """The denoiser's timestep input at `sigmas`: `sigma * T`, truncated to integers on the flow-sigma grid (the
+        DPM-Solver / UniPC schedulers store int64 timesteps)."""
+        timesteps = sigmas * self.config.num_train_timesteps
+        if self.config.use_flow_sigmas:
+            timesteps = timesteps.to(torch.float64).to(torch.int64).to(torch.float32)
+        return timesteps
+
     def _shift_sigmas(self, sigmas, mu: Optional[float]):
+        if self.config.use_flow_sigmas:
+            return self.shift * sigmas / (1 + (self.shift - 1) * sigmas)
         if self.config.use_dynamic_shifting:
             return self.time_shift(mu, 1.0, sigmas)
         return self.shift * sigmas / (1 + (self.shift - 1) * sigmas)
@@ -416,36 +493,46 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         self._grid_args = {"num_inference_steps": num_inference_steps, "device": device, "sigmas": sigmas}
         self._grid_args.update(mu=mu, timesteps=timesteps)
 
-        # 1-3: the grid exactly as FlowMatchEulerDiscreteScheduler builds it (same numpy ops, same dtypes).
+        # 1-3: the grid exactly as FlowMatchEulerDiscreteScheduler builds it (same numpy ops, same dtypes), or as
+        # DPMSolverMultistepScheduler / UniPCMultistepScheduler build their flow-sigma grid.
         timesteps_given = timesteps is not None
-        if timesteps_given:
-            timesteps = np.array(timesteps).astype(np.float32)
-        if sigmas is None:
-            if timesteps is None:
-                timesteps = np.linspace(
-                    self._sigma_to_t(self.sigma_max), self._sigma_to_t(self.sigma_min), num_inference_steps
-                )
-            sigmas = timesteps / self.config.num_train_timesteps
-        else:
-            sigmas = np.array(sigmas).astype(np.float32)
-        unshifted = sigmas
-        sigmas = self._shift_sigmas(unshifted, mu)
+        if self.config.use_flow_sigmas and timesteps_given:
+            raise ValueError("timesteps= is not supported with use_flow_sigmas=True; pass num_inference_steps.")
         terminal_scale = None
-        if self.config.shift_terminal:
-            terminal_scale = (1 - sigmas[-1]) / (1 - self.config.shift_terminal)
-            sigmas = self.stretch_shift_to_terminal(sigmas)
-        sigmas = torch.from_numpy(np.asarray(sigmas)).to(dtype=torch.float32, device=device)
-        if timesteps_given:
-            timesteps = torch.from_numpy(timesteps).to(dtype=torch.float32, device=device)
+        if self.config.use_flow_sigmas:
+            unshifted, shifted = self._flow_sigmas(num_inference_steps, sigmas)
+            sigmas = torch.from_numpy(shifted.astype(np.float32)).to(device=device)
+            # int64 timesteps from the float64 sigmas, as DPMSolverMultistepScheduler / UniPCMultistepScheduler
+            timesteps = torch.from_numpy((shifted * self.config.num_train_timesteps).astype(np.int64))
+            timesteps = timesteps.to(device=device, dtype=torch.float32)
         else:
-            timesteps = sigmas * self.config.num_train_timesteps
+            if timesteps_given:
+                timesteps = np.array(timesteps).astype(np.float32)
+            if sigmas is None:
+                if timesteps is None:
+                    timesteps = np.linspace(
+                        self._sigma_to_t(self.sigma_max), self._sigma_to_t(self.sigma_min), num_inference_steps
+                    )
+                sigmas = timesteps / self.config.num_train_timesteps
+            else:
+                sigmas = np.array(sigmas).astype(np.float32)
+            unshifted = sigmas
+            sigmas = self._shift_sigmas(unshifted, mu)
+            if self.config.shift_terminal:
+                terminal_scale = (1 - sigmas[-1]) / (1 - self.config.shift_terminal)
+                sigmas = self.stretch_shift_to_terminal(sigmas)
+            sigmas = torch.from_numpy(np.asarray(sigmas)).to(dtype=torch.float32, device=device)
+            if timesteps_given:
+                timesteps = torch.from_numpy(timesteps).to(dtype=torch.float32, device=device)
+            else:
+                timesteps = sigmas * self.config.num_train_timesteps
 
         # 4. The window on the N-step grid, then the compressed tail after it (MixGRPO-Flash).
         _, end = self._resolve_sde_window(num_inference_steps)
         if end > 0 and self.config.tail_ratio is not None and end < num_inference_steps:
             tail = self._tail_sigmas(unshifted, end, mu, terminal_scale, device)
             sigmas = torch.cat([sigmas[: end + 1], tail])
-            timesteps = torch.cat([timesteps[: end + 1], tail[:-1] * self.config.num_train_timesteps])
+            timesteps = torch.cat([timesteps[: end + 1], self._model_timesteps(tail[:-1])])
         else:
             sigmas = torch.cat([sigmas, torch.zeros(1, device=sigmas.device)])
 

@@ -30,7 +30,7 @@ METHODS = ("mixgrpo", "flash", "flash_star", "dancegrpo")
 SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
 WINDOW_STRATEGIES = ("progressive", "random", "decay", "exp_decay")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
-MODEL_FAMILIES = ("flux", "sd3", "sd15", "qwenimage", "flux2", "flux2_klein", "zimage")
+MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl", "sana", "wan", "qwenimage", "flux2", "flux2_klein", "zimage")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 # What each `method` fills in for the fields left at `None`. Values from the MixGRPO paper / released scripts
@@ -107,6 +107,12 @@ DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
         "attn.to_v",
     ],
     "sd15": ["to_k", "to_q", "to_v", "to_out.0"],
+    # SDXL: the UNet attention, as diffusers' train_dreambooth_lora_sdxl.py
+    "sdxl": ["to_k", "to_q", "to_v", "to_out.0"],
+    # Wan: self- and cross-attention projections of the transformer blocks (Flow-Factory's / Flow-GRPO's Wan LoRA)
+    "wan": ["to_k", "to_q", "to_v", "to_out.0"],
+    # SANA: the linear self-attention and the cross-attention projections of its blocks
+    "sana": ["to_k", "to_q", "to_v", "to_out.0"],
     # Qwen-Image / FLUX.2: the attention of both streams of the dual-stream blocks (FLUX.2 also the fused
     # single-stream projections); Z-Image: the attention of its single-stream blocks and refiners.
     "qwenimage": [
@@ -159,8 +165,8 @@ def default_lora_target_modules(model_family: str) -> list[str]:
 
 
 def infer_model_family(pipeline_or_class: Any) -> str:
-    """The model family (`"flux"`, `"sd3"`, `"sd15"`, `"qwenimage"`, `"flux2"`, `"flux2_klein"`, `"zimage"`) of a
-    diffusers pipeline, pipeline class or class name."""
+    """The model family (a name in `MODEL_FAMILIES`: `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"`, `"sana"`, `"wan"`,
+    `"qwenimage"`, `"flux2"`, `"flux2_klein"`, `"zimage"`) of a diffusers pipeline, pipeline class or class name."""
     if isinstance(pipeline_or_class, str):
         name = pipeline_or_class
     else:
@@ -179,6 +185,12 @@ def infer_model_family(pipeline_or_class: Any) -> str:
         return "zimage"
     if name.startswith("StableDiffusion3"):
         return "sd3"
+    if name.startswith("StableDiffusionXL"):
+        return "sdxl"
+    if name.startswith("Wan"):
+        return "wan"
+    if name.startswith("Sana"):
+        return "sana"
     if name.startswith("StableDiffusion"):
         return "sd15"
     raise ValueError(f"Cannot infer the model family of {name!r}; set model_family to one of {MODEL_FAMILIES}.")
@@ -339,9 +351,9 @@ class GRPOConfig:
         variant (`str`, *optional*):
             Weights variant to load (e.g. `"fp16"`).
         model_family (`str`, *optional*):
-            `"flux"`, `"sd3"`, `"sd15"`, `"qwenimage"`, `"flux2"`, `"flux2_klein"` or `"zimage"`. `None`: inferred
-            from the pipeline class by the trainer. Selects the
-            default `lora_target_modules`.
+            `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"`, `"sana"`, `"wan"`, `"qwenimage"`, `"flux2"`, `"flux2_klein"` or
+            `"zimage"`. `None`: inferred from the pipeline class by the trainer. Selects the default
+            `lora_target_modules`.
         output_dir (`str`, defaults to `"mixgrpo-output"`):
             Where checkpoints, logs, the final LoRA weights and the model card are written.
         method (`str`, defaults to `"mixgrpo"`):
@@ -360,8 +372,11 @@ class GRPOConfig:
             Image height in pixels (a multiple of 8; FLUX needs a multiple of 16).
         width (`int`, *optional*):
             Image width in pixels.
+        num_frames (`int`, *optional*):
+            Video families (Wan) only: frames per video, `num_frames - 1` a multiple of 4. `None`: the family's
+            default (Wan: 81).
         shift (`float`, defaults to 3.0):
-            Time shift s of the flow-matching grid, `sigma = s*u / (1 + (s - 1)*u)`.
+            Time shift s of the flow-matching grid, `sigma = s*u / (1 + (s - 1)*u)` (SANA / Wan: their `flow_shift`).
         guidance_scale (`float`, defaults to 3.5):
             FLUX.1-dev: the embedded guidance value (no CFG, one forward per step). SD3 / SD1.5: the classifier-free
             guidance scale (two forwards per step when > 1).
@@ -573,11 +588,13 @@ class GRPOConfig:
     )
     revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of the pretrained pipeline."})
     variant: Optional[str] = field(default=None, metadata={"help": "Weights variant to load, e.g. 'fp16'."})
-    model_family: Optional[Literal["flux", "sd3", "sd15", "qwenimage", "flux2", "flux2_klein", "zimage"]] = field(
+    model_family: Optional[
+        Literal["flux", "sd3", "sd15", "sdxl", "sana", "wan", "qwenimage", "flux2", "flux2_klein", "zimage"]
+    ] = field(
         default=None,
         metadata={
-            "help": "'flux', 'sd3', 'sd15', 'qwenimage', 'flux2', 'flux2_klein' or 'zimage'; None: inferred from "
-            "the pipeline class."
+            "help": "'flux', 'sd3', 'sd15', 'sdxl', 'sana', 'wan', 'qwenimage', 'flux2', 'flux2_klein' or 'zimage'; "
+            "None: inferred from the pipeline class."
         },
     )
     output_dir: str = field(
@@ -595,6 +612,9 @@ class GRPOConfig:
     )
     height: Optional[int] = field(default=None, metadata={"help": "Image height (multiple of 8)."})
     width: Optional[int] = field(default=None, metadata={"help": "Image width (multiple of 8)."})
+    num_frames: Optional[int] = field(
+        default=None, metadata={"help": "Video families (wan): frames per video ((F - 1) % 4 == 0); None: 81."}
+    )
     shift: Optional[float] = field(
         default=3.0,
         metadata={
@@ -905,6 +925,7 @@ class GRPOConfig:
             check_float("shift", 0.0, inf, True, True)
         check_float("guidance_scale", 0.0, inf, False, True)
         check_int("max_sequence_length", 1, allow_none=True)
+        check_int("num_frames", 1, allow_none=True)
         check_int("num_generations", 2)
         check_int("sample_prompts_per_device", 1)
         check_int("sample_max_batch_size", 1, allow_none=True)

@@ -183,19 +183,20 @@ def write_model_card(
 
     # Metadata
     license_meta = {"license": license} if license else _license_for(base_model)
-    card_tags = ["text-to-image", "diffusers", "diffusers-training", "mixgrpo", "grpo"]
+    family = _config_value(config, "model_family")
+    task = "text-to-video" if family == "wan" else "text-to-image"
+    card_tags = [task, "diffusers", "diffusers-training", "mixgrpo", "grpo"]
     if use_lora:
         card_tags.append("lora")
     if method != "mixgrpo":
         card_tags.append(method.replace("_", "-"))
-    family = _config_value(config, "model_family")
     if family:
         card_tags.append(family)
     card_tags += [t for t in tags if t not in card_tags]
     data = ModelCardData(
         base_model=base_model,
         library_name="diffusers",
-        pipeline_tag="text-to-image",
+        pipeline_tag=task,
         tags=card_tags,
         **license_meta,
     )
@@ -237,21 +238,28 @@ def write_model_card(
         if family_name
         else "its base model"
     )
+    sample_code = (
+        f'image = pipe("{example_prompt}", num_inference_steps={steps}, {guidance_arg}).images[0]\n'
+        'image.save("sample.png")\n```'
+    )
+    if family == "wan":  # a video pipeline: `.frames`, written with diffusers' export_to_video
+        frames = config_values.get("num_frames") or 81
+        sample_code = (
+            f'video = pipe("{example_prompt}", num_frames={frames}, num_inference_steps={steps}, '
+            f"guidance_scale={guidance}).frames[0]\n"
+            'from diffusers.utils import export_to_video\n\nexport_to_video(video, "sample.mp4", fps=16)\n```'
+        )
     if use_lora:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
             f'pipe = DiffusionPipeline.from_pretrained("{base_for_code}", dtype=torch.bfloat16).to("cuda")\n'
-            f'pipe.load_lora_weights("{repo_id}")\n'
-            f'image = pipe("{example_prompt}", num_inference_steps={steps}, {guidance_arg}).images[0]\n'
-            'image.save("sample.png")\n```'
+            f'pipe.load_lora_weights("{repo_id}")\n' + sample_code
         )
         what = f"LoRA weights for {base_text}"
     else:
         load_code = (
             "```python\nimport torch\nfrom diffusers import DiffusionPipeline\n\n"
-            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16).to("cuda")\n'
-            f'image = pipe("{example_prompt}", num_inference_steps={steps}, {guidance_arg}).images[0]\n'
-            'image.save("sample.png")\n```'
+            f'pipe = DiffusionPipeline.from_pretrained("{repo_id}", dtype=torch.bfloat16).to("cuda")\n' + sample_code
         )
         what = f"A fine-tuned version of {base_text}"
     sections = [
@@ -278,6 +286,9 @@ _FAMILY_NAMES = {
     "flux": "FLUX.1",
     "sd3": "Stable Diffusion 3",
     "sd15": "Stable Diffusion 1.5",
+    "sdxl": "Stable Diffusion XL",
+    "sana": "SANA",
+    "wan": "Wan",
     "qwenimage": "Qwen-Image",
     "flux2": "FLUX.2 [dev]",
     "flux2_klein": "FLUX.2 [klein]",

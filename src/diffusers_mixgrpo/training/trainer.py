@@ -344,7 +344,9 @@ class GRPOTrainer:
         }
         if pipe.adapter.scheduler_kind == "flow":
             # The paper's grid: a fixed shift s (no resolution-dependent `mu`), Flash tail per the method preset.
-            if cfg.shift is not None:
+            if cfg.shift is not None and pipe.scheduler.config.get("use_flow_sigmas", False):
+                scheduler_overrides.update(flow_shift=cfg.shift)  # SANA / Wan: the DPM-Solver / UniPC grid's shift
+            elif cfg.shift is not None:
                 scheduler_overrides.update(shift=cfg.shift, use_dynamic_shifting=False)
             scheduler_overrides.update(
                 cps_log_prob=cfg.cps_log_prob,
@@ -553,7 +555,19 @@ class GRPOTrainer:
             same_initial_noise=cfg.sample_same_noise,
             max_batch_size=cfg.sample_max_batch_size,
             autocast_dtype=self._autocast_dtype(),
+            **self._video_kwargs(),
         )
+
+    def _video_kwargs(self) -> dict:
+        """`num_frames` for a video family's rollouts (image families take none)."""
+        if self.pipeline.adapter.is_video:
+            return {"num_frames": self.config.num_frames}
+        if self.config.num_frames is not None:
+            raise ConfigError(
+                f"num_frames={self.config.num_frames} is for video families (wan); this run's family is "
+                f"{self.pipeline.model_family!r}: leave num_frames unset."
+            )
+        return {}
 
     def _autocast_dtype(self) -> Optional[torch.dtype]:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.mixed_precision)
@@ -852,6 +866,7 @@ class GRPOTrainer:
                 generator=gens,
                 max_batch_size=cfg.sample_max_batch_size,
                 autocast_dtype=self._autocast_dtype(),
+                **self._video_kwargs(),
             )
         scores = self._score(batch)
         means = {k: float(v.mean()) for k, v in scores.items()}
@@ -1116,7 +1131,7 @@ class GRPOTrainer:
                 layers = get_peft_model_state_dict(denoiser, state_dict=gathered)
                 if self.pipeline.adapter.lora_legacy_keys:
                     layers = convert_state_dict_to_diffusers(layers)
-                key = "unet" if self.pipeline.model_family == "sd15" else "transformer"
+                key = self.pipeline.adapter.denoiser_name  # "unet" or "transformer"
                 kwargs = {f"{key}_lora_layers": layers}
                 # The adapter's config (rank, lora_alpha, targets) goes into the file: without it a stock pipeline
                 # loads the LoRA with lora_alpha = rank, i.e. at rank / lora_alpha of its trained strength.

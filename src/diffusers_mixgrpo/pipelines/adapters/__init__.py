@@ -6,11 +6,15 @@ from .base import ModelFamilyAdapter
 from .flux import FluxAdapter
 from .flux2 import Flux2Adapter, Flux2KleinAdapter
 from .qwenimage import QwenImageAdapter
+from .sana import SanaAdapter
 from .sd3 import SD3Adapter
+from .sdxl import StableDiffusionXLAdapter
 from .stable_diffusion import StableDiffusionAdapter
+from .wan import WanAdapter
 from .zimage import ZImageAdapter
 
 ADAPTERS: dict[str, type[ModelFamilyAdapter]] = {a.name: a for a in (FluxAdapter, SD3Adapter, StableDiffusionAdapter)}
+ADAPTERS.update({a.name: a for a in (StableDiffusionXLAdapter, WanAdapter, SanaAdapter)})
 ADAPTERS.update({a.name: a for a in (QwenImageAdapter, Flux2Adapter, Flux2KleinAdapter, ZImageAdapter)})
 
 # denoiser class name -> family; the stock pipeline classes GRPOTrainingPipeline.from_pipe accepts.
@@ -18,6 +22,8 @@ _DENOISER_FAMILY = {
     "FluxTransformer2DModel": "flux",
     "SD3Transformer2DModel": "sd3",
     "UNet2DConditionModel": "sd15",
+    "WanTransformer3DModel": "wan",
+    "SanaTransformer2DModel": "sana",
     "QwenImageTransformer2DModel": "qwenimage",
     "Flux2Transformer2DModel": "flux2",  # or flux2_klein: told apart by the text encoder (_TEXT_ENCODER_FAMILY)
     "ZImageTransformer2DModel": "zimage",
@@ -27,6 +33,7 @@ _TEXT_ENCODER_FAMILY = {
     ("flux2", "Qwen3ForCausalLM"): "flux2_klein",
     ("flux2", "Qwen3Model"): "flux2_klein",
 }
+
 SUPPORTED_PIPELINES = {a.stock_pipeline_class: a.name for a in ADAPTERS.values()}
 
 
@@ -41,7 +48,9 @@ def detect_family(transformer: Any = None, unet: Any = None, text_encoder: Any =
     share a denoiser: FLUX.2 [dev] has a Mistral-3 encoder, FLUX.2 [klein] a Qwen3 one)."""
     denoiser = transformer if transformer is not None else unet
     if denoiser is None:
-        raise ValueError("GRPOTrainingPipeline needs a `transformer` (FLUX, SD3) or a `unet` (SD1.5) component.")
+        raise ValueError(
+            "GRPOTrainingPipeline needs a `transformer` (FLUX, SD3, ...) or a `unet` (SD1.5, SDXL) component."
+        )
     name = _unwrapped_class_name(denoiser)
     if name not in _DENOISER_FAMILY:
         raise ValueError(
@@ -49,6 +58,8 @@ def detect_family(transformer: Any = None, unet: Any = None, text_encoder: Any =
             f"(pipelines {sorted(SUPPORTED_PIPELINES)})."
         )
     family = _DENOISER_FAMILY[name]
+    if family == "sd15" and getattr(denoiser.config, "addition_embed_type", None) == "text_time":
+        family = "sdxl"  # the SDXL UNet: same class, pooled text + time-id conditioning
     if text_encoder is not None:
         family = _TEXT_ENCODER_FAMILY.get((family, type(text_encoder).__name__), family)
     return family

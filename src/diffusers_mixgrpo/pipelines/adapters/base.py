@@ -43,6 +43,28 @@ class ModelFamilyAdapter(ABC):
     def extra_stock_kwargs(self) -> dict:
         return {}
 
+    @classmethod
+    def mix_scheduler_overrides(cls, scheduler) -> dict:
+        """Keyword overrides for building the family's Mix scheduler from the stock `scheduler`'s config, where the
+        config alone does not say how the stock scheduler samples (e.g. SDXL's Euler ends at sigma 0)."""
+        return {}
+
+    def adopt_stock_config(self, pipeline) -> None:
+        """Take over settings of the wrapped stock `pipeline`'s own config (called by `from_pipe`); may refuse a
+        pipeline whose settings the adapter does not support, with a ValueError."""
+        return None
+
+    # Video families (Wan): latents `(B, C, F, H, W)`, decoded to `(B, F, 3, H, W)`; `rollout(num_frames=...)`.
+    is_video: bool = False
+
+    def noise_kwargs(self, num_frames: Optional[int]) -> dict:
+        """Extra `prepare_noise` arguments of a rollout: `{}` for image families (which refuse `num_frames`)."""
+        if num_frames is not None:
+            raise ValueError(
+                f"num_frames={num_frames!r} is for video families (wan); this pipeline's family is {self.name!r}."
+            )
+        return {}
+
     # A distributed wrapper (DDP / FSDP from `accelerator.prepare`) to call instead of the bare denoiser, so that
     # gradient synchronisation hooks run; the bare module is still used for its config.
     forward_module: Optional[torch.nn.Module] = None
@@ -62,13 +84,15 @@ class ModelFamilyAdapter(ABC):
     # which their loaders read; the newer loaders (Qwen-Image, FLUX.2, Z-Image) only read peft's own keys.
     lora_legacy_keys: bool = True
 
-    # Image size in pixels when the caller gives none; `None`: the stock pipeline's `default_sample_size` x the VAE
-    # factor (a family whose stock pipeline has no such attribute sets it, e.g. Z-Image: 1024 x 1024).
+    # Image size `(height, width)` in pixels when the caller gives none; `None`: the stock pipeline's
+    # `default_sample_size` x the VAE factor (a family whose stock pipeline has no such attribute sets it, e.g.
+    # Z-Image: 1024 x 1024, Wan: its `__call__` defaults 480 x 832; SANA computes it from the transformer config).
     default_image_size: Optional[tuple[int, int]] = None
 
     @property
     def size_multiple(self) -> int:
-        """What height and width must be multiples of (the VAE factor, times 2 for families packing 2x2 patches)."""
+        """What height and width must be multiples of (the VAE factor, times the patch packing: 2 for FLUX-style 2x2
+        packing, the transformer's `patch_size` for SANA / Wan)."""
         return self.vae_scale_factor
 
     def concat_prompt_embeds(self, parts: list[PromptEmbeds]) -> PromptEmbeds:
