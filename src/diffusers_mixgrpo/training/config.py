@@ -81,21 +81,19 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 
 # LoRA targets per model family (module-name suffixes, as peft matches them).
 # FLUX: diffusers' train_dreambooth_lora_flux.py defaults; SD3: Flow-GRPO's SD3 LoRA; SD1.5: the UNet attention.
+# The attention projections of both streams of a dual-stream (MM-DiT) block, as diffusers names them.
+_DUAL_STREAM_ATTENTION = (
+    "attn.to_k",
+    "attn.to_q",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_k_proj",
+    "attn.add_q_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
 DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
-    "flux": [
-        "attn.to_k",
-        "attn.to_q",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_k_proj",
-        "attn.add_q_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-        "ff.net.0.proj",
-        "ff.net.2",
-        "ff_context.net.0.proj",
-        "ff_context.net.2",
-    ],
+    "flux": [*_DUAL_STREAM_ATTENTION, "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"],
     "sd3": [
         "attn.add_k_proj",
         "attn.add_q_proj",
@@ -115,27 +113,8 @@ DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
     "sana": ["to_k", "to_q", "to_v", "to_out.0"],
     # Qwen-Image / FLUX.2: the attention of both streams of the dual-stream blocks (FLUX.2 also the fused
     # single-stream projections); Z-Image: the attention of its single-stream blocks and refiners.
-    "qwenimage": [
-        "attn.to_k",
-        "attn.to_q",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_k_proj",
-        "attn.add_q_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    ],
-    "flux2": [
-        "attn.to_k",
-        "attn.to_q",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_k_proj",
-        "attn.add_q_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-        "attn.to_qkv_mlp_proj",
-    ],
+    "qwenimage": list(_DUAL_STREAM_ATTENTION),
+    "flux2": [*_DUAL_STREAM_ATTENTION, "attn.to_qkv_mlp_proj"],
     "zimage": ["attention.to_k", "attention.to_q", "attention.to_v", "attention.to_out.0"],
 }
 DEFAULT_LORA_TARGET_MODULES["flux2_klein"] = list(DEFAULT_LORA_TARGET_MODULES["flux2"])
