@@ -114,17 +114,7 @@ def train_one(job: dict) -> dict:
     torch.set_num_threads(1)
     os.environ["TQDM_DISABLE"] = "1"
     _quiet()
-    from diffusers_mixgrpo import GRPOTrainingPipeline
-    from diffusers_mixgrpo.toy_world import TOY_MAX_SEQUENCE_LENGTH, load_toy_base_pipeline, train_prompts
-    from diffusers_mixgrpo.toy_world.demo import make_demo_config
-    from diffusers_mixgrpo.toy_world.evaluation import (
-        HELDOUT_NOISE_SEED,
-        TRAIN_EVAL_NOISE_SEED,
-        evaluate_alignment,
-        heldout_eval_prompts,
-        train_eval_prompts,
-    )
-    from diffusers_mixgrpo.training.trainer import GRPOTrainer
+    from diffusers_mixgrpo.toy_world.demo import build_toy_trainer
 
     spec, seed, lr, budget = job["spec"], job["seed"], job["learning_rate"], job["budget"]
     overrides = {k: v for k, v in spec.items() if k not in ("method", "family", "fixed_start")}
@@ -141,22 +131,16 @@ def train_one(job: dict) -> dict:
     if spec["method"] != "dancegrpo":
         overrides.setdefault("window_size", WINDOW_SIZE)
     out = tempfile.mkdtemp(prefix="mixgrpo-learning-")
-    config = make_demo_config(spec["method"], out, 1_000_000, seed, **overrides)
-    pipe = GRPOTrainingPipeline.from_pipe(load_toy_base_pipeline(job.get("model")))
-    pipe.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
-    trainer = GRPOTrainer(config, pipe, rewards={"toy_world": 1.0}, train_prompts=train_prompts(1024, seed=0))
+    # The demo's trainer on 1,024 training prompts; its held-out hook never runs (validation_steps=0).
+    trainer = build_toy_trainer(
+        spec["method"], out, 1_000_000, seed, pipeline=_toy_pipeline(job.get("model")), **overrides
+    )
     if "fixed_start" in spec:
         trainer.window.start = spec["fixed_start"]
         trainer.window.iter_in_interval = 0
 
-    heldout, seen = heldout_eval_prompts()[: job["eval_prompts"]], train_eval_prompts()[: job["eval_prompts"]]
-
     def evaluate(images_per_prompt, with_train):
-        kw = dict(num_inference_steps=NUM_STEPS, images_per_prompt=images_per_prompt)
-        point = {"heldout": evaluate_alignment(trainer.pipeline, heldout, noise_seed=HELDOUT_NOISE_SEED, **kw)[0]}
-        if with_train:
-            point["train"] = evaluate_alignment(trainer.pipeline, seen, noise_seed=TRAIN_EVAL_NOISE_SEED, **kw)[0]
-        return {k: v.to_dict() for k, v in point.items()}
+        return score_sets(trainer.pipeline, job["eval_prompts"], images_per_prompt, with_train)
 
     # The base model's scores are the same for every run (same model, prompts and noise): computed once by the
     # parent process and passed in.
@@ -226,14 +210,18 @@ def run_jobs(jobs: list[dict], out_dir: Path, n_workers: int, log) -> list[dict]
     return [json.loads((runs_dir / f"{j['name']}.json").read_text()) for j in jobs]
 
 
-def base_evaluation(model, n_prompts, images_per_prompt) -> dict:
-    """The base model's held-out and training-prompt scores (the curves' first point, shared by every run)."""
-    import torch
-
-    torch.set_num_threads(1)
-    _quiet()
+def _toy_pipeline(model):
+    """A `GRPOTrainingPipeline` over the toy base model (`model`: a folder, or None for the shipped weights)."""
     from diffusers_mixgrpo import GRPOTrainingPipeline
     from diffusers_mixgrpo.toy_world import TOY_MAX_SEQUENCE_LENGTH, load_toy_base_pipeline
+
+    pipe = GRPOTrainingPipeline.from_pipe(load_toy_base_pipeline(model))
+    pipe.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
+    return pipe
+
+
+def score_sets(pipe, n_prompts, images_per_prompt, with_train=True) -> dict:
+    """Held-out (and training-prompt) scores of `pipe` at N = 25: `{"heldout": {...}, "train": {...}}`."""
     from diffusers_mixgrpo.toy_world.evaluation import (
         HELDOUT_NOISE_SEED,
         TRAIN_EVAL_NOISE_SEED,
@@ -242,12 +230,24 @@ def base_evaluation(model, n_prompts, images_per_prompt) -> dict:
         train_eval_prompts,
     )
 
-    pipe = GRPOTrainingPipeline.from_pipe(load_toy_base_pipeline(model))
-    pipe.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
     kw = dict(num_inference_steps=NUM_STEPS, images_per_prompt=images_per_prompt)
-    h, _ = evaluate_alignment(pipe, heldout_eval_prompts()[:n_prompts], noise_seed=HELDOUT_NOISE_SEED, **kw)
-    t, _ = evaluate_alignment(pipe, train_eval_prompts()[:n_prompts], noise_seed=TRAIN_EVAL_NOISE_SEED, **kw)
-    return {"heldout": h.to_dict(), "train": t.to_dict()}
+    point = {
+        "heldout": evaluate_alignment(pipe, heldout_eval_prompts()[:n_prompts], noise_seed=HELDOUT_NOISE_SEED, **kw)[0]
+    }
+    if with_train:
+        point["train"] = evaluate_alignment(
+            pipe, train_eval_prompts()[:n_prompts], noise_seed=TRAIN_EVAL_NOISE_SEED, **kw
+        )[0]
+    return {k: v.to_dict() for k, v in point.items()}
+
+
+def base_evaluation(model, n_prompts, images_per_prompt) -> dict:
+    """The base model's held-out and training-prompt scores (the curves' first point, shared by every run)."""
+    import torch
+
+    torch.set_num_threads(1)
+    _quiet()
+    return score_sets(_toy_pipeline(model), n_prompts, images_per_prompt)
 
 
 def job_name(config: str, seed: int, lr: float) -> str:
