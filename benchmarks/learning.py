@@ -5,7 +5,7 @@
 
 Parts (each run is one `GRPOTrainer` on the shipped toy base model, N = 25 steps, its own grid):
 
-* ``tune``: the learning-rate search, the same for DanceGRPO-style and MixGRPO (3 rates, seed 100, selected on
+* ``tune``: the learning-rate search, the same for DanceGRPO-style and MixGRPO (4 rates, seed 100, selected on
   *training* prompts with fresh noise, never on the held-out set); Flash / Flash* and every ablation use their
   family's selected rate.
 * ``table``: DanceGRPO-style, MixGRPO, Flash and Flash* (the paper's Table 1 rows) on the same prompts and seeds;
@@ -40,7 +40,7 @@ NUM_STEPS = 25
 WINDOW_SIZE = 4
 GROUP_SIZE = 8
 PROMPTS_PER_STEP = 4
-LEARNING_RATES = (3e-4, 1e-3, 3e-3)
+LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 TUNE_SEED = 100
 EVAL_POINTS = 6  # held-out evaluations per run, at equal fractions of the budget
 CURVE_IMAGES_PER_PROMPT = 2  # images per held-out prompt at the intermediate points (the first 2 of the final 4)
@@ -63,7 +63,7 @@ PAPER_TABLE = {
 
 def dance_fraction(trained: int) -> float:
     """`train_timestep_fraction` that trains exactly `trained` of DanceGRPO's N - 1 = 24 SDE steps."""
-    return (trained + 0.5) / (NUM_STEPS - 1)
+    return min(1.0, (trained + 0.5) / (NUM_STEPS - 1))
 
 
 def run_specs() -> dict[str, dict]:

@@ -14,6 +14,8 @@ _LAZY = {
     "SlidingWindowSchedule": "diffusers_mixgrpo.schedulers.sliding_window",
     "GRPOTrainingPipeline": "diffusers_mixgrpo.pipelines.pipeline_grpo",
     "RolloutBatch": "diffusers_mixgrpo.pipelines.rollout_batch",
+    "PromptEmbeds": "diffusers_mixgrpo.pipelines.rollout_batch",
+    "PromptEmbedsCache": "diffusers_mixgrpo.pipelines.prompt_cache",
     "GRPOConfig": "diffusers_mixgrpo.training.config",
     "GRPOTrainer": "diffusers_mixgrpo.training.trainer",
 }

@@ -9,7 +9,6 @@ from accelerate import Accelerator
 
 from diffusers_mixgrpo import GRPOTrainingPipeline
 from diffusers_mixgrpo.training.config import GRPOConfig
-from diffusers_mixgrpo.training.distributed import FSDP2Options
 from diffusers_mixgrpo.training.trainer import GRPOTrainer
 from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
 
@@ -50,6 +49,7 @@ def main() -> None:
         validation_steps=0,
         seed=5,
         resume_from_checkpoint="latest" if args.resume else None,
+        fsdp2=args.fsdp2,  # the config field (what `--fsdp2 true` on the training CLI sets)
     )
     accelerator = Accelerator(cpu=True)
     pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
@@ -59,7 +59,6 @@ def main() -> None:
         rewards={brightness: 1.0},
         train_prompts=["a red circle", "a blue square", "a green cross", "a cat"],
         accelerator=accelerator,
-        fsdp2=FSDP2Options() if args.fsdp2 else None,
     )
     out = trainer.train()
     if accelerator.is_main_process:

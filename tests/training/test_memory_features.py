@@ -1,5 +1,6 @@
 """Memory features a user switches on: sliced VAE decoding for the rewards (same images), 8-bit AdamW (a clear error when
-bitsandbytes is missing)."""
+bitsandbytes is missing), the prompt-embedding cache with the text encoders freed or offloaded, the VAE offloaded, and
+the scale-out switches as config fields."""
 
 import importlib.util
 
@@ -40,3 +41,131 @@ def test_sliced_vae_decoding_gives_the_same_images_one_at_a_time():
 def test_adamw8bit_without_bitsandbytes_fails_at_construction_naming_the_package(tmp_path):
     with pytest.raises(ConfigError, match="optimizer='adamw8bit' needs the bitsandbytes package"):
         GRPOConfig(output_dir=str(tmp_path), optimizer="adamw8bit")
+
+
+# ---------------------------------------------------------------------------------- prompt cache and offloading
+PROMPTS = ["a red circle on the left", "a blue square on the right", "a green cross on the top", "a cat"]
+
+
+def _brightness(images, prompts):
+    return images.float().mean(dim=(1, 2, 3))
+
+
+def _config(tmp_path, **overrides) -> GRPOConfig:
+    values = dict(
+        output_dir=str(tmp_path / "run"),
+        method="mixgrpo",
+        num_inference_steps=6,
+        num_generations=4,
+        sample_prompts_per_device=2,
+        resolution=32,
+        window_size=2,
+        learning_rate=1e-3,
+        max_train_steps=2,
+        report_to="none",
+        lora_rank=4,
+        lora_alpha=4,
+        gradient_accumulation_steps=1,
+        checkpointing_steps=0,
+        validation_steps=0,
+        seed=3,
+    )
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def _train(config):
+    from diffusers_mixgrpo.training.trainer import GRPOTrainer
+
+    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
+    trainer = GRPOTrainer(config, pipe, rewards={_brightness: 1.0}, train_prompts=PROMPTS)
+    trainer.train()
+    lora = {n: p.detach().clone() for n, p in pipe.denoiser.named_parameters() if "lora" in n}
+    return trainer, lora
+
+
+def test_cached_prompts_and_freed_text_encoders_train_the_same_lora(tmp_path):
+    """The run that encodes every prompt each step and the one that rolls out from the cache with the text encoders
+    deleted and the VAE offloaded take the same updates (the tiny FLUX encodes a row identically in any batch: 0
+    measured; tolerance 1e-6)."""
+    _, plain = _train(_config(tmp_path / "plain"))
+    lean, cached = _train(
+        _config(
+            tmp_path / "lean",
+            cache_prompt_embeds=True,
+            prompt_embeds_cache_dir=str(tmp_path / "embeds"),
+            offload_text_encoders="free",
+            offload_vae=True,
+        )
+    )
+    assert lean.pipeline.text_encoder is None and lean.pipeline.text_encoder_2 is None
+    assert lean.pipeline.offloaded_modules == {"vae"}
+    assert len(lean.prompt_cache) == len(PROMPTS) and (tmp_path / "embeds" / "cache.json").is_file()
+    assert set(cached) == set(plain)
+    for name, value in plain.items():
+        torch.testing.assert_close(cached[name], value, rtol=0, atol=1e-6)
+
+
+def test_a_second_run_reads_the_disk_cache_instead_of_encoding(tmp_path):
+    config = dict(cache_prompt_embeds=True, prompt_embeds_cache_dir=str(tmp_path / "embeds"), max_train_steps=1)
+    first, _ = _train(_config(tmp_path / "a", **config))
+    second, _ = _train(_config(tmp_path / "b", offload_text_encoders="cpu", vae_slicing=True, **config))
+    assert not first.prompt_cache.loaded_from_disk and second.prompt_cache.loaded_from_disk
+    # sliced decoding changes the images by float32 rounding only (test_sliced_vae_decoding_gives_the_same_images...)
+    assert second.pipeline.vae.use_slicing
+    assert second.pipeline.offloaded_modules == {"text_encoder", "text_encoder_2"}
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"offload_text_encoders": "free"}, "offload_text_encoders='free' needs cache_prompt_embeds=True"),
+        ({"offload_text_encoders": "gpu"}, "offload_text_encoders='gpu' is not allowed; choose one of 'none'"),
+        ({"prompt_embeds_cache_dir": "/tmp/x"}, "prompt_embeds_cache_dir='/tmp/x' needs cache_prompt_embeds=True"),
+        ({"fsdp2_cpu_offload": True}, "fsdp2_cpu_offload=True has no effect without fsdp2=True"),
+        ({"fsdp2_reshard_after_forward": False}, "fsdp2_reshard_after_forward=False has no effect without fsdp2"),
+        ({"fsdp2": True, "use_ema": True}, "use_ema=True is not supported with fsdp2=True"),
+    ],
+)
+def test_memory_options_that_cannot_work_are_refused_by_name(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        GRPOConfig(output_dir=str(tmp_path), **overrides)
+
+
+def test_the_config_switches_fsdp2_and_reward_overlap_on(tmp_path):
+    """`fsdp2`, its two options and `overlap_rewards` are config fields (YAML / CLI) as well as constructor arguments;
+    the sharded 2-rank runs of tests/training/test_distributed.py use the config field."""
+    from unittest import mock
+
+    from diffusers_mixgrpo.training.trainer import GRPOTrainer
+
+    seen = {}
+
+    def fake_shard(module, options):
+        seen["options"] = options
+        return module
+
+    config = _config(tmp_path, fsdp2=True, fsdp2_reshard_after_forward=False, fsdp2_cpu_offload=True)
+    config.overlap_rewards = True
+    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
+    with mock.patch("diffusers_mixgrpo.training.trainer.apply_fsdp2", fake_shard):
+        trainer = GRPOTrainer(config, pipe, rewards={_brightness: 1.0}, train_prompts=PROMPTS)
+    assert trainer.overlap_rewards
+    assert seen["options"].reshard_after_forward is False and seen["options"].cpu_offload is True
+    with pytest.raises(RuntimeError, match="fsdp2 needs an initialised process group"):
+        GRPOTrainer(_config(tmp_path / "b", fsdp2=True), pipe, rewards={_brightness: 1.0}, train_prompts=PROMPTS)
+
+
+def test_the_memory_and_scale_out_switches_are_command_line_and_yaml_flags(tmp_path):
+    from diffusers_mixgrpo.training.config import parse_args
+
+    c = parse_args(
+        ["--output_dir", str(tmp_path), "--cache_prompt_embeds", "--offload_text_encoders", "free", "--offload_vae",
+         "true", "--vae_tiling", "--fsdp2", "true", "--fsdp2_reshard_after_forward", "false", "--overlap_rewards"]
+    )  # fmt: skip
+    assert (c.cache_prompt_embeds, c.offload_text_encoders, c.offload_vae, c.vae_tiling) == (True, "free", True, True)
+    assert (c.fsdp2, c.fsdp2_reshard_after_forward, c.overlap_rewards) == (True, False, True)
+    path = tmp_path / "run.yaml"
+    path.write_text("offload_text_encoders: cpu\ncache_prompt_embeds: true\nprompt_embeds_cache_dir: /data/e\n")
+    c = parse_args(["--config", str(path), "--output_dir", str(tmp_path)])
+    assert (c.offload_text_encoders, c.prompt_embeds_cache_dir) == ("cpu", "/data/e")

@@ -3,7 +3,7 @@
 import copy
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Optional, Union
 
 import torch
@@ -145,6 +145,118 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         """The family's `save_lora_weights` (e.g. `transformer_lora_layers=` for FLUX/SD3, `unet_lora_layers=`)."""
         return type(self.adapter.stock).save_lora_weights(save_directory, **kwargs)
 
+    # ------------------------------------------------------------------ memory of the frozen modules
+    TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+    def enable_model_cpu_offload(
+        self,
+        gpu_id: Optional[int] = None,
+        device: Optional[Union[torch.device, str]] = None,
+        modules: Sequence[str] = ("text_encoders", "vae"),
+    ) -> None:
+        r"""
+        Keep the frozen modules in CPU memory; each moves to the execution device only for its own call (the text
+        encoders for `encode_prompts`, the VAE for the decode at the end of a rollout) and back right after.
+
+        Unlike `DiffusionPipeline.enable_model_cpu_offload`, the denoiser is never offloaded: it is the trained
+        module, and the accelerate hooks diffusers installs would move it (and its gradients) off the device between
+        calls. With a `PromptEmbedsCache` the text encoders are then never moved at all during training.
+
+        Args:
+            gpu_id (`int`, *optional*): execution device `cuda:<gpu_id>` (when `device` is not given).
+            device (`torch.device` or `str`, *optional*): execution device; default: the denoiser's device.
+            modules (`Sequence[str]`, defaults to `("text_encoders", "vae")`): what to offload: `"text_encoders"`
+                and/or `"vae"`.
+        """
+        allowed = ("text_encoders", "vae")
+        bad = [m for m in modules if m not in allowed]
+        if bad or not modules:
+            raise ValueError(f"modules={list(modules)!r} is not allowed; choose among {list(allowed)}.")
+        if device is None:
+            device = torch.device(f"cuda:{gpu_id}") if gpu_id is not None else self.denoiser.device
+        names = [n for n in self.TEXT_ENCODER_NAMES if "text_encoders" in modules] + (
+            ["vae"] if "vae" in modules else []
+        )
+        names = [n for n in names if getattr(self, n, None) is not None]
+        for name in names:
+            getattr(self, name).to("cpu")
+        self._cpu_offload = {"device": torch.device(device), "modules": set(names)}
+
+    def disable_model_cpu_offload(self) -> None:
+        """Undo `enable_model_cpu_offload`: the offloaded modules move back to the execution device."""
+        plan = getattr(self, "_cpu_offload", None)
+        if not plan:
+            return
+        for name in plan["modules"]:
+            if getattr(self, name, None) is not None:
+                getattr(self, name).to(plan["device"])
+        self._cpu_offload = None
+
+    @property
+    def offloaded_modules(self) -> set[str]:
+        """Names of the components `enable_model_cpu_offload` keeps in CPU memory."""
+        plan = getattr(self, "_cpu_offload", None)
+        return set(plan["modules"]) if plan else set()
+
+    def free_text_encoders(self) -> None:
+        """Drop the text encoders (and tokenizers stay): once every prompt's conditioning is cached
+        (`PromptEmbedsCache`), a run needs them no more; FLUX's T5-XXL alone is 9.5 GB. Encoding afterwards raises."""
+        for name in self.TEXT_ENCODER_NAMES:
+            if getattr(self, name, None) is not None:
+                self.register_modules(**{name: None})
+                if getattr(self.adapter.stock, name, None) is not None:
+                    setattr(self.adapter.stock, name, None)
+        if getattr(self, "_cpu_offload", None):
+            self._cpu_offload["modules"] -= set(self.TEXT_ENCODER_NAMES)
+        self._text_encoders_freed = True
+
+    @property
+    def text_encoders_freed(self) -> bool:
+        return bool(getattr(self, "_text_encoders_freed", False))
+
+    def enable_vae_slicing(self) -> None:
+        """Decode a rollout chunk one image at a time (peak decode memory of one image; the same images up to
+        batch-size rounding)."""
+        self._vae_method("enable_slicing")
+
+    def disable_vae_slicing(self) -> None:
+        self._vae_method("disable_slicing")
+
+    def enable_vae_tiling(self) -> None:
+        """Decode in overlapping tiles (large images: 1024 px and up; the tile seams are blended, so the images
+        differ slightly from a full decode)."""
+        self._vae_method("enable_tiling")
+
+    def disable_vae_tiling(self) -> None:
+        self._vae_method("disable_tiling")
+
+    def _vae_method(self, method: str) -> None:
+        fn = getattr(self.vae, method, None)
+        if fn is None:
+            raise ValueError(f"{type(self.vae).__name__} (the {self.model_family} VAE) has no {method}().")
+        fn()
+
+    @contextmanager
+    def onloaded(self, names: Sequence[str]):
+        """Within the block, the offloaded modules among `names` (`"text_encoder"`, ..., `"vae"`) are on the
+        execution device; they go back to CPU memory when the outermost such block ends (blocks nest, so a loop of
+        encodes inside one block moves the encoders once)."""
+        plan = getattr(self, "_cpu_offload", None)
+        depth = getattr(self, "_onload_depth", {})
+        self._onload_depth = depth
+        names = [n for n in names if plan and n in plan["modules"] and getattr(self, n, None) is not None]
+        for name in names:
+            if depth.get(name, 0) == 0:
+                getattr(self, name).to(plan["device"])
+            depth[name] = depth.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            for name in names:
+                depth[name] -= 1
+                if depth[name] == 0 and getattr(self, name, None) is not None:
+                    getattr(self, name).to("cpu")
+
     @property
     def stock_pipeline(self) -> DiffusionPipeline:
         """The stock pipeline of the family built on these components (for plain inference)."""
@@ -180,11 +292,18 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         """
         prompts = self._check_prompts(prompts)
         guidance_scale = self._check_guidance(guidance_scale)
+        if self.text_encoders_freed:
+            raise RuntimeError(
+                f"The text encoders were freed (free_text_encoders / offload_text_encoders='free') and "
+                f"{len(prompts)} prompt(s) still need encoding, e.g. {prompts[0]!r}: pass cached rows "
+                f"(prompt_embeds=, PromptEmbedsCache), or keep the encoders (offload_text_encoders='cpu')."
+            )
         device = device or self._execution_device
-        parts = [
-            self.adapter.encode_prompts(list(prompts[i : i + batch_size]), guidance_scale, device, negative_prompt)
-            for i in range(0, len(prompts), batch_size)
-        ]
+        with self.onloaded(self.TEXT_ENCODER_NAMES):
+            parts = [
+                self.adapter.encode_prompts(list(prompts[i : i + batch_size]), guidance_scale, device, negative_prompt)
+                for i in range(0, len(prompts), batch_size)
+            ]
         return self.adapter.concat_prompt_embeds(parts)
 
     @staticmethod
@@ -387,7 +506,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     x = denoise(sched, noise[rows.to(noise.device)], embeds, 0, start)
                 generators = [sample_generators[b] for b in sample_ids.tolist()]
                 x = denoise(sched, x, embeds, start, num_steps, generators, (recorded, log_probs, sample_ids, start))
-                images[ci] = self.adapter.decode(x, height, width)
+                with self.onloaded(("vae",)):
+                    images[ci] = self.adapter.decode(x, height, width)
 
         image_tensor = torch.empty((batch, *images[0].shape[1:]), dtype=torch.float32, device=images[0].device)
         for sample_ids, img in zip(chunks, images):

@@ -497,6 +497,35 @@ class GRPOConfig:
         seed (`int`, defaults to 42):
             Seed of the run (initial noise, window schedule, data order).
 
+        > Memory and scale-out
+
+        cache_prompt_embeds (`bool`, defaults to `False`):
+            Encode every training and evaluation prompt once at start-up (`PromptEmbedsCache`, a progress bar) and
+            roll out from the cached rows; the text encoders then never run during training.
+        prompt_embeds_cache_dir (`str`, *optional*):
+            Keep the cached rows on disk there (read lazily, for datasets whose conditioning does not fit in memory)
+            and reuse them in later runs with the same prompts and text encoders. `None`: CPU memory. Needs
+            `cache_prompt_embeds=True`.
+        offload_text_encoders (`str`, defaults to `"none"`):
+            `"none"` (on the device), `"cpu"` (in CPU memory, moved to the device for each encode) or `"free"`
+            (deleted once the prompts are cached; needs `cache_prompt_embeds=True`).
+        offload_vae (`bool`, defaults to `False`):
+            Keep the VAE in CPU memory and move it to the device for each decode.
+        vae_slicing (`bool`, defaults to `False`):
+            Decode a rollout chunk one image at a time (the same images; peak memory of one decode).
+        vae_tiling (`bool`, defaults to `False`):
+            Decode in blended tiles (1024 px and up; images differ slightly from a full decode).
+        fsdp2 (`bool`, defaults to `False`):
+            Shard the denoiser with torch's FSDP2 (`fully_shard` per transformer block) under the trainer; runs on
+            GPUs and on the CPU (gloo). See docs/training.md, "Scaling out".
+        fsdp2_reshard_after_forward (`bool`, defaults to `True`):
+            FSDP2: free a block's gathered weights after its forward (full shard, like ZeRO-3); `False`: keep them
+            until the backward (like ZeRO-2: faster, more memory).
+        fsdp2_cpu_offload (`bool`, defaults to `False`):
+            FSDP2: keep the shards, gradients and optimiser state in CPU memory.
+        overlap_rewards (`bool`, defaults to `False`):
+            Score each rollout chunk in a thread while the next chunk is denoised (the same samples and scores).
+
         > LoRA and EMA
 
         use_lora (`bool`, defaults to `True`):
@@ -725,6 +754,29 @@ class GRPOConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Gradient checkpointing in the denoiser."})
     allow_tf32: bool = field(default=True, metadata={"help": "Allow TF32 matmuls on Ampere+ GPUs."})
     seed: int = field(default=42, metadata={"help": "Seed of the run."})
+
+    # Memory and scale-out
+    cache_prompt_embeds: bool = field(
+        default=False, metadata={"help": "Encode every prompt once at start-up; roll out from the cached rows."}
+    )
+    prompt_embeds_cache_dir: Optional[str] = field(
+        default=None, metadata={"help": "Keep the cached prompt rows on disk here (reused by later runs)."}
+    )
+    offload_text_encoders: Literal["none", "cpu", "free"] = field(
+        default="none",
+        metadata={"help": "'none', 'cpu' (moved to the device per encode) or 'free' (needs the cache)."},
+    )
+    offload_vae: bool = field(default=False, metadata={"help": "VAE in CPU memory, on the device per decode."})
+    vae_slicing: bool = field(default=False, metadata={"help": "Decode one image at a time."})
+    vae_tiling: bool = field(default=False, metadata={"help": "Decode in blended tiles (large images)."})
+    fsdp2: bool = field(default=False, metadata={"help": "Shard the denoiser with torch FSDP2 (fully_shard)."})
+    fsdp2_reshard_after_forward: bool = field(
+        default=True, metadata={"help": "FSDP2 full shard (ZeRO-3 like); False: ZeRO-2 like."}
+    )
+    fsdp2_cpu_offload: bool = field(default=False, metadata={"help": "FSDP2: shards and optimiser state on CPU."})
+    overlap_rewards: bool = field(
+        default=False, metadata={"help": "Score each rollout chunk while the next one is denoised."}
+    )
 
     # LoRA and EMA
     use_lora: bool = field(default=True, metadata={"help": "Train LoRA adapters; False: full fine-tune."})
@@ -1003,6 +1055,30 @@ class GRPOConfig:
         check_int("seed", 0)
         if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             fail("optimizer='adamw8bit' needs the bitsandbytes package; install it or use optimizer='adamw'.")
+
+        # Memory and scale-out
+        check_choice("offload_text_encoders", ("none", "cpu", "free"))
+        if self.prompt_embeds_cache_dir is not None and not self.cache_prompt_embeds:
+            fail(
+                f"prompt_embeds_cache_dir={self.prompt_embeds_cache_dir!r} needs cache_prompt_embeds=True; set it, "
+                f"or leave prompt_embeds_cache_dir unset."
+            )
+        if self.offload_text_encoders == "free" and not self.cache_prompt_embeds:
+            fail(
+                "offload_text_encoders='free' needs cache_prompt_embeds=True (the prompts must be encoded before "
+                "the text encoders are deleted); set it, or use offload_text_encoders='cpu'."
+            )
+        if not self.fsdp2:
+            for name in ("fsdp2_cpu_offload",):
+                if getattr(self, name):
+                    fail(f"{name}=True has no effect without fsdp2=True; set fsdp2=True or {name}=False.")
+            if not self.fsdp2_reshard_after_forward:
+                fail(
+                    "fsdp2_reshard_after_forward=False has no effect without fsdp2=True; set fsdp2=True or leave "
+                    "it True."
+                )
+        if self.fsdp2 and self.use_ema:
+            fail("use_ema=True is not supported with fsdp2=True (sharded weights); set use_ema=False.")
 
         # LoRA / EMA
         check_int("lora_rank", 1)

@@ -65,6 +65,13 @@ APPLIED_ON_RESUME = frozenset(
         "gradient_checkpointing",
         "sample_max_batch_size",
         "allow_tf32",
+        "cache_prompt_embeds",
+        "prompt_embeds_cache_dir",
+        "offload_text_encoders",
+        "offload_vae",
+        "vae_slicing",
+        "vae_tiling",
+        "overlap_rewards",
     }
 )
 

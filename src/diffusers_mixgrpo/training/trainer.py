@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
-from ..pipelines.rollout_batch import RolloutBatch
+from ..pipelines.prompt_cache import PromptEmbedsCache
+from ..pipelines.rollout_batch import PromptEmbeds, RolloutBatch
 from ..rewards import MultiReward
 from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
@@ -159,12 +160,13 @@ class GRPOTrainer:
             mean reward logged as `eval/reward`, image grid logged); default: `config.validation_prompts`, else the
             first `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts.
         accelerator (`Accelerator`, *optional*): bring your own; otherwise built from the config.
-        overlap_rewards (`bool`, defaults to `False`): score each rollout chunk in a thread while the next chunk is
+        overlap_rewards (`bool`, *optional*): score each rollout chunk in a thread while the next chunk is
             denoised (`training/overlap.py`); the same samples and scores as without. Worth it when the reward model
-            runs on another device or behind `RemoteReward`.
+            runs on another device or behind `RemoteReward`. `None`: `config.overlap_rewards`.
         fsdp2 (`FSDP2Options` or `bool`, *optional*): shard the denoiser with torch's FSDP2 (`fully_shard` per
             transformer block) instead of accelerate's DDP; works on GPUs and on the CPU (gloo). GPU users may instead
             launch with accelerate's FSDP config (`examples/accelerate/fsdp2.yaml`). See `training/distributed.py`.
+            `None`: `config.fsdp2` (with `fsdp2_reshard_after_forward`, `fsdp2_cpu_offload`).
     """
 
     def __init__(
@@ -176,10 +178,14 @@ class GRPOTrainer:
         eval_prompts: Optional[Sequence[str]] = None,
         accelerator: Optional[Accelerator] = None,
         fsdp2: Optional[Union[bool, "FSDP2Options"]] = None,
-        overlap_rewards: bool = False,
+        overlap_rewards: Optional[bool] = None,
     ):
         self.config = config
-        self.overlap_rewards = bool(overlap_rewards)
+        self.overlap_rewards = config.overlap_rewards if overlap_rewards is None else bool(overlap_rewards)
+        if fsdp2 is None and config.fsdp2:
+            fsdp2 = FSDP2Options(
+                reshard_after_forward=config.fsdp2_reshard_after_forward, cpu_offload=config.fsdp2_cpu_offload
+            )
         self.fsdp2 = (FSDP2Options() if fsdp2 is True else fsdp2) or None
         self.accelerator = accelerator or Accelerator(
             mixed_precision=config.mixed_precision,
@@ -212,6 +218,8 @@ class GRPOTrainer:
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._reward_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._setup_model()
+        self.prompt_cache: Optional[PromptEmbedsCache] = None
+        self._setup_frozen_modules()
         self._announce_truncation()
         self._bar = None
         self.eval_images_per_prompt = 1  # images per prompt of the periodic evaluation
@@ -336,7 +344,14 @@ class GRPOTrainer:
     def _setup_model(self) -> None:
         cfg, acc, pipe = self.config, self.accelerator, self.pipeline
         check_supported_engine(acc)
-        pipe.to(acc.device)
+        offload = (["text_encoders"] if cfg.offload_text_encoders in ("cpu", "free") else []) + (
+            ["vae"] if cfg.offload_vae else []
+        )
+        if offload:  # the offloaded modules never visit the device as a whole model set (a 24 GB card would OOM)
+            pipe.enable_model_cpu_offload(device=acc.device, modules=offload)
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module) and name not in pipe.offloaded_modules:
+                module.to(acc.device)
         scheduler_overrides = {
             "sde_type": cfg.sde_type,
             "eta": cfg.eta,
@@ -438,6 +453,43 @@ class GRPOTrainer:
         if cfg.use_lora and self.fsdp2 is None:
             acc.register_save_state_pre_hook(self._save_lora_hook)
             acc.register_load_state_pre_hook(self._load_lora_hook)
+
+    def _setup_frozen_modules(self) -> None:
+        """The memory options of the modules that are not trained (their placement is set in `_setup_model`): VAE
+        slicing / tiling and the prompt-embedding cache, after which the text encoders may be freed."""
+        cfg, acc, pipe = self.config, self.accelerator, self.pipeline
+        if cfg.vae_slicing:
+            pipe.enable_vae_slicing()
+        if cfg.vae_tiling:
+            pipe.enable_vae_tiling()
+        if not cfg.cache_prompt_embeds:
+            return
+        prompts = list(dict.fromkeys([*self.train_prompts, *self.eval_prompts]))
+        kwargs = dict(guidance_scale=cfg.guidance_scale, cache_dir=cfg.prompt_embeds_cache_dir, device=acc.device)
+        with pipe.onloaded(pipe.TEXT_ENCODER_NAMES):  # offloaded encoders move to the device once, not per batch
+            if cfg.prompt_embeds_cache_dir is not None and acc.num_processes > 1:
+                if acc.is_main_process:  # the main process writes the shards; the others read them
+                    self.prompt_cache = PromptEmbedsCache(pipe, prompts, **kwargs)
+                acc.wait_for_everyone()
+                if not acc.is_main_process:
+                    self.prompt_cache = PromptEmbedsCache(pipe, prompts, read_only=True, progress=False, **kwargs)
+            else:
+                self.prompt_cache = PromptEmbedsCache(pipe, prompts, progress=acc.is_local_main_process, **kwargs)
+        state = "loaded from" if self.prompt_cache.loaded_from_disk else "encoded into"
+        logger.info(
+            "Prompt embeddings of %d prompts %s %s.",
+            len(self.prompt_cache),
+            state,
+            cfg.prompt_embeds_cache_dir or "CPU memory",
+        )
+        if cfg.offload_text_encoders == "free":
+            pipe.free_text_encoders()
+
+    def _cached_embeds(self, prompts: Sequence[str]) -> Optional[PromptEmbeds]:
+        """The cached rows of `prompts`, or `None` (no cache, or a prompt it does not hold: encoded as usual)."""
+        if self.prompt_cache is None or self.prompt_cache.missing(prompts):
+            return None
+        return self.prompt_cache.rows(prompts)
 
     def _optimizer_steps_per_iteration(self) -> int:
         cfg = self.config
@@ -544,6 +596,7 @@ class GRPOTrainer:
         slots = [self._global_slot_offset() + j for j in positions]
         return self.pipeline.rollout(
             prompts,
+            prompt_embeds=self._cached_embeds(prompts),
             num_generations=cfg.num_generations,
             num_inference_steps=cfg.num_inference_steps,
             sde_window=(start, size),
@@ -857,6 +910,7 @@ class GRPOTrainer:
             gens = [torch.Generator().manual_seed(seed * 100003 + i) for i in range(len(prompts))]
             batch = self.pipeline.rollout(
                 prompts,
+                prompt_embeds=self._cached_embeds(prompts),
                 num_generations=num_images_per_prompt,
                 num_inference_steps=cfg.num_inference_steps,
                 sde_window=(0, 0),
