@@ -172,9 +172,9 @@ def markdown(results: dict) -> str:
         lines += [
             "## Optimised steps (equal wall time)",
             "",
-            "| variant | trained steps | held-out reward | accuracy |",
+            "| variant | trained steps | held-out reward | accuracy | seeds |",
         ]
-        lines += ["| --- | --- | --- | --- |"]
+        lines += ["| --- | --- | --- | --- | --- |"]
         for group, steps in (("DanceGRPO", STEPS_DANCE), ("MixGRPO", STEPS_MIX)):
             for c, k in steps.items():
                 if c in s:
