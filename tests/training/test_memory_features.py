@@ -6,6 +6,8 @@ import importlib.util
 
 import pytest
 import torch
+from test_trainer import PROMPTS, make_config  # the trainer tests' tiny FLUX run (same folder)
+from test_trainer import brightness as _brightness
 
 from diffusers_mixgrpo import GRPOTrainingPipeline
 from diffusers_mixgrpo.training.config import GRPOConfig
@@ -44,34 +46,10 @@ def test_adamw8bit_without_bitsandbytes_fails_at_construction_naming_the_package
 
 
 # ---------------------------------------------------------------------------------- prompt cache and offloading
-PROMPTS = ["a red circle on the left", "a blue square on the right", "a green cross on the top", "a cat"]
-
-
-def _brightness(images, prompts):
-    return images.float().mean(dim=(1, 2, 3))
 
 
 def _config(tmp_path, **overrides) -> GRPOConfig:
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        method="mixgrpo",
-        num_inference_steps=6,
-        num_generations=4,
-        sample_prompts_per_device=2,
-        resolution=32,
-        window_size=2,
-        learning_rate=1e-3,
-        max_train_steps=2,
-        report_to="none",
-        lora_rank=4,
-        lora_alpha=4,
-        gradient_accumulation_steps=1,
-        checkpointing_steps=0,
-        validation_steps=0,
-        seed=3,
-    )
-    values.update(overrides)
-    return GRPOConfig(**values)
+    return make_config(tmp_path, **{"max_train_steps": 2, **overrides})
 
 
 def _train(config):
@@ -153,7 +131,8 @@ def test_the_config_switches_fsdp2_and_reward_overlap_on(tmp_path):
     assert trainer.overlap_rewards
     assert seen["options"].reshard_after_forward is False and seen["options"].cpu_offload is True
     with pytest.raises(RuntimeError, match="fsdp2 needs an initialised process group"):
-        GRPOTrainer(_config(tmp_path / "b", fsdp2=True), pipe, rewards={_brightness: 1.0}, train_prompts=PROMPTS)
+        fresh = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
+        GRPOTrainer(_config(tmp_path / "b", fsdp2=True), fresh, rewards={_brightness: 1.0}, train_prompts=PROMPTS)
 
 
 def test_the_memory_and_scale_out_switches_are_command_line_and_yaml_flags(tmp_path):
