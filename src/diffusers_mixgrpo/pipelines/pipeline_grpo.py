@@ -174,7 +174,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             raise ValueError(f"modules={list(modules)!r} is not allowed; choose among {list(allowed)}.")
         if device is None:
             device = torch.device(f"cuda:{gpu_id}") if gpu_id is not None else self.denoiser.device
-        names = [n for n in self.TEXT_ENCODER_NAMES if "text_encoders" in modules] + (
+        names = (list(self.TEXT_ENCODER_NAMES) if "text_encoders" in modules else []) + (
             ["vae"] if "vae" in modules else []
         )
         names = [n for n in names if getattr(self, n, None) is not None]

@@ -11,7 +11,7 @@ hands out the rows a rollout needs:
 
 A row equals what `GRPOTrainingPipeline.encode_prompts` returns for that prompt up to the batch-size rounding of the
 text encoder's matmuls (the cache encodes `batch_size` prompts per call, a rollout the prompts of one chunk); families
-with variable-length text (Qwen-Image, FLUX.2, Z-Image) are re-padded to the longest prompt of the requested rows, as
+with variable-length text (Qwen-Image, Z-Image) are re-padded to the longest prompt of the requested rows, as
 `encode_prompts` pads a batch. `tests/pipelines/test_prompt_cache.py` states the tolerances.
 """
 
@@ -37,7 +37,7 @@ def text_encoder_fingerprint(pipeline) -> dict:
     """What identifies the conditioning a pipeline produces: the family, the text encoders' classes, sizes and a
     checksum of their first and last parameter tensors, the tokenizers' vocabulary sizes and the T5 length."""
     encoders = {}
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+    for name in pipeline.TEXT_ENCODER_NAMES:
         module = getattr(pipeline, name, None)
         if module is None:
             continue
@@ -121,6 +121,7 @@ class PromptEmbedsCache:
         self._shared: tuple[str, ...] = ()
         self.loaded_from_disk = False
 
+        fingerprint = None
         if self.cache_dir is not None:
             fingerprint = text_encoder_fingerprint(pipeline) if not read_only else None
             if self._load_index(fingerprint):
@@ -131,39 +132,41 @@ class PromptEmbedsCache:
                     f"No prompt-embedding cache for these {len(self.prompts)} prompts at {self.cache_dir} "
                     f"({_INDEX_FILE} missing or for other prompts)."
                 )
-        self._encode(pipeline, device, progress)
+        self._encode(pipeline, device, progress, fingerprint)
 
     # ------------------------------------------------------------------ building
     def _batches(self):
         for i in range(0, len(self.prompts), self.batch_size):
             yield self.prompts[i : i + self.batch_size]
 
-    def _encode(self, pipeline, device, progress: bool) -> None:
+    def _encode(self, pipeline, device, progress: bool, fingerprint: Optional[dict]) -> None:
+        """Encode every batch; keep it in memory, or write it as a shard and the index last (a half cache is none).
+        `fingerprint`: the text encoders' (computed by `__init__` for a disk cache), stored in the index key."""
+        from safetensors.torch import save_file
         from tqdm.auto import tqdm
 
         batches = list(self._batches())
         bar = tqdm(batches, desc="Encoding prompts", unit="batch", disable=not progress or len(batches) < 2)
         if self.cache_dir is None:
             self._memory = []
-            for chunk in bar:
-                rows = pipeline.encode_prompts(chunk, self.guidance_scale, self.negative_prompt, device=device)
-                self._memory.append(rows.to("cpu"))
-                self._shared = rows.shared
-            return
-        from safetensors.torch import save_file
-
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        (self.cache_dir / _INDEX_FILE).unlink(missing_ok=True)  # the index is written last: a half cache is none
+        else:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            (self.cache_dir / _INDEX_FILE).unlink(missing_ok=True)
         shards = []
         for k, chunk in enumerate(bar):
             rows = pipeline.encode_prompts(chunk, self.guidance_scale, self.negative_prompt, device=device)
+            self._shared = rows.shared
+            if self.cache_dir is None:
+                self._memory.append(rows.to("cpu"))
+                continue
             path = self.cache_dir / f"embeds-{k:05d}.safetensors"
             save_file({n: t.detach().contiguous().cpu() for n, t in rows.tensors.items()}, str(path))
             shards.append(path.name)
-            self._shared = rows.shared
+        if self.cache_dir is None:
+            return
         index = {
             "version": CACHE_FORMAT_VERSION,
-            "key": _key(text_encoder_fingerprint(pipeline), self.prompts, self.guidance_scale, self.negative_prompt),
+            "key": _key(fingerprint, self.prompts, self.guidance_scale, self.negative_prompt),
             "num_prompts": len(self.prompts),
             "batch_size": self.batch_size,
             "shared": list(self._shared),
@@ -216,13 +219,7 @@ class PromptEmbedsCache:
         if missing:
             raise KeyError(f"{len(missing)} prompt(s) are not in the prompt-embedding cache, e.g. {missing[0]!r}.")
         parts = [self._row(*divmod(self.index[p], self.batch_size)) for p in prompts]
-        if all(self._same_shape(parts[0], part) for part in parts[1:]):
-            return PromptEmbeds.concat(parts)
-        return self.concat(parts)  # families with variable-length text pad here
-
-    @staticmethod
-    def _same_shape(a: PromptEmbeds, b: PromptEmbeds) -> bool:
-        return all(a.tensors[n].shape == b.tensors[n].shape for n in a.tensors)
+        return self.concat(parts)  # the family's join: variable-length text is padded there, the rest concatenated
 
     def _row(self, shard: int, row: int) -> PromptEmbeds:
         if self._memory is not None:

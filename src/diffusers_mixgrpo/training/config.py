@@ -1069,9 +1069,11 @@ class GRPOConfig:
                 "the text encoders are deleted); set it, or use offload_text_encoders='cpu'."
             )
         if not self.fsdp2:
-            for name in ("fsdp2_cpu_offload",):
-                if getattr(self, name):
-                    fail(f"{name}=True has no effect without fsdp2=True; set fsdp2=True or {name}=False.")
+            if self.fsdp2_cpu_offload:
+                fail(
+                    "fsdp2_cpu_offload=True has no effect without fsdp2=True; set fsdp2=True or "
+                    "fsdp2_cpu_offload=False."
+                )
             if not self.fsdp2_reshard_after_forward:
                 fail(
                     "fsdp2_reshard_after_forward=False has no effect without fsdp2=True; set fsdp2=True or leave "
