@@ -1,22 +1,31 @@
 """`examples/accelerate/*.yaml` parse with accelerate's own config classes, turn into the launch environment that
 `accelerate launch` would set, and build the plugins the trainer then runs under (FSDP2 wrap classes that exist in the
-model, activation checkpointing, CPU offload). DeepSpeed is refused by the trainer, with the reason."""
+model, activation checkpointing, CPU offload; DeepSpeed's ZeRO stage, with the entries the trainer fills or refuses).
+"""
 
+import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from accelerate.commands.config.config_args import ClusterConfig
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin
 from accelerate.utils.launch import prepare_multi_gpu_env
 
-CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
+from diffusers_mixgrpo.training.distributed import configure_deepspeed
+from diffusers_mixgrpo.training.errors import ConfigError
+
+TESTS = Path(__file__).resolve().parents[1]
+CONFIGS = TESTS.parent / "examples" / "accelerate"
 EXPECTED = {
     "single_gpu.yaml": (DistributedType.NO, 1, 1),
     "multi_gpu_ddp.yaml": (DistributedType.MULTI_GPU, 8, 1),
     "fsdp2.yaml": (DistributedType.FSDP, 8, 1),
     "fsdp2_cpu_offload.yaml": (DistributedType.FSDP, 8, 1),
     "multi_node_2x8.yaml": (DistributedType.FSDP, 16, 2),
+    "deepspeed_zero2.yaml": (DistributedType.DEEPSPEED, 8, 1),
+    "deepspeed_zero3.yaml": (DistributedType.DEEPSPEED, 8, 1),
 }
 
 
@@ -61,13 +70,86 @@ def test_fsdp_configs_give_fsdp2_full_shard_over_flux_blocks(name, monkeypatch):
         assert env["FSDP_STATE_DICT_TYPE"] == "SHARDED_STATE_DICT"
 
 
-def test_the_trainer_refuses_deepspeed_with_the_reason_and_the_alternative():
-    from types import SimpleNamespace
+def _deepspeed_launch_env(name):
+    """The variables `accelerate launch --config_file <name>` sets (the distributed tests' helper script computes them)."""
+    spec = importlib.util.spec_from_file_location("equivalence", TESTS / "training" / "fsdp2_equivalence_script.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.launch_env(str(CONFIGS / name))
 
-    from diffusers_mixgrpo.training.distributed import check_supported_engine
-    from diffusers_mixgrpo.training.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="DeepSpeed is not supported.*K backward passes.*fsdp2.yaml"):
-        check_supported_engine(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
+@pytest.mark.parametrize("name, stage", [("deepspeed_zero2.yaml", 2), ("deepspeed_zero3.yaml", 3)])
+def test_deepspeed_configs_give_their_zero_stage_with_the_trainer_driving_accumulation(name, stage, monkeypatch):
+    for key, value in _deepspeed_launch_env(name).items():
+        monkeypatch.setenv(key, value)
+    plugin = DeepSpeedPlugin()
+    assert plugin.zero_stage == stage and plugin.get_value("zero_optimization.stage") == stage
+    assert plugin.gradient_accumulation_steps == 1  # the trainer marks the accumulation boundary itself
+    assert plugin.gradient_clipping == "auto"  # filled with max_grad_norm by configure_deepspeed
+    assert (plugin.offload_optimizer_device, plugin.offload_param_device) == ("none", "none")
+    assert plugin.zero3_init_flag is False  # diffusers' from_pretrained loads the whole model before partitioning
+
+
+def _deepspeed_accelerator(num_processes=8, **ds):
+    config = {"train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto"}
+    config.update(ds)
+    config.setdefault("zero_optimization", {"stage": 2})
+    plugin = DeepSpeedPlugin(hf_ds_config=config)
+    state = SimpleNamespace(deepspeed_plugin=plugin)
+    return SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, num_processes=num_processes, state=state)
+
+
+def _configure(accelerator, fsdp2=False, **training):
+    from diffusers_mixgrpo.training.config import GRPOConfig
+
+    optimizer = training.pop("optimizer", "adamw")  # set afterwards: GRPOConfig checks that bitsandbytes is installed
+    config = GRPOConfig(output_dir="unused", num_generations=4, sample_max_batch_size=4, **training)
+    config.optimizer = optimizer
+    return configure_deepspeed(accelerator, config, fsdp2=fsdp2)
+
+
+def test_configure_deepspeed_fills_the_auto_entries_from_the_training_config():
+    accelerator = _deepspeed_accelerator(zero_optimization={"stage": 3})
+    assert _configure(accelerator, max_grad_norm=0.5) == 3
+    assert _configure(_deepspeed_accelerator(**_CPU_OFFLOAD)) == 2  # AdamW with CPU Adam's betas: offload is fine
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    assert (
+        ds["train_micro_batch_size_per_gpu"] == 4
+    )  # the rollout chunk: DeepSpeed needs it, the trainer has no loader
+    assert ds["train_batch_size"] == 4 * 8
+    assert ds["gradient_clipping"] == 0.5 and ds["gradient_accumulation_steps"] == 1
+
+
+def test_configure_deepspeed_leaves_other_engines_alone():
     for kind in (DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.FSDP, DistributedType.MULTI_CPU):
-        check_supported_engine(SimpleNamespace(distributed_type=kind))
+        assert _configure(SimpleNamespace(distributed_type=kind)) is None
+
+
+_CPU_OFFLOAD = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}
+
+
+@pytest.mark.parametrize(
+    "ds, kwargs, message",
+    [
+        (
+            {"gradient_accumulation_steps": 4},
+            {},
+            r"gradient_accumulation_steps=4 is not allowed.*1 or 'auto'.*GRPOConfig",
+        ),
+        ({"gradient_clipping": 2.0}, {}, r"gradient_clipping=2.0 differs from max_grad_norm=1.0"),
+        ({"optimizer": {"type": "AdamW"}}, {}, r"sets 'optimizer' \(AdamW\).*Remove 'optimizer'"),
+        ({"scheduler": {"type": "WarmupLR"}}, {}, r"sets 'scheduler' \(WarmupLR\)"),
+        ({"zero_optimization": {"stage": 0}}, {}, r"stage=0 is not supported; use 1, 2 or 3.*multi_gpu_ddp.yaml"),
+        ({"zero_optimization": {"stage": 3}}, {"use_ema": True}, r"use_ema is not supported with DeepSpeed ZeRO-3"),
+        ({}, {"fsdp2": True}, r"fsdp2=True and a DeepSpeed launch config shard the model twice"),
+        (_CPU_OFFLOAD, {"optimizer": "adamw8bit"}, r"optimizer='adamw8bit' cannot be used.*offloaded to 'cpu'"),
+        (
+            _CPU_OFFLOAD,
+            {"adam_beta2": 0.99},
+            r"\(adam_beta1, adam_beta2, adam_epsilon\)=\(0.9, 0.99, 1e-08\) would be",
+        ),
+    ],
+)
+def test_configure_deepspeed_refuses_what_cannot_work_naming_the_value(ds, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        _configure(_deepspeed_accelerator(**ds), **kwargs)

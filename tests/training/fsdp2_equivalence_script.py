@@ -1,11 +1,13 @@
-"""Helper of test_distributed.py: train with or without torch's FSDP2 and save the final weights (run by torchrun or
-plainly). The weights compared are the files the run writes: the diffusers-format LoRA file, or the model folder."""
+"""Helper of test_distributed.py: train with torch's FSDP2, under an accelerate launch config (FSDP2, DeepSpeed), or
+plainly, and save the final weights (run by torchrun or plainly). The weights compared are the files the run writes: the diffusers-format
+LoRA file, or the model folder."""
 
 import argparse
 import os
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
 
 from diffusers_mixgrpo import GRPOTrainingPipeline
 from diffusers_mixgrpo.training.config import GRPOConfig
@@ -15,6 +17,39 @@ from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
 
 def brightness(images, prompts):
     return images.float().mean(dim=(1, 2, 3))
+
+
+def launch_env(config_file: str) -> dict[str, str]:
+    """The DeepSpeed / FSDP variables `accelerate launch --config_file <config_file>` sets for the training processes."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(["--config_file", config_file, "train.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config.keys())
+        _, env = prepare_deepspeed_cmd_env(args)
+    else:
+        env = prepare_multi_gpu_env(args)
+    keep = ("ACCELERATE_USE", "ACCELERATE_DEEPSPEED", "ACCELERATE_GRADIENT", "FSDP_")
+    return {k: v for k, v in env.items() if k.startswith(keep)}
+
+
+def launch_config_accelerator(config_file: str) -> Accelerator:
+    """An Accelerator on the CPU as `accelerate launch --config_file <config_file>` would build it on GPUs, in float32
+    (the reference run's precision). DeepSpeed: gloo is passed, since accelerate finds no process-group backend on a
+    machine without GPUs. FSDP: accelerate 1.15 sets it only for GPU device types, so the CPU accelerator's
+    distributed type and plugin are set as on GPUs."""
+    env = launch_env(config_file)
+    os.environ.update(env)
+    if env.get("ACCELERATE_USE_DEEPSPEED") == "true":
+        accelerator = Accelerator(mixed_precision="no", kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+        assert accelerator.distributed_type == DistributedType.DEEPSPEED, accelerator.distributed_type
+        return accelerator
+    accelerator = Accelerator(cpu=True, mixed_precision="no")
+    accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    accelerator.state.distributed_type = DistributedType.FSDP
+    return accelerator
 
 
 def main() -> None:
@@ -27,6 +62,8 @@ def main() -> None:
     parser.add_argument("--fsdp2", action="store_true")
     parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--nan_loss_at_step", type=int, help="make every loss of this iteration NaN")
+    parser.add_argument("--launch_config", help="an accelerate launch config, e.g. examples/accelerate/fsdp2.yaml")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = GRPOConfig(
@@ -51,7 +88,10 @@ def main() -> None:
         resume_from_checkpoint="latest" if args.resume else None,
         fsdp2=args.fsdp2,  # the config field (what `--fsdp2 true` on the training CLI sets)
     )
-    accelerator = Accelerator(cpu=True)
+    if args.launch_config:
+        accelerator = launch_config_accelerator(args.launch_config)
+    else:
+        accelerator = Accelerator(cpu=True)
     pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
     trainer = GRPOTrainer(
         config,
@@ -60,6 +100,22 @@ def main() -> None:
         train_prompts=["a red circle", "a blue square", "a green cross", "a cat"],
         accelerator=accelerator,
     )
+    if args.nan_loss_at_step is not None:
+        import dataclasses
+
+        from diffusers_mixgrpo.training import trainer as trainer_module
+
+        loss_fn = trainer_module.grpo_loss
+
+        def nan_loss(*a, **kw):
+            out = loss_fn(*a, **kw)
+            return (
+                dataclasses.replace(out, loss=out.loss * float("nan"))
+                if trainer.global_step == args.nan_loss_at_step
+                else out
+            )
+
+        trainer_module.grpo_loss = nan_loss
     out = trainer.train()
     if accelerator.is_main_process:
         with open(os.path.join(args.output_dir, "done.txt"), "w") as f:

@@ -1,5 +1,6 @@
-"""Sharded and multi-node training on the CPU: torch's FSDP2 under the trainer (torchrun, gloo) equals a single
-process with the same global batch, resumes exactly, and writes the same files (diffusers-format LoRA, model folder).
+"""Sharded and multi-node training on the CPU: torch's FSDP2 under the trainer and DeepSpeed ZeRO-2 / ZeRO-3 under
+accelerate with the shipped launch configs (torchrun, gloo) equal a single process with the same global batch, resume
+exactly, and write the same files (diffusers-format LoRA, model folder).
 """
 
 import os
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("fsdp2_equivalence_script.py")
+CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # gloo reduces the two ranks' gradients in another order than one process sums its micro-batches: float32 rounding.
 ATOL = 1e-5
@@ -21,6 +23,11 @@ ATOL = 1e-5
 def _torchrun(*args, nproc=2, port=29561, extra=()):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
     subprocess.run([*cmd, *extra, str(SCRIPT), *map(str, args)], check=True, env=ENV, timeout=600)
+
+
+def _deepspeed(*args, stage, port, config=None):
+    config = config or CONFIGS / f"deepspeed_zero{stage}.yaml"
+    _torchrun(*args, "--launch_config", config, port=port)
 
 
 def _single(*args):
@@ -42,9 +49,16 @@ def reference_lora(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_fsdp2_two_ranks_match_one_process_and_resume_exactly(tmp_path, reference_lora):
+@pytest.mark.parametrize(
+    "launch, port",
+    [(["--fsdp2"], 29561), (["--launch_config", CONFIGS / "fsdp2.yaml"], 29565)],
+    ids=["fsdp2-flag", "fsdp2-yaml"],
+)
+def test_fsdp2_two_ranks_match_one_process_and_resume_exactly(tmp_path, reference_lora, launch, port):
+    """`--fsdp2 true`, or the shipped examples/accelerate/fsdp2.yaml as `accelerate launch` sets it (the trainer then
+    shards with the config's wrap classes, reshard_after_forward and activation checkpointing)."""
     run = tmp_path / "fsdp2"
-    _torchrun(run, "--fsdp2", "--checkpointing_steps", 1)
+    _torchrun(run, *launch, "--checkpointing_steps", 1, port=port)
     sharded = load_file(run / "pytorch_lora_weights.safetensors")  # gathered from the shards, diffusers format
     assert all(k.startswith("transformer.") and "lora" in k for k in sharded)
     _assert_same(sharded, reference_lora)
@@ -62,7 +76,7 @@ def test_fsdp2_two_ranks_match_one_process_and_resume_exactly(tmp_path, referenc
     shutil.copytree(run, resumed)
     shutil.rmtree(resumed / "checkpoint-2")
     (resumed / "pytorch_lora_weights.safetensors").unlink()
-    _torchrun(resumed, "--fsdp2", "--checkpointing_steps", 1, "--resume")
+    _torchrun(resumed, *launch, "--checkpointing_steps", 1, "--resume", port=port + 1)
     _assert_same(load_file(resumed / "pytorch_lora_weights.safetensors"), sharded, atol=0)
 
 
@@ -98,3 +112,68 @@ def test_fsdp2_full_fine_tune_saves_a_diffusers_model_folder_equal_to_one_proces
 
     initial = build_tiny_flux_pipeline(seed=0).transformer.state_dict()
     assert any(not torch.equal(v, a[k]) for k, v in initial.items())  # the update moved the weights
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_two_ranks_match_one_process_and_resume_exactly(tmp_path, reference_lora, stage):
+    """examples/accelerate/deepspeed_zero{2,3}.yaml as `accelerate launch` sets them (gloo, float32): the trainer drives
+    the engine's accumulation boundary (K backward calls per micro-batch, one optimiser step per group)."""
+    pytest.importorskip("deepspeed")
+    run = tmp_path / "ds"
+    _deepspeed(run, "--checkpointing_steps", 1, stage=stage, port=29591 + stage)
+    weights = load_file(run / "pytorch_lora_weights.safetensors")  # ZeRO-3: gathered from the partitions
+    assert all(k.startswith("transformer.") and "lora" in k for k in weights)
+    _assert_same(weights, reference_lora)
+
+    # LoRA-only checkpoint: DeepSpeed's own (the optimiser partitions of both ranks), without the frozen base weights.
+    folder = run / "checkpoint-1" / "pytorch_model"
+    model_files = sorted(folder.glob("*model_states.pt"))
+    assert len(sorted(folder.glob("*optim_states.pt"))) == 2
+    module = torch.load(model_files[0], map_location="cpu", weights_only=False)["module"]
+    assert module and all(".lora_" in k for k in module)
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(run, resumed)
+    shutil.rmtree(resumed / "checkpoint-2")
+    (resumed / "pytorch_lora_weights.safetensors").unlink()
+    _deepspeed(resumed, "--checkpointing_steps", 1, "--resume", stage=stage, port=29601 + stage)
+    _assert_same(load_file(resumed / "pytorch_lora_weights.safetensors"), weights, atol=0)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_full_fine_tune_saves_a_diffusers_model_folder_equal_to_one_process(tmp_path):
+    pytest.importorskip("deepspeed")
+    from diffusers import FluxTransformer2DModel
+
+    _deepspeed(tmp_path / "ds", "--full", "--steps", 1, stage=3, port=29611)
+    _single(tmp_path / "single", "--full", "--steps", 1, "--prompts_per_device", 2, "--accumulation", 2)
+    _assert_same(
+        FluxTransformer2DModel.from_pretrained(tmp_path / "ds" / "transformer").state_dict(),
+        FluxTransformer2DModel.from_pretrained(tmp_path / "single" / "transformer").state_dict(),
+    )
+
+
+@pytest.mark.slow
+def test_deepspeed_skips_the_optimiser_step_of_a_non_finite_loss(tmp_path):
+    """Every loss of the second iteration is NaN: the engine skips that step (and clears its gradients), so the run
+    ends with the weights of one update, those of a 1-step single-process run."""
+    pytest.importorskip("deepspeed")
+    _deepspeed(tmp_path / "ds", "--nan_loss_at_step", 1, stage=2, port=29612)
+    _single(tmp_path / "single", "--steps", 1, "--prompts_per_device", 2, "--accumulation", 2)
+    _assert_same(
+        load_file(tmp_path / "ds" / "pytorch_lora_weights.safetensors"),
+        load_file(tmp_path / "single" / "pytorch_lora_weights.safetensors"),
+    )
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_with_the_optimiser_state_in_cpu_memory_matches_one_process(tmp_path, reference_lora):
+    """deepspeed_zero2.yaml with offload_optimizer_device: cpu (accelerate swaps AdamW for DeepSpeed's CPU Adam, a C++
+    op built on first use)."""
+    pytest.importorskip("deepspeed")
+    config = tmp_path / "zero2_offload.yaml"
+    text = (CONFIGS / "deepspeed_zero2.yaml").read_text()
+    config.write_text(text.replace("offload_optimizer_device: none", "offload_optimizer_device: cpu"))
+    _deepspeed(tmp_path / "ds", stage=2, port=29613, config=config)
+    _assert_same(load_file(tmp_path / "ds" / "pytorch_lora_weights.safetensors"), reference_lora)

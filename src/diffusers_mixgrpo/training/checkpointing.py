@@ -256,7 +256,9 @@ class CheckpointManager:
 
     # -- save / load -----------------------------------------------------------------------------------------------
 
-    def save(self, step: int, accelerator: Any, extra_state: Optional[dict[str, Any]] = None) -> str:
+    def save(
+        self, step: int, accelerator: Any, extra_state: Optional[dict[str, Any]] = None, **save_state_kwargs: Any
+    ) -> str:
         """Write `checkpoint-{step}` atomically and prune to `total_limit`; call on every process.
 
         Args:
@@ -265,6 +267,7 @@ class CheckpointManager:
             extra_state (`dict`, *optional*): the trainer's own state, saved with `torch.save` to
                 `trainer_state.pt`. Keep it to tensors and plain Python values (numbers, strings, lists, dicts), so
                 that `load` can read it back with `weights_only=True`.
+            save_state_kwargs: passed to `accelerator.save_state` (DeepSpeed: to the engine's `save_checkpoint`).
 
         Returns:
             `str`: the path of the finished checkpoint. An existing checkpoint of the same step is replaced.
@@ -282,7 +285,7 @@ class CheckpointManager:
             os.makedirs(tmp)
         accelerator.wait_for_everyone()
         try:
-            accelerator.save_state(tmp)
+            accelerator.save_state(tmp, **save_state_kwargs)
             accelerator.wait_for_everyone()
             if is_main:
                 torch.save(dict(extra_state or {}), os.path.join(tmp, TRAINER_STATE_FILE))

@@ -1,19 +1,24 @@
-"""Sharded training: torch's FSDP2 (`fully_shard`) under the trainer, and the helpers that make the trainer's
-gradient checks, clipping, checkpoints and final weights work when parameters are sharded `DTensor`s.
+"""Sharded training: torch's FSDP2 (`fully_shard`) under the trainer, DeepSpeed ZeRO through accelerate, and the
+helpers that make the trainer's gradient checks, clipping, checkpoints and final weights work when parameters are
+sharded (`DTensor`s, or ZeRO-3 partitions).
 
 Two ways to shard the denoiser:
 
-- **accelerate's FSDP / DeepSpeed** (what users launch on GPUs: `examples/accelerate/*.yaml`): `accelerate launch
-  --config_file examples/accelerate/fsdp2.yaml ...`; accelerate applies `fully_shard` in `prepare`.
-- **torch's FSDP2 directly** (`GRPOTrainer(..., fsdp2=FSDP2Options())`): the trainer applies `fully_shard` to every
-  transformer block and then to the root, before the optimiser is built. This runs on GPUs (NCCL) and on the CPU
+- **accelerate launch configs** (what users launch on GPUs: `examples/accelerate/*.yaml`): with `fsdp2.yaml`
+  (FSDP version 2) the trainer takes the plugin's settings and shards the denoiser itself, as below
+  (`fsdp2_options_from_accelerate`); with `deepspeed_zero2.yaml` / `deepspeed_zero3.yaml` accelerate builds the
+  DeepSpeed engine in `prepare` (`configure_deepspeed` fills the config first).
+- **torch's FSDP2 directly** (`GRPOTrainer(..., fsdp2=FSDP2Options())`, `fsdp2: true`, or an FSDP2 launch config):
+  the trainer applies `fully_shard` to every transformer block and then to the root, before the optimiser is built. This runs on GPUs (NCCL) and on the CPU
   (gloo: accelerate 1.15 with `cpu=True` falls back to DDP and ignores an FSDP plugin), which is how the test suite
   proves that a sharded run equals a single-process one.
 
-In both cases the trained weights are `DTensor`s: the full LoRA / model state dict is gathered collectively (every rank
-calls, rank 0 receives it on the CPU) before the main process writes the diffusers-format files, and checkpoints of
-the torch-FSDP2 path hold the trained parameters and the optimiser state in `torch.distributed.checkpoint` format
-(`sharded_state/`, one file per rank; loadable with another number of ranks).
+Under FSDP the trained weights are `DTensor`s, under ZeRO-3 each rank holds a slice: the full LoRA / model state
+dict is gathered collectively (every rank calls, rank 0 receives it on the CPU) before the main process writes the
+diffusers-format files. Checkpoints of the torch-FSDP2 path hold the trained parameters and the optimiser state in
+`torch.distributed.checkpoint` format (`sharded_state/`, one file per rank; loadable with another number of ranks);
+DeepSpeed runs write DeepSpeed's own checkpoint (`pytorch_model/`: the ZeRO partitions of the optimiser state, and
+of the weights; LoRA runs leave the frozen base weights out).
 """
 
 import logging
@@ -51,25 +56,151 @@ class FSDP2Options:
     cpu_offload: bool = False
 
 
-def check_supported_engine(accelerator: Any) -> None:
-    """Refuse engines under which the trainer's update would be wrong instead of training silently wrongly.
+CPU_ADAM_DEFAULTS = (0.9, 0.999, 1e-8)  # DeepSpeedCPUAdam's betas and eps (accelerate passes only lr, weight_decay)
 
-    DeepSpeed: accelerate's `backward` makes the DeepSpeed engine step the optimiser after every backward call, while
-    the trainer calls backward once per trained window step and micro-batch (K calls per micro-batch) and steps at
-    its own accumulation boundaries; DeepSpeed also needs `train_micro_batch_size_per_gpu` (the trainer has no
-    dataloader) and owns gradient clipping (`clip_grad_norm_` returns None). Until the update loop drives the
-    engine's accumulation boundary itself, ZeRO-2 / ZeRO-3 are refused; FSDP2 shards the same way (full shard =
-    ZeRO-3, `reshard_after_forward: false` = ZeRO-2)."""
+
+def fsdp2_options_from_accelerate(accelerator: Any) -> Optional[tuple[FSDP2Options, bool]]:
+    """An `accelerate launch --config_file examples/accelerate/fsdp2.yaml` run (FSDP version 2) as the trainer's own
+    FSDP2 path: `(FSDP2Options, activation_checkpointing)` from the launch config's plugin, or `None` for any other
+    launch (FSDP version 1 stays with accelerate's `prepare`).
+
+    The trainer then shards the denoiser itself, as with `fsdp2=True`, instead of accelerate's `prepare`: the same
+    `fully_shard` per wrap class, but its checkpoints hold only the trained parameters (a LoRA run's adapters, not the
+    frozen base weights) and the optimiser state. Taken from the plugin: the wrap classes (`TRANSFORMER_BASED_WRAP`;
+    otherwise the model's `_no_split_modules`), `reshard_after_forward`, `cpu_offload` and activation checkpointing
+    (diffusers' per-block gradient checkpointing). Not taken: the plugin's mixed-precision policy (the trainer's
+    `mixed_precision` autocasts the forward, trained weights stay float32 as in every other path), its state-dict
+    type (checkpoints are `torch.distributed.checkpoint` shards) and `cpu_ram_efficient_loading`."""
     from accelerate.utils import DistributedType
 
-    if getattr(accelerator, "distributed_type", None) == DistributedType.DEEPSPEED:
-        from .errors import ConfigError
+    if getattr(accelerator, "distributed_type", None) != DistributedType.FSDP:
+        return None
+    plugin = accelerator.state.fsdp_plugin
+    if getattr(plugin, "fsdp_version", 1) != 2:
+        return None
+    from torch.distributed.fsdp import CPUOffloadPolicy
 
+    wrap = plugin.transformer_cls_names_to_wrap
+    options = FSDP2Options(
+        wrap_classes=list(wrap) if wrap else None,
+        reshard_after_forward=bool(plugin.reshard_after_forward),
+        cpu_offload=isinstance(plugin.cpu_offload, CPUOffloadPolicy),
+    )
+    return options, bool(plugin.activation_checkpointing)
+
+
+def deepspeed_zero_stage(accelerator: Any) -> Optional[int]:
+    """The ZeRO stage (0-3) when `accelerator` runs DeepSpeed, else `None`."""
+    from accelerate.utils import DistributedType
+
+    if getattr(accelerator, "distributed_type", None) != DistributedType.DEEPSPEED:
+        return None
+    return int(accelerator.state.deepspeed_plugin.get_value("zero_optimization.stage", 0))
+
+
+def configure_deepspeed(accelerator: Any, config: Any, fsdp2: bool = False) -> Optional[int]:
+    """Fill the DeepSpeed config's `"auto"` entries from the training config (`GRPOConfig`) and refuse what cannot
+    work, before `accelerator.prepare`. Returns the ZeRO stage, or `None` when the run is not a DeepSpeed run.
+
+    The trainer drives DeepSpeed's accumulation boundary itself: it calls backward once per trained window step and
+    micro-batch, marks only the last backward of an accumulation group as the boundary (where the engine reduces,
+    clips and steps) and scales the loss itself. So the DeepSpeed config's `gradient_accumulation_steps` must stay 1
+    (or `"auto"`); accumulation is `GRPOConfig.gradient_accumulation_steps`. `train_micro_batch_size_per_gpu` (DeepSpeed
+    needs it; the trainer has no dataloader) is the rollout chunk, `gradient_clipping` is `max_grad_norm`, and the
+    optimiser and learning-rate schedule are the trainer's (AdamW / 8-bit AdamW, `lr_scheduler`), not the config's.
+    With the optimiser state offloaded to the CPU, accelerate swaps AdamW for DeepSpeed's CPU Adam, keeping only the
+    learning rate and weight decay: 8-bit AdamW and betas / epsilon other than CPU Adam's are refused there.
+    """
+    stage = deepspeed_zero_stage(accelerator)
+    if stage is None:
+        return None
+    from .errors import ConfigError
+
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    max_grad_norm = config.max_grad_norm
+    if fsdp2:
+        raise ConfigError("fsdp2=True and a DeepSpeed launch config shard the model twice; use one of them.")
+    if stage not in (1, 2, 3):
         raise ConfigError(
-            "DeepSpeed is not supported by GRPOTrainer yet: its engine would step the optimiser after each of the K "
-            "backward passes of a micro-batch. Launch with examples/accelerate/fsdp2.yaml (full shard, like ZeRO-3) "
-            "instead; see docs/training.md, 'Scaling out'."
+            f"DeepSpeed zero_optimization.stage={stage} is not supported; use 1, 2 or 3 (stage 0 is plain data "
+            f"parallelism: launch with examples/accelerate/multi_gpu_ddp.yaml)."
         )
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(
+                f"The DeepSpeed config sets {key!r} ({ds[key].get('type', ds[key])}); the trainer builds the "
+                f"optimiser and learning-rate schedule from GRPOConfig (optimizer, learning_rate, lr_scheduler). Remove "
+                f"{key!r} from the DeepSpeed config."
+            )
+    gas = ds.get("gradient_accumulation_steps", "auto")
+    if gas not in ("auto", 1):
+        raise ConfigError(
+            f"DeepSpeed gradient_accumulation_steps={gas!r} is not allowed: the trainer accumulates itself (one backward "
+            f"per trained window step and micro-batch). Set it to 1 or 'auto' in the DeepSpeed config and use "
+            f"GRPOConfig.gradient_accumulation_steps (--gradient_accumulation_steps) instead."
+        )
+    clip = ds.get("gradient_clipping", "auto")
+    if clip != "auto" and float(clip) != float(max_grad_norm):
+        raise ConfigError(
+            f"DeepSpeed gradient_clipping={clip!r} differs from max_grad_norm={max_grad_norm!r}; set gradient_clipping "
+            f"to 'auto' (it then takes max_grad_norm) or to the same value."
+        )
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if offload not in (None, "none"):
+        if config.optimizer != "adamw":
+            raise ConfigError(
+                f"optimizer={config.optimizer!r} cannot be used with the DeepSpeed optimiser state offloaded to "
+                f"{offload!r}: accelerate replaces the optimiser by DeepSpeed's CPU Adam. Use optimizer='adamw' or "
+                f"offload_optimizer_device: none."
+            )
+        adam = (config.adam_beta1, config.adam_beta2, config.adam_epsilon)
+        if adam != CPU_ADAM_DEFAULTS:
+            raise ConfigError(
+                f"(adam_beta1, adam_beta2, adam_epsilon)={adam} would be dropped with the DeepSpeed optimiser state "
+                f"offloaded to {offload!r} (accelerate's CPU Adam keeps only lr and weight_decay, and uses "
+                f"{CPU_ADAM_DEFAULTS}); use those values or offload_optimizer_device: none."
+            )
+    if config.use_ema and stage == 3:
+        raise ConfigError(
+            "use_ema is not supported with DeepSpeed ZeRO-3 (every rank holds a slice of each weight); set "
+            "use_ema=False or use ZeRO-2."
+        )
+    ds["gradient_accumulation_steps"] = 1
+    ds["gradient_clipping"] = float(max_grad_norm)
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = int(config.sample_max_batch_size or config.rollouts_per_device)
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds["train_batch_size"] = int(ds["train_micro_batch_size_per_gpu"]) * accelerator.num_processes
+    logger.info("DeepSpeed ZeRO-%d over %d ranks.", stage, accelerator.num_processes)
+    return stage
+
+
+def is_zero3_partitioned(params: Iterable[torch.Tensor]) -> bool:
+    """Whether any parameter is partitioned by DeepSpeed ZeRO-3 (it then holds its slice in `ds_tensor`)."""
+    return any(hasattr(p, "ds_tensor") for p in params)
+
+
+def zero3_full_state_dict(module: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The full state dict of a ZeRO-3-partitioned `module` on the CPU, gathered one parameter at a time (peak: one
+    full weight per rank). Collective: call on every rank; rank 0 gets the tensors, the others an empty dict."""
+    import deepspeed
+    import torch.distributed as dist
+
+    rank0 = dist.get_rank() == 0
+    keys = set(module.state_dict().keys())
+    state: dict[str, torch.Tensor] = {}
+    for name, p in module.named_parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        if hasattr(p, "ds_tensor"):
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                if rank0:
+                    state[name] = p.detach().cpu().clone()
+        elif rank0:
+            state[name] = p.detach().cpu()
+    if rank0 and not trainable_only:
+        state.update({n: b.detach().cpu() for n, b in module.named_buffers() if n in keys})
+    return state if rank0 else {}
 
 
 def _dtensor_cls():
@@ -86,7 +217,9 @@ def is_sharded(module_or_params: Any) -> bool:
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a `DTensor`; the tensor itself otherwise."""
+    """This rank's shard of a `DTensor` or of a ZeRO-3-partitioned parameter; the tensor itself otherwise."""
+    if hasattr(t, "ds_tensor"):
+        return t.ds_tensor
     return t.to_local() if isinstance(t, _dtensor_cls()) else t
 
 

@@ -29,15 +29,18 @@ from .config import DEFAULT_NUM_VALIDATION_PROMPTS, GRPOConfig, default_lora_tar
 from .distributed import (
     FSDP2Options,
     apply_fsdp2,
-    check_supported_engine,
     clip_grad_norm,
+    configure_deepspeed,
+    fsdp2_options_from_accelerate,
     full_state_dict,
     grads_finite,
     is_sharded,
+    is_zero3_partitioned,
     load_sharded_state,
     local_tensor,
     save_sharded_state,
     unsharded_copy,
+    zero3_full_state_dict,
 )
 from .ema import ParameterEMA
 from .errors import (
@@ -164,9 +167,10 @@ class GRPOTrainer:
             denoised (`training/overlap.py`); the same samples and scores as without. Worth it when the reward model
             runs on another device or behind `RemoteReward`. `None`: `config.overlap_rewards`.
         fsdp2 (`FSDP2Options` or `bool`, *optional*): shard the denoiser with torch's FSDP2 (`fully_shard` per
-            transformer block) instead of accelerate's DDP; works on GPUs and on the CPU (gloo). GPU users may instead
-            launch with accelerate's FSDP config (`examples/accelerate/fsdp2.yaml`). See `training/distributed.py`.
-            `None`: `config.fsdp2` (with `fsdp2_reshard_after_forward`, `fsdp2_cpu_offload`).
+            transformer block) instead of accelerate's DDP; works on GPUs and on the CPU (gloo). A launch with
+            accelerate's FSDP2 config (`examples/accelerate/fsdp2.yaml`) takes this path too, with the config's
+            settings. See `training/distributed.py`. `None`: `config.fsdp2` (with `fsdp2_reshard_after_forward`,
+            `fsdp2_cpu_offload`), else the launch config.
     """
 
     def __init__(
@@ -343,7 +347,13 @@ class GRPOTrainer:
 
     def _setup_model(self) -> None:
         cfg, acc, pipe = self.config, self.accelerator, self.pipeline
-        check_supported_engine(acc)
+        # None unless launched with a DeepSpeed config
+        self.zero_stage = configure_deepspeed(acc, cfg, fsdp2=self.fsdp2 is not None)
+        from_launch = fsdp2_options_from_accelerate(acc)  # accelerate launch with fsdp2.yaml: the same path as fsdp2
+        if from_launch is not None and self.fsdp2 is None:
+            self.fsdp2, activation_checkpointing = from_launch
+            if activation_checkpointing:
+                pipe.enable_gradient_checkpointing()
         offload = (["text_encoders"] if cfg.offload_text_encoders in ("cpu", "free") else []) + (
             ["vae"] if cfg.offload_vae else []
         )
@@ -516,7 +526,7 @@ class GRPOTrainer:
         from peft.utils import get_peft_model_state_dict
 
         if self._accelerate_shards():
-            return  # accelerate's FSDP saves the sharded model and optimiser itself (every rank)
+            return  # accelerate's FSDP / DeepSpeed save the sharded model and optimiser themselves (every rank)
 
         if self.accelerator.is_main_process:
             state = get_peft_model_state_dict(self.accelerator.unwrap_model(self.pipeline.denoiser))
@@ -532,7 +542,13 @@ class GRPOTrainer:
     def _accelerate_shards(self) -> bool:
         from accelerate.utils import DistributedType
 
-        return self.accelerator.distributed_type == DistributedType.FSDP
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+    def _checkpoint_kwargs(self, load: bool) -> dict[str, Any]:
+        """DeepSpeed LoRA runs: the engine's checkpoint leaves the frozen base weights out (and loads without them)."""
+        if self.zero_stage is None or not self.config.use_lora:
+            return {}
+        return {"load_module_strict": False} if load else {"exclude_frozen_parameters": True}
 
     def _load_lora_hook(self, models, input_dir):
         from peft.utils import set_peft_model_state_dict
@@ -716,6 +732,7 @@ class GRPOTrainer:
         micro = [c for c in micro if len(c)]
         accum = cfg.gradient_accumulation_steps
         autocast = self._autocast_dtype()
+        deepspeed = self.zero_stage is not None
         skipped = 0
         for _ in range(cfg.num_inner_epochs):
             order = torch.randperm(len(micro), generator=torch.Generator().manual_seed(cfg.seed + step))
@@ -724,9 +741,11 @@ class GRPOTrainer:
                 group_end = n // accum * accum + accum
                 in_group = min(group_end, len(micro)) - (n // accum * accum)
                 sync = (n + 1) % accum == 0 or n + 1 == len(micro)
-                ctx = acc.no_sync(self.model) if not sync and acc.num_processes > 1 else nullcontext()
+                ctx = (
+                    acc.no_sync(self.model) if not sync and acc.num_processes > 1 and not deepspeed else nullcontext()
+                )
                 with ctx:
-                    for t in train_steps:
+                    for ti, t in enumerate(train_steps):
                         j = batch.step_position(t)
                         logp, mean, std = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
                         ref_mean = None
@@ -749,16 +768,29 @@ class GRPOTrainer:
                         loss = out.loss / (len(train_steps) * in_group)
                         if not torch.isfinite(loss):
                             skipped += 1
-                            continue
-                        acc.backward(loss)
+                            if not deepspeed:
+                                continue
+                            # DeepSpeed: the backward still runs (the engine steps at the group's last backward);
+                            # NaN gradients make it skip the step and clear them, as the skip below does.
+                            loss = loss * float("nan")
+                        if deepspeed:
+                            self._deepspeed_backward(loss, boundary=sync and ti == len(train_steps) - 1)
+                            if not torch.isfinite(out.loss):
+                                continue
+                        else:
+                            acc.backward(loss)
                         for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
                             stats.setdefault(key, []).append(
                                 float(value.detach() if torch.is_tensor(value) else value)
                             )
                 if sync:
-                    grads_ok = grads_finite(self.trainable)
-                    if grads_ok and skipped == 0:
-                        if self.fsdp2 is not None:
+                    # DeepSpeed: the engine has already clipped, stepped and zeroed at the boundary backward, or
+                    # skipped the step (a non-finite gradient norm); its optimiser's step / zero_grad are no-ops.
+                    finite = not self.optimizer.step_was_skipped if deepspeed else grads_finite(self.trainable)
+                    if finite and skipped == 0:
+                        if deepspeed:
+                            grad_norm = self.model.get_global_grad_norm()
+                        elif self.fsdp2 is not None:
                             grad_norm = clip_grad_norm(self.trainable, cfg.max_grad_norm)
                         else:
                             grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
@@ -773,6 +805,19 @@ class GRPOTrainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     skipped = 0
         return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def _deepspeed_backward(self, loss: torch.Tensor, boundary: bool) -> None:
+        """One backward under DeepSpeed: only the last backward of an accumulation group is the engine's gradient
+        accumulation boundary (where it reduces, clips with `max_grad_norm`, steps the optimiser and zeroes the
+        gradients); the loss is already scaled by the trainer, so the engine does not divide it again. The boundary
+        is what accelerate's `backward` reads from `gradient_state.sync_gradients` (set here as its own `accumulate`
+        context sets it)."""
+        state = self.accelerator.gradient_state
+        state._set_sync_gradients(boundary)
+        try:
+            self.accelerator.backward(loss, scale_wrt_gas=False)
+        finally:
+            state._set_sync_gradients(True)
 
     def train_step(self) -> dict[str, float]:
         """One GRPO iteration; returns the logged scalars."""
@@ -964,7 +1009,9 @@ class GRPOTrainer:
         return state
 
     def save_checkpoint(self) -> str:
-        return self.checkpoints.save(self.global_step, self.accelerator, self._trainer_state())
+        return self.checkpoints.save(
+            self.global_step, self.accelerator, self._trainer_state(), **self._checkpoint_kwargs(load=False)
+        )
 
     def resume(self, resume_from_checkpoint: Optional[str]) -> bool:
         """Resume from `"latest"` or a checkpoint folder; returns whether a checkpoint was loaded.
@@ -1014,7 +1061,7 @@ class GRPOTrainer:
                 f"{cfg.prompt_file!r}) are not those it was trained with; resume with the same prompts, or start a "
                 f"new run in another output_dir."
             )
-        state = self.checkpoints.load(path, acc)
+        state = self.checkpoints.load(path, acc, **self._checkpoint_kwargs(load=True))
         check_finite(
             ((n, local_tensor(p)) for n, p in self.pipeline.denoiser.named_parameters() if p.requires_grad), path
         )
@@ -1159,6 +1206,8 @@ class GRPOTrainer:
         gathered = None
         if is_sharded(self.trainable):  # every rank takes part in gathering the full weights (rank 0 gets them)
             gathered = full_state_dict(self.pipeline.denoiser, trainable_only=self.config.use_lora)
+        elif is_zero3_partitioned(self.pipeline.denoiser.parameters()):
+            gathered = zero3_full_state_dict(self.pipeline.denoiser, trainable_only=self.config.use_lora)
         if not acc.is_main_process:
             return None
         try:
