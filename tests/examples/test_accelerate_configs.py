@@ -71,7 +71,7 @@ def test_fsdp_configs_give_fsdp2_full_shard_over_flux_blocks(name, monkeypatch):
 
 
 def _deepspeed_launch_env(name):
-    """The variables `accelerate launch --config_file <name>` sets (the distributed tests' helper script computes them)."""
+    """The variables `accelerate launch --config_file <name>` sets (computed by the distributed tests' script)."""
     spec = importlib.util.spec_from_file_location("equivalence", TESTS / "training" / "fsdp2_equivalence_script.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -113,9 +113,8 @@ def test_configure_deepspeed_fills_the_auto_entries_from_the_training_config():
     assert _configure(accelerator, max_grad_norm=0.5) == 3
     assert _configure(_deepspeed_accelerator(**_CPU_OFFLOAD)) == 2  # AdamW with CPU Adam's betas: offload is fine
     ds = accelerator.state.deepspeed_plugin.deepspeed_config
-    assert (
-        ds["train_micro_batch_size_per_gpu"] == 4
-    )  # the rollout chunk: DeepSpeed needs it, the trainer has no loader
+    # the rollout chunk: DeepSpeed needs it, the trainer has no loader
+    assert ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["train_batch_size"] == 4 * 8
     assert ds["gradient_clipping"] == 0.5 and ds["gradient_accumulation_steps"] == 1
 

@@ -1,6 +1,6 @@
 """Helper of test_distributed.py: train with torch's FSDP2, under an accelerate launch config (FSDP2, DeepSpeed), or
-plainly, and save the final weights (run by torchrun or plainly). The weights compared are the files the run writes: the diffusers-format
-LoRA file, or the model folder."""
+plainly, and save the final weights (run by torchrun or plainly). The weights compared are the files the run writes:
+the diffusers-format LoRA file, or the model folder."""
 
 import argparse
 import os
@@ -20,7 +20,8 @@ def brightness(images, prompts):
 
 
 def launch_env(config_file: str) -> dict[str, str]:
-    """The DeepSpeed / FSDP variables `accelerate launch --config_file <config_file>` sets for the training processes."""
+    """The DeepSpeed / FSDP variables `accelerate launch --config_file <config_file>` sets for the training
+    processes."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 

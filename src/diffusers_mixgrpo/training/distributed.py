@@ -9,9 +9,9 @@ Two ways to shard the denoiser:
   (`fsdp2_options_from_accelerate`); with `deepspeed_zero2.yaml` / `deepspeed_zero3.yaml` accelerate builds the
   DeepSpeed engine in `prepare` (`configure_deepspeed` fills the config first).
 - **torch's FSDP2 directly** (`GRPOTrainer(..., fsdp2=FSDP2Options())`, `fsdp2: true`, or an FSDP2 launch config):
-  the trainer applies `fully_shard` to every transformer block and then to the root, before the optimiser is built. This runs on GPUs (NCCL) and on the CPU
-  (gloo: accelerate 1.15 with `cpu=True` falls back to DDP and ignores an FSDP plugin), which is how the test suite
-  proves that a sharded run equals a single-process one.
+  the trainer applies `fully_shard` to every transformer block and then to the root, before the optimiser is built.
+  This runs on GPUs (NCCL) and on the CPU (gloo: accelerate 1.15 with `cpu=True` falls back to DDP and ignores an
+  FSDP plugin), which is how the test suite proves that a sharded run equals a single-process one.
 
 Under FSDP the trained weights are `DTensor`s, under ZeRO-3 each rank holds a slice: the full LoRA / model state
 dict is gathered collectively (every rank calls, rank 0 receives it on the CPU) before the main process writes the
@@ -105,9 +105,10 @@ def configure_deepspeed(accelerator: Any, config: Any, fsdp2: bool = False) -> O
     The trainer drives DeepSpeed's accumulation boundary itself: it calls backward once per trained window step and
     micro-batch, marks only the last backward of an accumulation group as the boundary (where the engine reduces,
     clips and steps) and scales the loss itself. So the DeepSpeed config's `gradient_accumulation_steps` must stay 1
-    (or `"auto"`); accumulation is `GRPOConfig.gradient_accumulation_steps`. `train_micro_batch_size_per_gpu` (DeepSpeed
-    needs it; the trainer has no dataloader) is the rollout chunk, `gradient_clipping` is `max_grad_norm`, and the
-    optimiser and learning-rate schedule are the trainer's (AdamW / 8-bit AdamW, `lr_scheduler`), not the config's.
+    (or `"auto"`); accumulation is `GRPOConfig.gradient_accumulation_steps`. `train_micro_batch_size_per_gpu`
+    (DeepSpeed needs it; the trainer has no dataloader) is the rollout chunk, `gradient_clipping` is
+    `max_grad_norm`, and the optimiser and learning-rate schedule are the trainer's (AdamW / 8-bit AdamW,
+    `lr_scheduler`), not the config's.
     With the optimiser state offloaded to the CPU, accelerate swaps AdamW for DeepSpeed's CPU Adam, keeping only the
     learning rate and weight decay: 8-bit AdamW and betas / epsilon other than CPU Adam's are refused there.
     """
@@ -187,7 +188,6 @@ def zero3_full_state_dict(module: torch.nn.Module, trainable_only: bool = False)
     import torch.distributed as dist
 
     rank0 = dist.get_rank() == 0
-    keys = set(module.state_dict().keys())
     state: dict[str, torch.Tensor] = {}
     for name, p in module.named_parameters():
         if trainable_only and not p.requires_grad:
@@ -198,7 +198,8 @@ def zero3_full_state_dict(module: torch.nn.Module, trainable_only: bool = False)
                     state[name] = p.detach().cpu().clone()
         elif rank0:
             state[name] = p.detach().cpu()
-    if rank0 and not trainable_only:
+    if rank0 and not trainable_only:  # the persistent buffers (those in the state dict)
+        keys = set(module.state_dict().keys())
         state.update({n: b.detach().cpu() for n, b in module.named_buffers() if n in keys})
     return state if rank0 else {}
 

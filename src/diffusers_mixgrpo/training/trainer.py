@@ -766,7 +766,8 @@ class GRPOTrainer:
                             std_dev=std,
                         )
                         loss = out.loss / (len(train_steps) * in_group)
-                        if not torch.isfinite(loss):
+                        finite_loss = bool(torch.isfinite(loss))
+                        if not finite_loss:
                             skipped += 1
                             if not deepspeed:
                                 continue
@@ -775,10 +776,10 @@ class GRPOTrainer:
                             loss = loss * float("nan")
                         if deepspeed:
                             self._deepspeed_backward(loss, boundary=sync and ti == len(train_steps) - 1)
-                            if not torch.isfinite(out.loss):
-                                continue
                         else:
                             acc.backward(loss)
+                        if not finite_loss:
+                            continue
                         for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
                             stats.setdefault(key, []).append(
                                 float(value.detach() if torch.is_tensor(value) else value)
