@@ -42,6 +42,8 @@ GROUP_SIZE = 8
 PROMPTS_PER_STEP = 4
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 TUNE_SEED = 100
+#: The trained reward's field of the evaluation: every run trains on the demo's reward, `toy_preference`.
+METRIC = "preference"
 EVAL_POINTS = 6  # held-out evaluations per run, at equal fractions of the budget
 CURVE_IMAGES_PER_PROMPT = 2  # images per held-out prompt at the intermediate points (the first 2 of the final 4)
 FINAL_IMAGES_PER_PROMPT = 4  # at the base model and at the end of the budget (held-out and training prompts)
@@ -238,7 +240,10 @@ def score_sets(pipe, n_prompts, images_per_prompt, with_train=True) -> dict:
         point["train"] = evaluate_alignment(
             pipe, train_eval_prompts()[:n_prompts], noise_seed=TRAIN_EVAL_NOISE_SEED, **kw
         )[0]
-    return {k: v.to_dict() for k, v in point.items()}
+    out = {k: v.to_dict() for k, v in point.items()}
+    # per image, prompt-major: the report pairs the final evaluation with the base model's (same prompts and noise)
+    out["heldout"]["per_image"] = point["heldout"].per_image[METRIC].tolist()
+    return out
 
 
 def base_evaluation(model, n_prompts, images_per_prompt) -> dict:
@@ -255,11 +260,11 @@ def job_name(config: str, seed: int, lr: float) -> str:
 
 
 def select_learning_rates(tune_runs: list[dict]) -> dict[str, float]:
-    """Per family, the rate with the best final reward on *training* prompts (fresh noise), never held-out."""
+    """Per family, the rate with the best final trained reward on *training* prompts (fresh noise), never held-out."""
     best = {}
     for run in tune_runs:
         fam = run["spec"]["family"]
-        score = run["curve"][-1]["train"]["reward"]
+        score = run["curve"][-1]["train"][METRIC]
         if fam not in best or score > best[fam][1]:
             best[fam] = (run["learning_rate"], score)
     return {fam: lr for fam, (lr, _) in best.items()}
@@ -351,6 +356,7 @@ def main(argv=None) -> dict:
             "learning_rates_searched": list(LEARNING_RATES),
             "learning_rates": rates,
             "eval_points": EVAL_POINTS,
+            "final_images_per_prompt": common["final_images_per_prompt"],
         },
         "tune": tune_runs,
         "runs": runs,

@@ -1,10 +1,16 @@
 """Tables and figures of `benchmarks/learning.py`: results_learning.json / .md and the PNGs, from the stored runs."""
 
 import json
+import random
 import statistics
 from pathlib import Path
 
-from learning import LABELS, PAPER_TABLE, PARTS, STEPS_DANCE, STEPS_MIX
+from learning import LABELS, METRIC, PAPER_TABLE, PARTS, STEPS_DANCE, STEPS_MIX
+
+#: `METRIC` is the trained reward's field in the evaluation (`ToyAlignmentScores.preference`: the toy preference score
+#: the demo and every run train on); "accuracy" is the prompt-following monitor, "reward" the toy-world score.
+METRICS = (METRIC, "accuracy", "reward")
+BOOTSTRAP_SAMPLES = 10_000
 
 
 def _mean_std(values):
@@ -20,7 +26,32 @@ def _fmt(mean, std, digits=3):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def first_crossing(curve: list[dict], target: float, key=("heldout", "reward")):
+def bootstrap_interval(values, level: float = 0.9, seed: int = 0):
+    """Percentile bootstrap interval of the mean of `values` (resampling the seeds); None if any value is None."""
+    if not values or any(v is None for v in values):
+        return None
+    rng = random.Random(seed)
+    means = sorted(statistics.mean(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP_SAMPLES))
+    lo, hi = (1 - level) / 2, (1 + level) / 2
+    return means[int(lo * (BOOTSTRAP_SAMPLES - 1))], means[int(hi * (BOOTSTRAP_SAMPLES - 1))]
+
+
+def paired_gain_se(base: dict, final: dict, images_per_prompt: int):
+    """Standard error of the held-out gain from `base` to `final` (same prompts and noise; prompts as the units)."""
+    a, b = base.get("per_image"), final.get("per_image")
+    if not a or not b or len(a) != len(b) or len(a) % images_per_prompt:
+        return None
+    diff = [y - x for x, y in zip(a, b)]
+    per_prompt = [statistics.mean(diff[i : i + images_per_prompt]) for i in range(0, len(diff), images_per_prompt)]
+    return statistics.stdev(per_prompt) / len(per_prompt) ** 0.5 if len(per_prompt) > 1 else None
+
+
+def exceeds_two_std(a: tuple, b: tuple) -> bool:
+    """Whether two (mean, std) figures differ by more than 2 standard deviations of their difference."""
+    return abs(a[0] - b[0]) > 2 * (a[1] ** 2 + b[1] ** 2) ** 0.5
+
+
+def first_crossing(curve: list[dict], target: float, key=("heldout", METRIC)):
     """Wall time at which `curve` first reaches `target` (linear between evaluations); None if it never does."""
     prev = None
     for point in curve:
@@ -44,10 +75,9 @@ def mean_curve(runs: list[dict]) -> list[dict]:
             {
                 "wall_s": statistics.mean(p["wall_s"] for p in pts),
                 "iteration": statistics.mean(p["iteration"] for p in pts),
-                "heldout": {m: statistics.mean(p["heldout"][m] for p in pts) for m in ("reward", "accuracy")},
+                "heldout": {m: statistics.mean(p["heldout"][m] for p in pts) for m in METRICS},
                 "heldout_std": {
-                    m: (statistics.stdev(p["heldout"][m] for p in pts) if len(pts) > 1 else 0.0)
-                    for m in ("reward", "accuracy")
+                    m: (statistics.stdev(p["heldout"][m] for p in pts) if len(pts) > 1 else 0.0) for m in METRICS
                 },
             }
         )
@@ -63,15 +93,19 @@ def summarise(results: dict) -> dict:
     for name, rs in by_config.items():
         rs = sorted(rs, key=lambda r: r["seed"])
         final = [r["curve"][-1] for r in rs]
+        ipp = results["settings"].get("final_images_per_prompt", 4)
+        gain_se = [paired_gain_se(r["curve"][0]["heldout"], f["heldout"], ipp) for r, f in zip(rs, final)]
         summary[name] = {
             "seeds": [r["seed"] for r in rs],
-            "base_heldout_reward": _mean_std([r["curve"][0]["heldout"]["reward"] for r in rs])[0],
+            "base_heldout_reward": _mean_std([r["curve"][0]["heldout"][METRIC] for r in rs])[0],
             "base_heldout_accuracy": _mean_std([r["curve"][0]["heldout"]["accuracy"] for r in rs])[0],
-            "heldout_reward": _mean_std([f["heldout"]["reward"] for f in final]),
+            "heldout_reward": _mean_std([f["heldout"][METRIC] for f in final]),
             "heldout_accuracy": _mean_std([f["heldout"]["accuracy"] for f in final]),
-            "train_reward": _mean_std([f["train"]["reward"] for f in final]),
+            "heldout_gain_se": _mean_std(gain_se)[0],
+            "train_reward": _mean_std([f["train"][METRIC] for f in final]),
             "train_accuracy": _mean_std([f["train"]["accuracy"] for f in final]),
-            "per_seed_heldout_reward": [f["heldout"]["reward"] for f in final],
+            "per_seed_heldout_reward": [f["heldout"][METRIC] for f in final],
+            "per_seed_heldout_gain_se": gain_se,
             "per_seed_heldout_accuracy": [f["heldout"]["accuracy"] for f in final],
             "seconds_per_iteration": _mean_std([r["seconds_per_iteration"] for r in rs]),
             "iterations": _mean_std([r["iterations"] for r in rs]),
@@ -95,9 +129,10 @@ def summarise(results: dict) -> dict:
                 d = dance_runs.get(r["seed"])
                 if d is None or not improved:
                     continue
-                ts = first_crossing(r["curve"], d["curve"][-1]["heldout"]["reward"])
+                ts = first_crossing(r["curve"], d["curve"][-1]["heldout"][METRIC])
                 per_seed.append(ts / d["train_wall_s"] if ts is not None else None)
             info["time_to_reach_vs_dance_per_seed"] = per_seed
+            info["time_to_reach_vs_dance_interval"] = bootstrap_interval(per_seed)
             info["seconds_per_iteration_vs_dance"] = (
                 info["seconds_per_iteration"][0] / dance["seconds_per_iteration"][0]
             )
@@ -127,8 +162,11 @@ def markdown(results: dict) -> str:
         f"G = {st['group_size']}, {st['prompts_per_step']} prompts per step, budget {st['budget_s']:.0f} s of training "
         f"per run, window shift interval {st['shift_interval']}, seeds {st['seeds']}, learning rates "
         f"{st['learning_rates']} (searched {st['learning_rates_searched']} on training prompts).",
+        "Every run trains on `toy_preference` (prompt following x contrast); 'reward' below is that trained reward, "
+        "'accuracy' the GenEval-style prompt-following monitor (never trained on). "
         "Held-out: prompts whose object combinations neither the base model's data nor the GRPO prompts contain, "
-        "noise seeds never used in training, ODE sampling; mean ± std over seeds.",
+        "noise seeds never used in training, ODE sampling; mean ± std over seeds. 'SE' is the standard error of one "
+        "run's held-out gain (paired with the base model on the same prompts and noise, prompts as the units).",
         "",
     ]
     if results.get("tune"):
@@ -137,8 +175,8 @@ def markdown(results: dict) -> str:
         for r in sorted(results["tune"], key=lambda r: (r["spec"]["family"], r["learning_rate"])):
             f = r["curve"][-1]
             lines.append(
-                f"| {r['spec']['family']} | {r['learning_rate']:g} | {f['train']['reward']:.3f} | "
-                f"{f['heldout']['reward']:.3f} |"
+                f"| {r['spec']['family']} | {r['learning_rate']:g} | {f['train'][METRIC]:.3f} | "
+                f"{f['heldout'][METRIC]:.3f} |"
             )
         lines.append("")
     if all(c in s for c in PARTS["table"]):
@@ -148,10 +186,10 @@ def markdown(results: dict) -> str:
             "",
             f"Base model (before training): held-out reward {base_r:.3f}, accuracy {base_a:.3f}.",
             "",
-            "| variant | held-out reward | held-out accuracy | per-seed reward | s / iteration | vs DanceGRPO | "
-            "iterations | NFE sampling / image | NFE training / image | time to reach DanceGRPO's final reward "
-            "| per seed | paper: time / iteration | paper: training NFE |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| variant | held-out reward | held-out accuracy | per-seed reward (gain / SE) | s / iteration | "
+            "vs DanceGRPO | iterations | NFE sampling / image | NFE training / image | time to reach DanceGRPO's "
+            "final reward | per seed | 90% bootstrap | paper: time / iteration | paper: training NFE |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for c in PARTS["table"]:
             i = s[c]
@@ -159,12 +197,17 @@ def markdown(results: dict) -> str:
             per = ", ".join(
                 "not reached" if v is None else f"{v:.2f}" for v in i.get("time_to_reach_vs_dance_per_seed", [])
             )
+            ci = i.get("time_to_reach_vs_dance_interval")
+            seeds = ", ".join(
+                f"{v:.3f} ({(v - base_r) / se:.0f})" if se else f"{v:.3f}"
+                for v, se in zip(i["per_seed_heldout_reward"], i["per_seed_heldout_gain_se"])
+            )
             lines.append(
-                f"| {LABELS[c]} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | "
-                f"{', '.join(f'{v:.3f}' for v in i['per_seed_heldout_reward'])} | "
+                f"| {LABELS[c]} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | {seeds} | "
                 f"{i['seconds_per_iteration'][0]:.2f} | {i.get('seconds_per_iteration_vs_dance', float('nan')):.2f} | "
                 f"{i['iterations'][0]:.0f} | {i['nfe_rollout_per_image']:.1f} | {i['nfe_train_per_image']:.1f} | "
-                f"{'not reached' if ttr is None else f'{ttr:.2f}'} | {per} | {PAPER_TABLE[c]['time_ratio']} | "
+                f"{'not reached' if ttr is None else f'{ttr:.2f}'} | {per} | "
+                f"{'n/a' if ci is None else f'{ci[0]:.2f} to {ci[1]:.2f}'} | {PAPER_TABLE[c]['time_ratio']} | "
                 f"{PAPER_TABLE[c]['nfe_train']} |"
             )
         lines.append("")
@@ -183,7 +226,7 @@ def markdown(results: dict) -> str:
                         f"| {group} | {k} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | "
                         f"{len(i['seeds'])} |"
                     )
-        lines.append("")
+        lines += ["", *_two_std_lines(s, [c for steps in (STEPS_DANCE, STEPS_MIX) for c in steps if c in s]), ""]
     win = [c for c in PARTS["window"] if c in s]
     if "window" in results["parts"]:
         lines += ["## Window position (K = 4, equal wall time)", "", "| window | held-out reward | accuracy | seeds |"]
@@ -194,8 +237,15 @@ def markdown(results: dict) -> str:
             lines.append(
                 f"| {label} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | {len(i['seeds'])} |"
             )
-        lines.append("")
+        lines += ["", *_two_std_lines(s, win), ""]
     return "\n".join(lines)
+
+
+def _two_std_lines(s: dict, configs: list[str]) -> list[str]:
+    """Which pairs of `configs` differ in final held-out reward by more than 2 std of the difference."""
+    pairs = [(a, b) for k, a in enumerate(configs) for b in configs[k + 1 :]]
+    big = [f"{a} vs {b}" for a, b in pairs if exceeds_two_std(s[a]["heldout_reward"], s[b]["heldout_reward"])]
+    return [f"Differences beyond 2 std (of the difference, over seeds): {', '.join(big) if big else 'none'}."]
 
 
 def plots(results: dict, out_dir: Path) -> None:

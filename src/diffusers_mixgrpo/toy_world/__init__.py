@@ -9,7 +9,8 @@
     images = pipe(prompts, **TOY_PIPELINE_CALL_KWARGS, output_type="pt").images
     scores = reward(images, prompts)
 
-Importing this package registers the "toy_world" reward (lazily: the reward module loads on `load_reward`).
+Importing this package registers the "toy_world", "toy_preference" and "toy_contrast" rewards (lazily: their modules
+load on `load_reward`).
 """
 
 from importlib import import_module
@@ -20,6 +21,7 @@ from .world import (
     COLORS,
     POSITIONS,
     SHAPES,
+    STYLES,
     VOCABULARY,
     ToyObject,
     all_prompts,
@@ -40,6 +42,9 @@ _LAZY = {
     "ToyWorldReward": "reward",
     "toy_world_accuracy": "reward",
     "make_toy_world_reward": "reward",
+    "ToyPreferenceReward": "preference",
+    "ToyContrastReward": "preference",
+    "toy_contrast": "preference",
     "load_toy_base_pipeline": "base_model",
     "build_untrained_toy_pipeline": "base_model",
     "evaluate_toy_pipeline": "base_model",
@@ -56,6 +61,7 @@ __all__ = [
     "COLOR_NAMES",
     "POSITIONS",
     "SHAPES",
+    "STYLES",
     "VOCABULARY",
     "ToyObject",
     "all_prompts",
@@ -83,6 +89,10 @@ def _register_reward() -> None:
     from diffusers_mixgrpo.rewards.registry import register_reward
 
     register_reward("toy_world", "diffusers_mixgrpo.toy_world.reward:make_toy_world_reward", overwrite=True)
+    register_reward(
+        "toy_preference", "diffusers_mixgrpo.toy_world.preference:make_toy_preference_reward", overwrite=True
+    )
+    register_reward("toy_contrast", "diffusers_mixgrpo.toy_world.preference:make_toy_contrast_reward", overwrite=True)
 
 
 _register_reward()

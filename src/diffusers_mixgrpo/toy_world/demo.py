@@ -36,6 +36,7 @@ from .evaluation import (
     TRAIN_EVAL_NOISE_SEED,
     evaluate_alignment,
     heldout_eval_prompts,
+    paired_gain,
     train_eval_prompts,
 )
 from .world import train_prompts
@@ -65,14 +66,26 @@ DEMO_DEFAULTS = dict(
 )
 DEMO_STEPS = 300
 NUM_TRAIN_PROMPTS = 1024  # drawn from the training pool (`train_prompts(1024, seed=0)`)
-EVAL_IMAGES_PER_PROMPT = 4
+EVAL_IMAGES_PER_PROMPT = 16  # before / after: 32 held-out prompts x 16 = 512 images (gain SE ~0.019)
+CURVE_IMAGES_PER_PROMPT = 4  # the periodic held-out points of the curve (cheaper, noisier)
+#: The reward the demo trains on: the toy preference score (prompt following x contrast, `toy_world.preference`).
+DEMO_REWARD = "toy_preference"
+#: What the evaluation reports for each reward the demo can train on (the field of `ToyAlignmentScores`).
+_METRIC_OF_REWARD = {"toy_preference": "preference", "toy_world": "reward", "toy_contrast": "contrast"}
 
 
 @dataclass
 class DemoResult:
-    """Held-out and training-prompt scores before and after, wall time, and where the files are."""
+    """Held-out and training-prompt scores before and after, the gain of the trained reward with its standard
+    error, wall time, and where the files are.
+
+    `gain` / `gain_se` are the held-out gain of the trained reward (`reward_name`) and the standard error of that
+    evaluation (paired: the same prompts and noise before and after; prompts as the independent units, see
+    `toy_world.evaluation.paired_gain`); `accuracy_gain_se` likewise for the accuracy monitor.
+    """
 
     method: str
+    reward_name: str
     heldout_before: dict[str, Any]
     heldout_after: dict[str, Any]
     train_before: dict[str, Any]
@@ -80,7 +93,15 @@ class DemoResult:
     train_seconds: float
     steps: int
     output_dir: str
+    gain: float = float("nan")
+    gain_se: float = float("nan")
+    accuracy_gain_se: float = float("nan")
     curve: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def metric(self) -> str:
+        """The `ToyAlignmentScores` field of the trained reward."""
+        return _METRIC_OF_REWARD[self.reward_name]
 
     @property
     def accuracy_gain(self) -> float:
@@ -88,15 +109,16 @@ class DemoResult:
 
     @property
     def reward_gain(self) -> float:
+        """Held-out gain of the toy-world (prompt-following) reward."""
         return self.heldout_after["reward"] - self.heldout_before["reward"]
 
     def summary(self) -> str:
-        b, a, tb, ta = self.heldout_before, self.heldout_after, self.train_before, self.train_after
+        b, a, m = self.heldout_before, self.heldout_after, self.metric
         return (
-            f"[{self.method}] held-out accuracy {b['accuracy']:.2f} -> {a['accuracy']:.2f}, "
-            f"reward {b['reward']:.3f} -> {a['reward']:.3f} (training prompts, fresh noise: accuracy "
-            f"{tb['accuracy']:.2f} -> {ta['accuracy']:.2f}) after {self.steps} steps in {self.train_seconds:.0f} s; "
-            f"results in {self.output_dir}"
+            f"[{self.method}] held-out {self.reward_name} {b[m]:.3f} -> {a[m]:.3f} "
+            f"(gain {self.gain:+.3f}, SE {self.gain_se:.3f}: {self.gain / self.gain_se:.0f} SE); accuracy "
+            f"{b['accuracy']:.2f} -> {a['accuracy']:.2f} (monitor) after {self.steps} steps in "
+            f"{self.train_seconds:.0f} s; results in {self.output_dir}"
         )
 
 
@@ -123,24 +145,28 @@ def build_toy_trainer(
     seed: int,
     prompts: Optional[Sequence[str]] = None,
     pipeline: Optional[GRPOTrainingPipeline] = None,
-    eval_images_per_prompt: int = EVAL_IMAGES_PER_PROMPT,
+    eval_images_per_prompt: int = CURVE_IMAGES_PER_PROMPT,
+    reward: str = DEMO_REWARD,
     **config_overrides,
 ) -> GRPOTrainer:
-    """A `GRPOTrainer` on the toy base model whose periodic evaluation scores the held-out set (prompts and noise
-    never used in training) and logs `eval/accuracy` and `eval/reward`."""
+    """A `GRPOTrainer` on the toy base model, trained on `reward` (a registered reward name), whose periodic
+    evaluation scores the held-out set (prompts and noise never used in training) and logs `eval/preference`,
+    `eval/accuracy` and `eval/reward`."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(METHODS)}.")
+    if reward not in _METRIC_OF_REWARD:
+        raise ValueError(f"reward={reward!r} is not allowed; choose one of {', '.join(_METRIC_OF_REWARD)}.")
     os.makedirs(output_dir, exist_ok=True)
     config = make_demo_config(method, output_dir, steps, seed, **config_overrides)
     pipe = pipeline if pipeline is not None else GRPOTrainingPipeline.from_pipe(load_toy_base_pipeline())
     pipe.max_sequence_length = TOY_MAX_SEQUENCE_LENGTH
     train = list(prompts) if prompts is not None else train_prompts(NUM_TRAIN_PROMPTS, seed=0)
     heldout = heldout_eval_prompts()
-    trainer = GRPOTrainer(config, pipe, rewards={"toy_world": 1.0}, train_prompts=train, eval_prompts=heldout)
+    trainer = GRPOTrainer(config, pipe, rewards={reward: 1.0}, train_prompts=train, eval_prompts=heldout)
 
     def heldout_scores(t: GRPOTrainer) -> dict[str, float]:
         scores, _ = _evaluate(t, heldout, HELDOUT_NOISE_SEED, eval_images_per_prompt)
-        return {"accuracy": scores.accuracy, "reward": scores.reward}
+        return {name: getattr(scores, name) for name in _CURVE_METRICS}
 
     trainer.evaluation_hook = heldout_scores
     return trainer
@@ -169,11 +195,12 @@ def run_demo(
     seed: int = 0,
     prompts: Optional[Sequence[str]] = None,
     progress: bool = True,
+    reward: str = DEMO_REWARD,
     **config_overrides,
 ) -> DemoResult:
-    """Train on training prompts; evaluate before/after on held-out prompts with held-out noise (and on training
-    prompts with fresh noise); write the plots and `summary.json`; returns a `DemoResult`."""
-    trainer = build_toy_trainer(method, output_dir, steps, seed, prompts, **config_overrides)
+    """Train on training prompts with `reward`; evaluate before/after on held-out prompts with held-out noise (and on
+    training prompts with fresh noise); write the plots and `summary.json`; returns a `DemoResult`."""
+    trainer = build_toy_trainer(method, output_dir, steps, seed, prompts, reward=reward, **config_overrides)
     if not progress:
         os.environ.setdefault("TQDM_DISABLE", "1")
     heldout, seen = heldout_eval_prompts(), train_eval_prompts()
@@ -187,10 +214,19 @@ def run_demo(
     train_after, _ = _evaluate(trainer, seen, TRAIN_EVAL_NOISE_SEED)
 
     curve = _heldout_curve(trainer.history, heldout_before, heldout_after, trainer.global_step)
-    plot_heldout_curve(curve, trainer.history.get("train_reward", []), os.path.join(output_dir, "reward_curve.png"))
+    plot_heldout_curve(
+        curve,
+        trainer.history.get("train_reward", []),
+        os.path.join(output_dir, "reward_curve.png"),
+        reward_name=reward,
+    )
     before_after_grid(before_batch, after_batch, os.path.join(output_dir, "before_after.png"))
+    metric = _METRIC_OF_REWARD[reward]
+    gain, gain_se = paired_gain(heldout_before, heldout_after, metric)
+    _, accuracy_gain_se = paired_gain(heldout_before, heldout_after, "correct")
     result = DemoResult(
         method,
+        reward,
         heldout_before.to_dict(),
         heldout_after.to_dict(),
         train_before.to_dict(),
@@ -198,6 +234,9 @@ def run_demo(
         seconds,
         trainer.global_step,
         output_dir,
+        gain,
+        gain_se,
+        accuracy_gain_se,
         curve,
     )
     with open(os.path.join(output_dir, "summary.json"), "w") as f:
@@ -207,32 +246,49 @@ def run_demo(
     return result
 
 
+#: The held-out scores the demo's curve follows (fields of `ToyAlignmentScores`).
+_CURVE_METRICS = ("preference", "accuracy", "reward")
+
+
 def _heldout_curve(history, before, after, last_step: int) -> list[dict[str, float]]:
-    """Held-out accuracy and reward per evaluated step, step 0 and the last step included."""
-    points = {0: {"accuracy": before.accuracy, "reward": before.reward}}
-    for name in ("accuracy", "reward"):
+    """Held-out preference, accuracy and toy-world reward per evaluated step, step 0 and the last step included."""
+    points = {0: {name: getattr(before, name) for name in _CURVE_METRICS}}
+    for name in _CURVE_METRICS:
         for step, value in history.get(f"eval_{name}", []):
             points.setdefault(int(step), {})[name] = value
-    points[last_step] = {"accuracy": after.accuracy, "reward": after.reward}
-    return [{"step": s, **v} for s, v in sorted(points.items()) if len(v) == 2]
+    points[last_step] = {name: getattr(after, name) for name in _CURVE_METRICS}
+    return [{"step": s, **v} for s, v in sorted(points.items()) if len(v) == len(_CURVE_METRICS)]
 
 
-def plot_heldout_curve(curve, train_reward, path: str) -> str:
-    """Held-out accuracy and reward (left) and the training reward (right, grey) against training step."""
+def plot_heldout_curve(curve, train_reward, path: str, reward_name: str = DEMO_REWARD) -> str:
+    """The trained reward on the held-out set, the prompt-following monitors, and the training (rollout) reward with
+    its running mean, against training step."""
+    import numpy as np
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(7, 3.6), dpi=100)
+    fig = Figure(figsize=(7, 3.8), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     steps = [p["step"] for p in curve]
-    ax.plot(steps, [p["accuracy"] for p in curve], "o-", label="held-out accuracy", color="tab:blue")
-    ax.plot(steps, [p["reward"] for p in curve], "s-", label="held-out reward", color="tab:orange")
+    trained = _METRIC_OF_REWARD[reward_name]
+    labels = {"preference": "toy_preference", "accuracy": "accuracy (monitor)", "reward": "toy_world (monitor)"}
+    styles = {"preference": ("D-", "tab:green"), "accuracy": ("o-", "tab:blue"), "reward": ("s-", "tab:orange")}
+    for name in _CURVE_METRICS:
+        marker, color = styles[name]
+        label = f"held-out {labels[name]}" + (", trained" if name == trained else "")
+        ax.plot(
+            steps, [p[name] for p in curve], marker, label=label, color=color, linewidth=2 if name == trained else 1
+        )
     if train_reward:
-        s, v = zip(*train_reward)
-        ax.plot(s, v, color="grey", alpha=0.4, linewidth=0.8, label="training reward (rollouts)")
+        s, v = (np.asarray(a, dtype=float) for a in zip(*train_reward))
+        ax.plot(s, v, color="grey", alpha=0.3, linewidth=0.8, label=f"training reward ({reward_name}, rollouts)")
+        k = max(1, min(20, len(v) // 10))
+        if len(v) >= k:
+            mean = np.convolve(v, np.ones(k) / k, mode="valid")
+            ax.plot(s[k - 1 :], mean, color="black", linewidth=1.2, label=f"training reward, mean of {k}")
     ax.set_xlabel("training step")
-    ax.set_ylabel("accuracy / reward")
+    ax.set_ylabel("score")
     ax.set_ylim(0, 1)
-    ax.set_title("Held-out prompts and noise (ODE samples)")
+    ax.set_title("Held-out prompts and noise (ODE samples); training reward (SDE rollouts)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -15,7 +15,7 @@ of a gain generalises.
 """
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -34,7 +34,9 @@ class ToyAlignmentScores:
     Fields:
         accuracy: fraction of images judged correct (GenEval-style: every object of the right colour, on the right
             side, of the right shape, nothing else drawn).
-        reward: mean toy-world reward in [0, 1].
+        reward: mean toy-world (prompt-following) reward in [0, 1].
+        preference: mean toy preference score (`toy_preference`: toy-world reward x contrast) in [0, 1].
+        contrast: mean aesthetic term (`toy_contrast`) in [0, 1].
         accuracy_single, accuracy_two: accuracy on single- and two-object prompts.
         color_ok, position_ok, shape_ok: per-object rates of the reward's judgements (named colour present; on the
             named side; fully right).
@@ -49,9 +51,32 @@ class ToyAlignmentScores:
     position_ok: float
     shape_ok: float
     num_images: int
+    preference: float = float("nan")
+    contrast: float = float("nan")
+    #: Per-image values, in batch order (prompt-major): "preference", "reward", "contrast", "correct"; with `prompts`
+    #: they give paired gains and their standard error (`paired_gain`). Not part of `to_dict()`.
+    per_image: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    prompts: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k not in ("per_image", "prompts")}
+
+
+def paired_gain(before: ToyAlignmentScores, after: ToyAlignmentScores, metric: str) -> tuple[float, float]:
+    """Mean gain of `metric` from `before` to `after` on the same evaluation set, and its standard error.
+
+    The two evaluations must score the same images' prompts and noise (checked). The standard error treats the
+    *prompts* as the independent units (the images of one prompt share it, so they are not independent): the gain of
+    each prompt is the mean over its images, and the SE is their standard deviation over sqrt(number of prompts).
+    """
+    if before.prompts != after.prompts or not before.prompts:
+        raise ValueError("paired_gain needs two evaluations of the same prompts (and noise), in the same order.")
+    diff = after.per_image[metric].astype(np.float64) - before.per_image[metric].astype(np.float64)
+    order = {p: i for i, p in enumerate(dict.fromkeys(before.prompts))}
+    idx = np.array([order[p] for p in before.prompts])
+    per_prompt = np.bincount(idx, weights=diff) / np.bincount(idx)
+    se = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
+    return float(diff.mean()), se
 
 
 def heldout_eval_prompts() -> list[str]:
@@ -90,6 +115,7 @@ def evaluate_alignment(
     `images_per_prompt` samples start from different noise (`same_initial_noise=False`). Returns
     `(ToyAlignmentScores, RolloutBatch)`.
     """
+    from .preference import toy_contrast
     from .reward import ToyWorldReward
 
     prompts = list(prompts)
@@ -106,6 +132,8 @@ def evaluate_alignment(
         max_batch_size=max_batch_size,
     )
     result = ToyWorldReward().evaluate(batch.images, batch.prompts)
+    contrast = toy_contrast(batch.images)
+    preference = result.score * contrast
     n_obj = np.array([len(parse_prompt(p)) for p in batch.prompts])
 
     def _acc(mask):
@@ -120,5 +148,14 @@ def evaluate_alignment(
         position_ok=float(result.position_ok.mean()),
         shape_ok=float(result.shape_ok.mean()),
         num_images=int(len(result.score)),
+        preference=float(preference.mean()),
+        contrast=float(contrast.mean()),
+        per_image={
+            "preference": preference,
+            "reward": result.score,
+            "contrast": contrast,
+            "correct": result.correct.astype(np.float32),
+        },
+        prompts=list(batch.prompts),
     )
     return scores, batch

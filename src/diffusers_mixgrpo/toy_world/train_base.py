@@ -47,6 +47,9 @@ class ToyBaseTrainingConfig:
             the other five, uniformly): the noisy captions of web-scale data in miniature. The base model learns the
             captions' statistics and draws the named colour less often. 0 (the shipped model) draws every caption
             faithfully; docs/toy_world.md reports what 0.4 gave (a weaker base model, no faster GRPO gain).
+        hazy_fraction: share of training images rendered in the "hazy" style (washed out by a grey haze, see
+            `world.STYLES`), captioned like the clean ones: the low-quality part of a web-scale data set. The
+            base model learns to draw either style, which preference alignment (`toy_preference`) then resolves.
     VAE:
         vae_steps, vae_batch_size, vae_lr, vae_kl_weight: its short reconstruction training.
     Transformer:
@@ -62,7 +65,8 @@ class ToyBaseTrainingConfig:
     num_train_images: int = 12288
     two_object_fraction: float = 0.5
     caption_color_noise: float = 0.0
-    vae_steps: int = 600
+    hazy_fraction: float = 0.5
+    vae_steps: int = 1500
     vae_batch_size: int = 32
     vae_lr: float = 5e-3
     vae_kl_weight: float = 1e-6
@@ -96,6 +100,14 @@ def noisy_caption_objects(prompts: list[str], noise: float, seed: int) -> list[t
             objects.append(obj)
         drawn.append(tuple(objects))
     return drawn
+
+
+def _draw_styles(n: int, hazy_fraction: float, seed: int) -> list[str]:
+    """The rendering style of each training image: "hazy" with probability `hazy_fraction` (deterministic)."""
+    if not 0.0 <= hazy_fraction <= 1.0:
+        raise ValueError(f"hazy_fraction must be in [0, 1], got {hazy_fraction}.")
+    hazy = np.random.default_rng(seed).random(n) < hazy_fraction
+    return ["hazy" if h else "clean" for h in hazy]
 
 
 def _set_determinism(seed: int, num_threads: int) -> None:
@@ -176,10 +188,13 @@ def build_toy_base_pipeline(
         prompts = train_prompts(cfg.num_train_images, seed=cfg.seed, two_object_fraction=cfg.two_object_fraction)
         seeds = np.arange(cfg.num_train_images) + 1_000_000 * (cfg.seed + 1)
         drawn = noisy_caption_objects(prompts, cfg.caption_color_noise, seed=cfg.seed + 30)
-        images = _images_to_tensor(np.stack([render_objects(objs, seed=int(s)) for objs, s in zip(drawn, seeds)]))
+        styles = _draw_styles(cfg.num_train_images, cfg.hazy_fraction, seed=cfg.seed + 40)
+        images = _images_to_tensor(
+            np.stack([render_objects(objs, seed=int(s), style=st) for objs, s, st in zip(drawn, seeds, styles)])
+        )
         log_fn(
             f"rendered {len(images)} training images, {cfg.caption_color_noise:.0%} of objects in another colour "
-            f"than captioned ({time.time() - t_start:.0f} s)"
+            f"than captioned, {np.mean([st == 'hazy' for st in styles]):.0%} hazy ({time.time() - t_start:.0f} s)"
         )
 
         # 2. VAE

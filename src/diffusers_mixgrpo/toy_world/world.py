@@ -47,6 +47,14 @@ _CENTERS: dict[str, tuple[float, float]] = {
     "bottom": (0.5, 0.73),
 }
 _RADIUS_RANGE = (0.13, 0.17)
+
+#: Rendering styles. "clean" is the world's ideal picture: saturated shapes on black. "hazy" is the same picture seen
+#: through a grey haze, ``(1 - HAZE_STRENGTH) * clean + HAZE_STRENGTH * HAZE_COLOR``: a washed-out, low-contrast
+#: image, the toy counterpart of the low-quality half of a web-scale data set. The base model is trained on a mix of
+#: both (`ToyBaseTrainingConfig.hazy_fraction`), so it draws either; preference alignment should make it draw "clean".
+STYLES: tuple[str, ...] = ("clean", "hazy")
+HAZE_COLOR: tuple[int, int, int] = (160, 160, 160)
+HAZE_STRENGTH = 0.4
 _JITTER = 0.04
 _SUPERSAMPLE = 4
 
@@ -224,8 +232,15 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"Unknown shape {shape!r}; choose one of {', '.join(SHAPES)}.")
 
 
-def render_objects(objects: Sequence[ToyObject], seed: int = 0, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """Render `objects` as a (size, size, 3) uint8 array; deterministic given `seed` (anti-aliased, 4x supersampled)."""
+def render_objects(
+    objects: Sequence[ToyObject], seed: int = 0, size: int = DEFAULT_IMAGE_SIZE, style: str = "clean"
+) -> np.ndarray:
+    """Render `objects` as a (size, size, 3) uint8 array; deterministic given `seed` (anti-aliased, 4x supersampled).
+
+    `style` is one of `STYLES`: "clean" (default) or "hazy" (the same picture washed out by a grey haze).
+    """
+    if style not in STYLES:
+        raise ValueError(f"Unknown style {style!r}; choose one of {', '.join(STYLES)}.")
     rng = np.random.default_rng(seed)
     n = size * _SUPERSAMPLE
     coords = (np.arange(n) + 0.5) / _SUPERSAMPLE  # pixel units
@@ -238,12 +253,14 @@ def render_objects(objects: Sequence[ToyObject], seed: int = 0, size: int = DEFA
         inside = shape_mask(obj.shape, (x - cx) / r, (y - cy) / r)
         canvas[inside] = np.asarray(COLORS[obj.color], dtype=np.float32)
     image = canvas.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+    if style == "hazy":
+        image = (1 - HAZE_STRENGTH) * image + HAZE_STRENGTH * np.asarray(HAZE_COLOR, dtype=np.float32)
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def render(prompt: str, seed: int = 0, size: int = DEFAULT_IMAGE_SIZE) -> Image.Image:
-    """Render a prompt as a PIL image (deterministic given `seed`)."""
-    return Image.fromarray(render_objects(parse_prompt(prompt), seed=seed, size=size))
+def render(prompt: str, seed: int = 0, size: int = DEFAULT_IMAGE_SIZE, style: str = "clean") -> Image.Image:
+    """Render a prompt as a PIL image (deterministic given `seed`; `style` as in `render_objects`)."""
+    return Image.fromarray(render_objects(parse_prompt(prompt), seed=seed, size=size, style=style))
 
 
 def render_batch(prompts: Sequence[str], seeds: Sequence[int], size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
