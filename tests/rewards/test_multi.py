@@ -68,13 +68,13 @@ def test_reward_aggr_is_one_advantage_of_the_weighted_sum():
     assert set(out.per_reward) == {"a", "b"} and out.per_reward_advantages == {}
 
 
-def test_advantage_aggr_sums_weighted_per_model_advantages():
+def test_advantage_aggr_is_the_weighted_mean_of_per_model_advantages():
     a, b = [1.0, 2.0, 3.0, 4.0], [100.0, 0.0, 300.0, 0.0]
     multi = MultiReward({_const_reward(a, "a"): 1.0, _const_reward(b, "b"): 0.5}, mix="advantage_aggr")
     out = multi.compute(None, ["p"] * 4, [0, 0, 1, 1])
     adv_a = group_advantages(torch.tensor(a), [0, 0, 1, 1], clip=None)
     adv_b = group_advantages(torch.tensor(b), [0, 0, 1, 1], clip=None)
-    torch.testing.assert_close(out.advantages, adv_a + 0.5 * adv_b)
+    torch.testing.assert_close(out.advantages, (adv_a + 0.5 * adv_b) / 1.5)  # divided by the total weight
     torch.testing.assert_close(out.per_reward_advantages["b"], adv_b)
     # Scale-free: multiplying one reward by 1000 changes nothing in this mode.
     big = MultiReward({_const_reward(a, "a"): 1.0, _const_reward([x * 1000 for x in b], "b"): 0.5})

@@ -64,6 +64,15 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="full fine-tune instead of LoRA")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--nan_loss_at_step", type=int, help="make every loss of this iteration NaN")
+    parser.add_argument("--nan_loss_rank", type=int, help="with --nan_loss_at_step: on this rank only")
+    parser.add_argument("--train_batch_size", type=int, help="the training micro-batch (default: the rollout chunk)")
+    parser.add_argument(
+        "--bad_rewards",
+        choices=["nan", "constant"],
+        help="rank 1's rewards at step 0 (its first group) and step 1 (all of them): NaN, or one constant value (every "
+        "advantage 0: what the skip policy says a dropped group amounts to)",
+    )
+    parser.add_argument("--dump_weights", action="store_true", help="each rank saves its trained weights every step")
     parser.add_argument("--launch_config", help="an accelerate launch config, e.g. examples/accelerate/fsdp2.yaml")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -83,6 +92,7 @@ def main() -> None:
         lora_rank=4,
         lora_alpha=4,
         gradient_accumulation_steps=args.accumulation,
+        train_batch_size=args.train_batch_size,
         checkpointing_steps=args.checkpointing_steps,
         validation_steps=0,
         seed=5,
@@ -94,10 +104,20 @@ def main() -> None:
     else:
         accelerator = Accelerator(cpu=True)
     pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
+    reward = brightness
+    if args.bad_rewards:
+
+        def reward(images, prompts):
+            r = brightness(images, prompts)
+            if accelerator.process_index == 1 and trainer.global_step < 2:
+                bad = [p == prompts[0] for p in prompts] if trainer.global_step == 0 else [True] * len(prompts)
+                r[torch.tensor(bad)] = float("nan") if args.bad_rewards == "nan" else 0.5
+            return r
+
     trainer = GRPOTrainer(
         config,
         pipe,
-        rewards={brightness: 1.0},
+        rewards={reward: 1.0},
         train_prompts=["a red circle", "a blue square", "a green cross", "a cat"],
         accelerator=accelerator,
     )
@@ -113,10 +133,29 @@ def main() -> None:
             return (
                 dataclasses.replace(out, loss=out.loss * float("nan"))
                 if trainer.global_step == args.nan_loss_at_step
+                and args.nan_loss_rank in (None, accelerator.process_index)
                 else out
             )
 
         trainer_module.grpo_loss = nan_loss
+    if args.dump_weights:
+        train_step = trainer.train_step
+
+        def dumping_train_step():
+            logs = train_step()
+            weights = {
+                n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu().clone()
+                for n, p in pipe.denoiser.named_parameters()
+                if p.requires_grad
+            }
+            keys = ("train/optimizer_steps", "train/skipped_updates", "data/dropped_samples")
+            torch.save(
+                {"weights": weights, "logs": {k: logs[k] for k in keys if k in logs}},
+                os.path.join(args.output_dir, f"step{trainer.global_step}-rank{accelerator.process_index}.pt"),
+            )
+            return logs
+
+        trainer.train_step = dumping_train_step
     out = trainer.train()
     if accelerator.is_main_process:
         with open(os.path.join(args.output_dir, "done.txt"), "w") as f:

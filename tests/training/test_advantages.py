@@ -36,19 +36,44 @@ def test_advantages_are_clipped():
     assert adv.min().item() > -1.0
 
 
-def test_advantage_aggr_sums_per_reward_advantages_with_weights():
+def test_advantage_aggr_is_the_weighted_mean_of_per_reward_advantages():
     groups = torch.tensor([0, 0, 1, 1])
     scores = {"a": torch.tensor([0.1, 0.3, 0.5, 0.5]), "b": torch.tensor([10.0, 0.0, 1.0, 3.0])}
     adv, per = compute_advantages(scores, groups, weights={"a": 1.0, "b": 0.5}, clip=None)
     expected_a = group_advantages(scores["a"], groups, clip=None)
     expected_b = group_advantages(scores["b"], groups, clip=None)
-    torch.testing.assert_close(adv, expected_a + 0.5 * expected_b)
+    torch.testing.assert_close(adv, (expected_a + 0.5 * expected_b) / 1.5)
     torch.testing.assert_close(per["a"], expected_a)
     # scale-free: multiplying a reward by 100 changes nothing in "advantage_aggr"
     adv100, _ = compute_advantages(
         {"a": scores["a"] * 100, "b": scores["b"]}, groups, weights={"a": 1, "b": 0.5}, clip=None
     )
     torch.testing.assert_close(adv100, adv, rtol=1e-5, atol=1e-5)
+
+
+def test_three_rewards_are_divided_by_the_total_weight_so_the_clip_binds_as_with_one():
+    """Hand-computed: a group of 12 where one image scores 1 and the others 0, on each of three rewards. Per reward,
+    mean 1/12 and unbiased std sqrt(1/12), so the top image's advantage is (11/12) / sqrt(1/12) = 11 / sqrt(12) = 3.175
+    and the others' -1 / sqrt(12). Their plain sum (9.53) would be clipped to 5; their mean, as the official MixGRPO
+    code takes it, is 3.175 and stays unclipped, as with one reward."""
+    groups = torch.zeros(12, dtype=torch.long)
+    one_hot = torch.tensor([0.0] * 11 + [1.0])
+    scores = {"hps": one_hot, "pickscore": one_hot * 0.02, "imagereward": one_hot * 3.0}  # scale-free per reward
+    adv, _ = compute_advantages(scores, groups, weights={"hps": 1.0, "pickscore": 1.0, "imagereward": 1.0}, clip=5.0)
+    expected = torch.tensor([-1 / 12**0.5] * 11 + [11 / 12**0.5])
+    # float32: 0.02 is not exact; measured largest relative difference 6.0e-7 (1.9e-6 absolute on 3.175)
+    torch.testing.assert_close(adv, expected, rtol=1e-6, atol=0)
+    single, _ = compute_advantages({"hps": one_hot}, groups, weights={"hps": 1.0}, clip=5.0)
+    torch.testing.assert_close(single, adv, rtol=1e-6, atol=0)  # one reward of weight 1: its own advantage
+    # unequal weights 2 : 1 on two rewards whose advantages are +-1 (groups of 2): (2 * 1 + 1 * -1) / 3 = 1/3
+    adv, _ = compute_advantages(
+        {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([1.0, 0.0])}, [0, 0], weights={"a": 2.0, "b": 1.0}
+    )
+    # group of 2: (r - mean) / (std + 1e-8), std = 1/sqrt(2), so A = +-1/sqrt(2) per reward
+    a = 1 / 2**0.5
+    torch.testing.assert_close(adv, torch.tensor([(-2 * a + a) / 3, (2 * a - a) / 3]), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="sum to 0"):
+        compute_advantages({"a": one_hot}, groups, weights={"a": 0.0})
 
 
 def test_reward_aggr_normalises_the_weighted_sum():

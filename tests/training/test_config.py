@@ -252,9 +252,11 @@ def test_example_configs_load(path):
 
 def test_flux_example_configs_hold_the_paper_hyper_parameters():
     common = {
-        "learning_rate": 1e-5,
+        "learning_rate": 1e-4,  # a LoRA's rate (the peers' LoRA recipes); the paper's 1e-5 is a full fine-tune's
+        "use_lora": True,
         "weight_decay": 1e-4,
         "max_grad_norm": 1.0,
+        "train_batch_size": 1,  # the official script: micro-batches of 1, accumulation 3, 4 steps per iteration
         "gradient_accumulation_steps": 3,
         "mixed_precision": "bf16",
         "gradient_checkpointing": True,
@@ -388,3 +390,19 @@ def test_a_reward_api_key_is_used_but_never_written_or_shown():
         assert "sk-not-for-disk" not in text and "t0k3n" not in text
     # max_tokens is a setting, not a credential: it is kept (a resume must see it)
     assert config.to_dict()["reward_kwargs"] == {"unifiedreward": {"timeout": 30, "max_tokens": 64}, "foo": {}}
+
+
+def test_optimizer_steps_per_iteration_from_the_training_micro_batch():
+    # the official MixGRPO recipe: 12 rollouts per device, micro-batches of 1, accumulation 3
+    assert GRPOConfig(output_dir="o", train_batch_size=1).optimizer_steps_per_iteration == 12 // (1 * 3) == 4
+    # unset: one micro-batch per rollout chunk (all 12 here, or 3 chunks of 4), the behaviour before train_batch_size
+    assert GRPOConfig(output_dir="o").optimizer_steps_per_iteration == 1
+    assert GRPOConfig(output_dir="o", sample_max_batch_size=4).train_micro_batches_per_iteration == 3
+    # a last, shorter micro-batch and accumulation group still train: ceil(12 / 5) = 3 micro-batches, ceil(3 / 2) = 2
+    assert (
+        GRPOConfig(output_dir="o", train_batch_size=5, gradient_accumulation_steps=2).optimizer_steps_per_iteration
+        == 2
+    )
+    assert GRPOConfig(output_dir="o", train_batch_size=1, num_inner_epochs=2).optimizer_steps_per_iteration == 8
+    with pytest.raises(ValueError, match="train_batch_size"):
+        GRPOConfig(output_dir="o", train_batch_size=0)

@@ -177,3 +177,93 @@ def test_deepspeed_zero2_with_the_optimiser_state_in_cpu_memory_matches_one_proc
     config.write_text(text.replace("offload_optimizer_device: none", "offload_optimizer_device: cpu"))
     _deepspeed(tmp_path / "ds", stage=2, port=29613, config=config)
     _assert_same(load_file(tmp_path / "ds" / "pytorch_lora_weights.safetensors"), reference_lora)
+
+
+# ---------------------------------------------------------------- skip decisions taken identically on every rank
+# One run per launch: rank 1's rewards are NaN for its first group at step 0 and for all its groups at step 1, and
+# every loss of rank 1 is NaN at step 2; the reference run gives those samples one constant reward instead (advantage
+# 0, what a dropped group amounts to). 2 prompts x 4 images per rank, micro-batches of 1, accumulation 2: 4 optimiser
+# steps per iteration. Before the skips were agreed across ranks such a run did not finish (rank 0 waited for rank 1's
+# gradients); here each launch must end within SKIP_TIMEOUT seconds (measured: 7-9 s per launch on 2 cores).
+SKIP_TIMEOUT = 120
+SKIP_ARGS = ("--prompts_per_device", 2, "--train_batch_size", 1, "--accumulation", 2, "--dump_weights")
+SKIP_LAUNCHES = {
+    "ddp": [],
+    "fsdp2": ["--fsdp2"],
+    "zero2": ["--launch_config", CONFIGS / "deepspeed_zero2.yaml"],
+}
+
+
+def _bounded_torchrun(*args, port: int, timeout: float = SKIP_TIMEOUT) -> None:
+    """torchrun with 2 ranks that must finish within `timeout` s: a hang fails the test (the whole process group,
+    torchrun and its ranks, is killed) instead of blocking the suite."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    proc = subprocess.Popen([*cmd, str(SCRIPT), *map(str, args)], env=ENV, start_new_session=True)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        pytest.fail(f"the 2-rank run {args[0]} did not finish within {timeout} s (a rank waits for the other)")
+    assert rc == 0, f"the 2-rank run {args[0]} failed with exit code {rc}"
+
+
+@pytest.fixture(scope="module", params=list(SKIP_LAUNCHES))
+def skip_runs(request, tmp_path_factory):
+    """`(load, launch)`: `load(run, step, rank)` -> `{"weights", "logs"}` after `step` iterations, for run "nan" (the
+    faults above) and "constant" (the reference)."""
+    launch = request.param
+    if launch == "zero2":
+        pytest.importorskip("deepspeed")
+    root = tmp_path_factory.mktemp(f"skips-{launch}")
+    port = 29621 + 2 * list(SKIP_LAUNCHES).index(launch)
+    extra = SKIP_LAUNCHES[launch]
+    _bounded_torchrun(
+        root / "nan", *SKIP_ARGS, *extra, "--bad_rewards", "nan", "--steps", 3, "--nan_loss_at_step", 2,
+        "--nan_loss_rank", 1, port=port,
+    )  # fmt: skip
+    _bounded_torchrun(root / "constant", *SKIP_ARGS, *extra, "--bad_rewards", "constant", "--steps", 2, port=port + 1)
+
+    def load(run: str, step: int, rank: int) -> dict:
+        return torch.load(root / run / f"step{step}-rank{rank}.pt")
+
+    return load, launch
+
+
+def _assert_ranks_identical(load, run, step):
+    a, b = load(run, step, 0), load(run, step, 1)
+    _assert_same(a["weights"], b["weights"], atol=0)  # bit-identical replicas (DDP / ZeRO-2; FSDP2: gathered)
+    assert a["logs"] == b["logs"]
+
+
+@pytest.mark.slow
+def test_nan_rewards_on_one_rank_drop_its_group_on_every_rank_alike(skip_runs):
+    load, _ = skip_runs
+    _assert_ranks_identical(load, "nan", 1)
+    assert load("nan", 1, 0)["logs"] == {"train/optimizer_steps": 4, "data/dropped_samples": 4}
+    # A dropped sample is a sample with advantage 0; measured: equal bit for bit (micro-batches of 1).
+    _assert_same(load("nan", 1, 0)["weights"], load("constant", 1, 0)["weights"], atol=0)
+
+
+@pytest.mark.slow
+def test_all_groups_dropped_on_one_rank_still_train_the_others(skip_runs):
+    load, _ = skip_runs
+    _assert_ranks_identical(load, "nan", 2)
+    assert load("nan", 2, 1)["logs"] == {"train/optimizer_steps": 4, "data/dropped_samples": 8}
+    _assert_same(load("nan", 2, 0)["weights"], load("constant", 2, 0)["weights"], atol=0)  # measured: bit for bit
+    moved = max(
+        float((load("nan", 2, 0)["weights"][k] - w).abs().max()) for k, w in load("nan", 1, 0)["weights"].items()
+    )
+    assert moved > 1e-4  # rank 0's samples were trained (an update moves the LoRA weights by ~1e-3)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_on_one_rank_skips_the_optimiser_steps_of_every_rank(skip_runs):
+    load, _ = skip_runs
+    _assert_ranks_identical(load, "nan", 3)
+    assert load("nan", 3, 0)["logs"] == {
+        "train/optimizer_steps": 0,
+        "train/skipped_updates": 4,
+        "data/dropped_samples": 0,
+    }
+    _assert_same(load("nan", 3, 0)["weights"], load("nan", 2, 0)["weights"], atol=0)  # no step was taken

@@ -4,8 +4,10 @@ MixGRPO (section 6 of the algorithm notes): per prompt a group of G rollouts is 
 ``A_j = (r_j - mean_group) / (std + eps)``, clipped to [-clip, clip]. With several reward models:
 
 - ``"reward_aggr"``: ``r = sum_k w_k r_k``, then one advantage;
-- ``"advantage_aggr"`` (the paper's default, all weights 1.0): ``A = sum_k w_k A_k`` with one advantage per model,
-  so rewards on very different scales (HPS ~0.3, ImageReward ~N(0, 1)) contribute equally.
+- ``"advantage_aggr"`` (the paper's default, all weights 1.0): ``A = sum_k w_k A_k / sum_k |w_k|`` with one advantage
+  per model, so rewards on very different scales (HPS ~0.3, ImageReward ~N(0, 1)) contribute equally. Dividing by the
+  total weight is what the official MixGRPO `train_grpo_flux.py` does: it keeps the mixed advantage on the scale of one
+  reward's, so the [-clip, clip] clip binds as often with three rewards as with one (the plain sum is 3x larger).
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +33,21 @@ def _group_index(group_ids: Union[torch.Tensor, Sequence[Any]], n: int, device: 
         raise ValueError(f"group_ids has {len(ids)} entries for {n} rewards.")
     index: dict[Any, int] = {}
     return torch.tensor([index.setdefault(g, len(index)) for g in ids], dtype=torch.long, device=device)
+
+
+def weighted_mean_advantage(
+    per_reward: Mapping[str, torch.Tensor], weights: Mapping[str, float], clip: Optional[float] = None
+) -> torch.Tensor:
+    """``sum_k w_k A_k / sum_k |w_k|`` over the rewards named in `weights`, clamped to ``[-clip, clip]`` when given.
+
+    The total weight is ``sum_k w_k`` for the usual non-negative weights (the official MixGRPO code divides by it);
+    absolute values keep a penalty (a negative weight) from shrinking the denominator. One reward of weight 1: its own
+    advantage, unchanged."""
+    total = sum(abs(float(w)) for w in weights.values())
+    if total == 0:
+        raise ValueError(f"The reward weights {dict(weights)} sum to 0 in absolute value; give a reward a weight.")
+    mixed = sum(float(w) * per_reward[name] for name, w in weights.items()) / total
+    return mixed.clamp(-clip, clip) if clip is not None else mixed
 
 
 def _trimmed(values: torch.Tensor, trim: float) -> torch.Tensor:
@@ -129,8 +146,8 @@ class MultiReward:
         rewards (`Mapping[str | Reward, float]`): reward -> weight. A key is a registered name (loaded with
             `load_reward(name, device=device, dtype=dtype, **reward_kwargs.get(name, {}))`) or a reward callable
             (its `name` / `__name__` labels its scores). Example: ``{"hpsv2.1": 1.0, "pickscore": 1.0}``.
-        mix (`str`, defaults to `"advantage_aggr"`): `"advantage_aggr"` (an advantage per model, then the weighted
-            sum; the paper's default) or `"reward_aggr"` (the weighted sum of the rewards, then one advantage).
+        mix (`str`, defaults to `"advantage_aggr"`): `"advantage_aggr"` (an advantage per model, then their weighted
+            mean, ``sum_k w_k A_k / sum_k |w_k|``; the paper's default) or `"reward_aggr"` (the weighted sum of the rewards, then one advantage).
         device (`str` or `torch.device`, *optional*): device of the reward models and of the returned scores.
         dtype (`torch.dtype`, *optional*): compute dtype of the reward models.
         reward_kwargs (`Mapping[str, dict]`, *optional*): per-name keyword arguments for `load_reward`.
@@ -210,10 +227,7 @@ class MultiReward:
         if self.mix == "reward_aggr":
             return group_advantages(self.weighted_sum(scores), group_ids, clip=self.clip, **stats), {}
         per_model = {name: group_advantages(scores[name], group_ids, clip=None, **stats) for name in self.rewards}
-        mixed = sum(self.weights[name] * per_model[name] for name in self.rewards)
-        if self.clip is not None:
-            mixed = mixed.clamp(-self.clip, self.clip)
-        return mixed, per_model
+        return weighted_mean_advantage(per_model, self.weights, self.clip), per_model
 
     def compute(
         self, images: ImageBatch, prompts: Sequence[str], group_ids: Union[torch.Tensor, Sequence[Any]]

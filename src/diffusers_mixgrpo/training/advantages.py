@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from ..rewards.multi import group_advantages
+from ..rewards.multi import group_advantages, weighted_mean_advantage
 
 __all__ = [
     "compute_advantages",
@@ -91,8 +91,9 @@ def compute_advantages(
         rewards (`torch.Tensor` or `Mapping[str, torch.Tensor]`): `(B,)` rewards, or reward name -> `(B,)` scores.
         group_ids (`torch.Tensor` or sequence): `(B,)` group (prompt) label of each sample.
         weights (`Mapping[str, float]`, *optional*): reward name -> weight (config `rewards`); `None`: all 1.0.
-        mix (`str`, defaults to `"advantage_aggr"`): `"advantage_aggr"` (the paper): ``A = sum_k w_k A_k`` with an
-            unclipped advantage per reward; `"reward_aggr"`: one advantage of ``sum_k w_k r_k``. A single tensor is
+        mix (`str`, defaults to `"advantage_aggr"`): `"advantage_aggr"` (the paper): ``A = sum_k w_k A_k / sum_k
+            |w_k|`` with an unclipped advantage per reward (divided by the total weight, as the official MixGRPO
+            code does, so that the clip acts on the scale of one reward's advantage); `"reward_aggr"`: one advantage of ``sum_k w_k r_k``. A single tensor is
             the same in both modes.
         std, trim, eps: statistics of `group_advantages` (config `adv_std`, `adv_trim`).
         clip (`float`, *optional*, defaults to 5.0): the final advantages are clamped to ``[-clip, clip]``
@@ -116,7 +117,4 @@ def compute_advantages(
     if missing:
         raise KeyError(f"No scores for the weighted rewards {sorted(missing)}.")
     per_reward = {name: group_advantages(_flat(rewards[name]), group_ids, clip=None, **stats) for name in weights}
-    mixed = sum(float(w) * per_reward[name] for name, w in weights.items())
-    if clip is not None:
-        mixed = mixed.clamp(-clip, clip)
-    return mixed, per_reward
+    return weighted_mean_advantage(per_reward, weights, clip), per_reward

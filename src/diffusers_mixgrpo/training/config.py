@@ -420,8 +420,14 @@ class GRPOConfig:
 
         > GRPO objective
 
-        train_batch_size (`int`, defaults to 1):
-            Rollouts per forward/backward of the training pass, per device.
+        train_batch_size (`int`, *optional*):
+            Rollouts per forward/backward of the training pass (the training micro-batch), per device, independent of
+            the rollout chunk `sample_max_batch_size`. An iteration takes
+            `ceil(ceil(rollouts_per_device / train_batch_size) / gradient_accumulation_steps)` optimiser steps per inner
+            epoch (`optimizer_steps_per_iteration`): the official MixGRPO recipe, 12 rollouts per GPU in micro-batches of 1
+            with accumulation 3, takes 4. `None`: one micro-batch per rollout chunk, which sees the denoiser with the
+            rollout's batch composition, so the first ratio is exactly 1 in float32 (a different micro-batch size leaves
+            it 1 up to float rounding).
         train_timestep_fraction (`float`, *optional*):
             Fraction of the window's steps trained per rollout, drawn at random (DanceGRPO). Preset: 1.0 (0.6 for
             DanceGRPO).
@@ -693,7 +699,10 @@ class GRPOConfig:
     )
 
     # GRPO objective
-    train_batch_size: int = field(default=1, metadata={"help": "Rollouts per training forward/backward, per device."})
+    train_batch_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Rollouts per training micro-batch, per device; None: one micro-batch per rollout chunk."},
+    )
     train_timestep_fraction: Optional[float] = field(
         default=None, metadata={"help": "Fraction of window steps trained per rollout; None: preset (1.0; 0.6)."}
     )
@@ -996,7 +1005,7 @@ class GRPOConfig:
             check_float("tail_ratio", 0.0, 1.0, True, False)
 
         # GRPO objective
-        check_int("train_batch_size", 1)
+        check_int("train_batch_size", 1, allow_none=True)
         check_float("train_timestep_fraction", 0.0, 1.0, True, False)
         check_int("num_inner_epochs", 1)
         check_float("clip_range", 0.0, inf, True, True)
@@ -1116,6 +1125,28 @@ class GRPOConfig:
     def rollouts_per_device(self) -> int:
         """Images generated per device per training step: `sample_prompts_per_device * num_generations`."""
         return self.sample_prompts_per_device * self.num_generations
+
+    @property
+    def train_micro_batches_per_iteration(self) -> int:
+        """Training micro-batches per device and inner epoch: `ceil(rollouts_per_device / train_batch_size)`, or the
+        number of rollout chunks when `train_batch_size` is `None` (a chunk holds whole groups of `num_generations`
+        when they fit in `sample_max_batch_size`, else a group is split into chunks)."""
+        n, g = self.rollouts_per_device, self.num_generations
+        if self.train_batch_size is not None:
+            return math.ceil(n / self.train_batch_size)
+        per_chunk = self.sample_max_batch_size or n
+        if g <= per_chunk:
+            return math.ceil(self.sample_prompts_per_device / (per_chunk // g))
+        return self.sample_prompts_per_device * math.ceil(g / per_chunk)
+
+    @property
+    def optimizer_steps_per_iteration(self) -> int:
+        """Optimiser steps per training step (GRPO iteration) when no step is skipped: one per
+        `gradient_accumulation_steps` micro-batches and one for a last, shorter group, per inner epoch (the official
+        MixGRPO FLUX recipe: 12 / (1 x 3) = 4)."""
+        return self.num_inner_epochs * math.ceil(
+            self.train_micro_batches_per_iteration / self.gradient_accumulation_steps
+        )
 
     @property
     def num_train_timesteps(self) -> int:

@@ -106,7 +106,8 @@ def configure_deepspeed(accelerator: Any, config: Any, fsdp2: bool = False) -> O
     micro-batch, marks only the last backward of an accumulation group as the boundary (where the engine reduces,
     clips and steps) and scales the loss itself. So the DeepSpeed config's `gradient_accumulation_steps` must stay 1
     (or `"auto"`); accumulation is `GRPOConfig.gradient_accumulation_steps`. `train_micro_batch_size_per_gpu`
-    (DeepSpeed needs it; the trainer has no dataloader) is the rollout chunk, `gradient_clipping` is
+    (DeepSpeed needs it; the trainer has no dataloader) is the training micro-batch (`train_batch_size`, else the
+    rollout chunk), `gradient_clipping` is
     `max_grad_norm`, and the optimiser and learning-rate schedule are the trainer's (AdamW / 8-bit AdamW,
     `lr_scheduler`), not the config's.
     With the optimiser state offloaded to the CPU, accelerate swaps AdamW for DeepSpeed's CPU Adam, keeping only the
@@ -169,7 +170,8 @@ def configure_deepspeed(accelerator: Any, config: Any, fsdp2: bool = False) -> O
     ds["gradient_accumulation_steps"] = 1
     ds["gradient_clipping"] = float(max_grad_norm)
     if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
-        ds["train_micro_batch_size_per_gpu"] = int(config.sample_max_batch_size or config.rollouts_per_device)
+        micro = config.train_batch_size or config.sample_max_batch_size or config.rollouts_per_device
+        ds["train_micro_batch_size_per_gpu"] = int(min(micro, config.rollouts_per_device))
     if ds.get("train_batch_size", "auto") == "auto":
         ds["train_batch_size"] = int(ds["train_micro_batch_size_per_gpu"]) * accelerator.num_processes
     logger.info("DeepSpeed ZeRO-%d over %d ranks.", stage, accelerator.num_processes)

@@ -98,6 +98,7 @@ _TABLE_FIELDS = [
     ("learning_rate", "learning rate"),
     ("weight_decay", "weight decay"),
     ("max_grad_norm", "gradient clip"),
+    ("train_batch_size", "training micro-batch"),
     ("gradient_accumulation_steps", "gradient accumulation"),
     ("max_train_steps", "training steps"),
     ("mixed_precision", "mixed precision"),

@@ -4,7 +4,6 @@ import concurrent.futures
 import dataclasses
 import inspect
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -148,9 +147,10 @@ class GRPOTrainer:
 
     One training step (a "GRPO iteration"): every process rolls out `sample_prompts_per_device` prompts x
     `num_generations` images with the current SDE window, scores them, the rewards are gathered across processes and
-    turned into group-normalised advantages, and the window steps are trained with the clipped GRPO loss (one
-    micro-batch per rollout chunk; an optimiser step every `gradient_accumulation_steps` micro-batches and at the end
-    of the iteration). The window then moves by the `SlidingWindowSchedule`.
+    turned into group-normalised advantages, and the window steps are trained with the clipped GRPO loss (micro-batches
+    of `train_batch_size`, or one per rollout chunk; an optimiser step every `gradient_accumulation_steps`
+    micro-batches and at the end of the iteration). The window then moves by the `SlidingWindowSchedule`. Every
+    decision to skip a backward or an optimiser step is the same on all ranks (see `_update`).
 
     Args:
         config (`GRPOConfig`): every hyper-parameter.
@@ -503,14 +503,20 @@ class GRPOTrainer:
 
     def _optimizer_steps_per_iteration(self) -> int:
         cfg = self.config
-        per_chunk = cfg.sample_max_batch_size or cfg.rollouts_per_device
-        g = cfg.num_generations
-        chunks = (
-            math.ceil(cfg.sample_prompts_per_device / max(1, per_chunk // g))
-            if g <= per_chunk
-            else cfg.sample_prompts_per_device * math.ceil(g / per_chunk)
-        )
-        return cfg.num_inner_epochs * math.ceil(chunks / cfg.gradient_accumulation_steps)
+        micro = cfg.train_micro_batches_per_iteration
+        if cfg.gradient_accumulation_steps > micro:
+            logger.warning(
+                "gradient_accumulation_steps=%d but an iteration has only %d training micro-batch(es) per device "
+                "(train_batch_size=%s, %d rollouts per device): each iteration takes %d optimiser step(s). Set "
+                "train_batch_size to train in smaller micro-batches (the official MixGRPO recipe: train_batch_size 1, "
+                "gradient_accumulation_steps 3, 4 steps per iteration).",
+                cfg.gradient_accumulation_steps,
+                micro,
+                cfg.train_batch_size,
+                cfg.rollouts_per_device,
+                cfg.optimizer_steps_per_iteration,
+            )
+        return cfg.optimizer_steps_per_iteration
 
     # fsdp2 checkpoints: the trained parameters (LoRA: the adapters only) and the optimiser, sharded (collective).
     def _save_sharded_hook(self, models, weights, output_dir):
@@ -724,88 +730,138 @@ class GRPOTrainer:
         finally:
             denoiser.enable_adapters()
 
-    def _update(self, batch: RolloutBatch, advantages: torch.Tensor, keep: torch.Tensor, step: int) -> dict:
-        cfg, acc, pipe = self.config, self.accelerator, self.pipeline
+    def _micro_batches(self, batch: RolloutBatch, order: torch.Generator) -> list[torch.Tensor]:
+        """This inner epoch's training micro-batches (sample indices), in training order.
+
+        The same on every rank: every rank rolls out the same number of samples and draws the order from the same
+        seeded generator, so all ranks enter the same sequence of forward / backward / optimiser steps (a rank that
+        ran one collective fewer would hang the others). `train_batch_size=None`: the rollout's own chunks, shuffled;
+        else a shuffled partition of the samples into micro-batches of `train_batch_size`."""
+        size = self.config.train_batch_size
+        if size is None:
+            return [batch.chunks[i].cpu() for i in torch.randperm(len(batch.chunks), generator=order).tolist()]
+        return list(torch.randperm(batch.batch_size, generator=order).split(size))
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """`ok` on every rank (one all-reduce): a decision that changes which collectives or optimiser steps a rank
+        takes must be the same on all of them, or the job hangs (DDP, FSDP2, ZeRO) or the replicas drift."""
+        if self.accelerator.num_processes == 1:
+            return ok
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.accelerator.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _update(self, batch: RolloutBatch, advantages: torch.Tensor, all_keep: torch.Tensor, step: int) -> dict:
+        """The clipped GRPO update on this iteration's rollouts: micro-batches of `train_batch_size`, an optimiser step
+        every `gradient_accumulation_steps` of them.
+
+        Samples of dropped groups (`all_keep` False, non-finite rewards) count as samples with advantage 0: they add
+        nothing to the gradient and leave the weight of the others unchanged (a micro-batch's loss is the sum over
+        its kept samples divided by its full size). Every skip is decided identically on all ranks: `all_keep` is
+        the gathered mask, so each rank knows which micro-batches any rank trains; one that no rank trains is left
+        out by all, and a rank with nothing kept in a micro-batch that others train runs it with a zeroed loss (the
+        gradient reduction needs every rank's backward). A non-finite loss or gradient on any rank skips that
+        accumulation group's optimiser step on every rank."""
+        cfg, acc = self.config, self.accelerator
         train_steps = self._train_steps(batch, step)
-        stats: dict[str, list[float]] = {}
-        micro = [c[keep[c.to(keep.device)].cpu()] for c in batch.chunks]
-        micro = [c for c in micro if len(c)]
+        n = batch.batch_size
+        kept_by_rank = all_keep.reshape(acc.num_processes, n).cpu()
+        local_keep = kept_by_rank[acc.process_index]
         accum = cfg.gradient_accumulation_steps
         autocast = self._autocast_dtype()
         deepspeed = self.zero_stage is not None
-        skipped = 0
+        stats: dict[str, list[float]] = {}
+        taken = skipped = 0
+        order = torch.Generator().manual_seed(cfg.seed + step)
         for _ in range(cfg.num_inner_epochs):
-            order = torch.randperm(len(micro), generator=torch.Generator().manual_seed(cfg.seed + step))
-            for n, mi in enumerate(order.tolist()):
-                idx = micro[mi]
-                group_end = n // accum * accum + accum
-                in_group = min(group_end, len(micro)) - (n // accum * accum)
-                sync = (n + 1) % accum == 0 or n + 1 == len(micro)
-                ctx = (
-                    acc.no_sync(self.model) if not sync and acc.num_processes > 1 and not deepspeed else nullcontext()
-                )
-                with ctx:
-                    for ti, t in enumerate(train_steps):
-                        j = batch.step_position(t)
-                        logp, mean, std = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
-                        ref_mean = None
-                        if cfg.kl_type == "reference" and cfg.kl_coeff > 0:
-                            with torch.no_grad(), self._reference_policy():
-                                _, ref_mean, _ = pipe.log_prob(
-                                    batch, t, idx, autocast_dtype=autocast, return_stats=True
-                                )
-                        out = grpo_loss(
-                            logp,
-                            batch.log_probs[idx, j].to(logp.device),
-                            advantages[idx.to(advantages.device)],
-                            clip_range=cfg.clip_range,
-                            kl_type=cfg.kl_type if cfg.kl_coeff > 0 else "none",
-                            kl_coeff=cfg.kl_coeff,
-                            prev_sample_mean=mean,
-                            ref_prev_sample_mean=ref_mean,
-                            std_dev=std,
-                        )
-                        loss = out.loss / (len(train_steps) * in_group)
-                        finite_loss = bool(torch.isfinite(loss))
-                        if not finite_loss:
-                            skipped += 1
-                            if not deepspeed:
-                                continue
-                            # DeepSpeed: the backward still runs (the engine steps at the group's last backward);
-                            # NaN gradients make it skip the step and clear them, as the skip below does.
-                            loss = loss * float("nan")
-                        if deepspeed:
-                            self._deepspeed_backward(loss, boundary=sync and ti == len(train_steps) - 1)
-                        else:
-                            acc.backward(loss)
-                        if not finite_loss:
-                            continue
-                        for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
-                            stats.setdefault(key, []).append(
-                                float(value.detach() if torch.is_tensor(value) else value)
-                            )
-                if sync:
-                    # DeepSpeed: the engine has already clipped, stepped and zeroed at the boundary backward, or
-                    # skipped the step (a non-finite gradient norm); its optimiser's step / zero_grad are no-ops.
-                    finite = not self.optimizer.step_was_skipped if deepspeed else grads_finite(self.trainable)
-                    if finite and skipped == 0:
-                        if deepspeed:
-                            grad_norm = self.model.get_global_grad_norm()
-                        elif self.fsdp2 is not None:
-                            grad_norm = clip_grad_norm(self.trainable, cfg.max_grad_norm)
-                        else:
-                            grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
-                        stats.setdefault("grad_norm", []).append(float(grad_norm))
-                        self.optimizer.step()
-                        self.lr_scheduler.step()
-                        if self.ema is not None:
-                            self.ema.step(self.trainable)
+            micro = self._micro_batches(batch, order)
+            for start in range(0, len(micro), accum):
+                group = micro[start : start + accum]
+                runs = [m for m in group if bool(kept_by_rank[:, m].any())]
+                if not runs:
+                    continue  # no rank keeps a sample of this accumulation group: no backward, no optimiser step
+                non_finite = 0
+                for i, m in enumerate(runs):
+                    # The last micro-batch that runs is the boundary: DDP reduces the gradients at its backward and
+                    # DeepSpeed steps there; the same on every rank since `runs` is.
+                    sync = i == len(runs) - 1
+                    kept = m[local_keep[m]]
+                    idx = kept if len(kept) else m[:1]
+                    # sum over the kept samples / the micro-batch's full size / (micro-batches in the group x steps)
+                    weight = len(kept) / (len(m) * len(group) * len(train_steps))
+                    ctx = (
+                        acc.no_sync(self.model)
+                        if not sync and acc.num_processes > 1 and not deepspeed
+                        else nullcontext()
+                    )
+                    with ctx:
+                        for ti, t in enumerate(train_steps):
+                            out = self._window_step_loss(batch, t, idx, advantages, autocast)
+                            loss = out.loss * weight
+                            finite_loss = bool(torch.isfinite(loss))
+                            if not finite_loss:
+                                # The backward still runs (the other ranks wait for this rank's gradients); the
+                                # group's optimiser step is skipped below on every rank. DeepSpeed skips it itself
+                                # on non-finite gradients, so a non-finite loss must give non-finite gradients.
+                                non_finite += 1
+                                loss = loss * float("nan")
+                            if deepspeed:
+                                self._deepspeed_backward(loss, boundary=sync and ti == len(train_steps) - 1)
+                            else:
+                                acc.backward(loss)
+                            if finite_loss and len(kept):
+                                for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
+                                    stats.setdefault(key, []).append(
+                                        float(value.detach() if torch.is_tensor(value) else value)
+                                    )
+                # DeepSpeed: the engine has already clipped, stepped and zeroed at the boundary backward, or skipped the
+                # step (a non-finite gradient norm); its optimiser's step / zero_grad are no-ops.
+                finite = not self.optimizer.step_was_skipped if deepspeed else grads_finite(self.trainable)
+                if self._all_ranks(finite and non_finite == 0):
+                    if deepspeed:
+                        grad_norm = self.model.get_global_grad_norm()
+                    elif self.fsdp2 is not None:
+                        grad_norm = clip_grad_norm(self.trainable, cfg.max_grad_norm)
                     else:
-                        stats.setdefault("skipped_updates", []).append(1.0)
-                        logger.warning("Step %d: non-finite loss or gradient; optimiser step skipped.", step)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    skipped = 0
-        return {k: sum(v) / len(v) for k, v in stats.items()}
+                        grad_norm = acc.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+                    stats.setdefault("grad_norm", []).append(float(grad_norm))
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    if self.ema is not None:
+                        self.ema.step(self.trainable)
+                    taken += 1
+                else:
+                    skipped += 1
+                    logger.warning("Step %d: non-finite loss or gradient on a rank; optimiser step skipped.", step)
+                self.optimizer.zero_grad(set_to_none=True)
+        logs = {k: sum(v) / len(v) for k, v in stats.items()}
+        logs["optimizer_steps"] = taken
+        if skipped:
+            logs["skipped_updates"] = skipped
+        return logs
+
+    def _window_step_loss(self, batch, t, idx, advantages, autocast):
+        """`grpo_loss` of the samples `idx` at window step `t`, recomputing their log-probs under the current weights
+        (and, with the reference KL, under the base model)."""
+        cfg, pipe = self.config, self.pipeline
+        logp, mean, std = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
+        ref_mean = None
+        if cfg.kl_type == "reference" and cfg.kl_coeff > 0:
+            with torch.no_grad(), self._reference_policy():
+                _, ref_mean, _ = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
+        return grpo_loss(
+            logp,
+            batch.log_probs[idx, batch.step_position(t)].to(logp.device),
+            advantages[idx.to(advantages.device)],
+            clip_range=cfg.clip_range,
+            kl_type=cfg.kl_type if cfg.kl_coeff > 0 else "none",
+            kl_coeff=cfg.kl_coeff,
+            prev_sample_mean=mean,
+            ref_prev_sample_mean=ref_mean,
+            std_dev=std,
+        )
 
     def _deepspeed_backward(self, loss: torch.Tensor, boundary: bool) -> None:
         """One backward under DeepSpeed: only the last backward of an accumulation group is the engine's gradient
@@ -859,7 +915,9 @@ class GRPOTrainer:
             self.bad_group_streak = 0
         t0 = time.perf_counter()
         self._phase("update")
-        update_stats = self._update(batch, advantages, keep, step) if keep.any() else {}
+        # `all_keep` (gathered) and not this rank's `keep`: a rank whose groups were all dropped still takes part in
+        # the update while another rank trains, or that rank would wait for it in the gradient reduction forever.
+        update_stats = self._update(batch, advantages, all_keep, step) if all_keep.any() else {"optimizer_steps": 0}
         times["time/update"] = time.perf_counter() - t0
         finite = {k: v[all_keep] for k, v in all_scores.items()}
         total = sum(self.reward.weights[k] * finite[k] for k in finite)
