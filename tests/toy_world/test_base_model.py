@@ -48,8 +48,9 @@ def test_pipeline_generates_32x32_images(pipe):
 
 def test_heldout_accuracy_is_in_the_imperfect_band(pipe):
     result = evaluate_toy_pipeline(pipe, heldout_prompts(), num_images_per_prompt=2, seed=0)
-    # measured: see docs/toy_world.md (32 held-out prompts x 2 images, 10 steps, guidance 3.5, seed 0)
-    assert 0.3 <= result["accuracy"] <= 0.7, result
+    # measured 0.297 (32 held-out prompts x 2 images, 10 steps, guidance 3.5, seed 0): about half its images are
+    # hazy, which the GenEval-style judge reads less often (docs/toy_world.md)
+    assert 0.2 <= result["accuracy"] <= 0.6, result
 
 
 def test_tokenizer_appends_eos_for_clip_pooling():
@@ -65,3 +66,13 @@ def test_t5_features_of_the_prompt_ignore_the_padding():
     long, _, _ = pipe.encode_prompt(prompts, None, max_sequence_length=64)
     torch.testing.assert_close(short, long[:, :TOY_MAX_SEQUENCE_LENGTH])
     assert not torch.allclose(pooled[0], pooled[1])
+
+
+def test_the_base_model_draws_both_styles_of_its_data(pipe):
+    """Trained on half hazy, half clean renders, it draws either: what preference alignment then resolves."""
+    from diffusers_mixgrpo.toy_world.preference import toy_contrast
+
+    images = pipe(heldout_prompts(), generator=torch.Generator().manual_seed(0), output_type="pt",
+                  **TOY_PIPELINE_CALL_KWARGS).images  # fmt: skip
+    clean_share = float((toy_contrast(images) > 0.75).mean())
+    assert 0.25 <= clean_share <= 0.75, clean_share  # measured 0.54 (256 held-out images, evaluation noise)

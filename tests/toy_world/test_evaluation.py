@@ -73,3 +73,23 @@ def test_evaluation_is_deterministic_and_uses_ode_samples():
     assert not batch_a.step_indices  # no SDE step: a deterministic ODE rollout
     # the samples of one prompt start from different noise
     assert not torch.equal(batch_a.images[0], batch_a.images[1])
+
+
+def test_paired_gain_takes_the_prompts_as_the_units():
+    import numpy as np
+
+    from diffusers_mixgrpo.toy_world.evaluation import ToyAlignmentScores, paired_gain
+
+    def scores(values):
+        return ToyAlignmentScores(
+            accuracy=0.0, reward=0.0, accuracy_single=None, accuracy_two=None, color_ok=0.0, position_ok=0.0,
+            shape_ok=0.0, num_images=4, per_image={"preference": np.array(values)}, prompts=["a", "a", "b", "b"],
+        )  # fmt: skip
+
+    # per-image gains 0.1, 0.3 (prompt a: 0.2) and 0.0, 0.2 (prompt b: 0.1): mean 0.15, SE = std(0.2, 0.1) / sqrt(2)
+    gain, se = paired_gain(scores([0.5, 0.5, 0.5, 0.5]), scores([0.6, 0.8, 0.5, 0.7]), "preference")
+    assert gain == pytest.approx(0.15) and se == pytest.approx(np.std([0.2, 0.1], ddof=1) / np.sqrt(2))
+    other = scores([0.5] * 4)
+    other.prompts = ["b", "b", "a", "a"]
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_gain(scores([0.5] * 4), other, "preference")
