@@ -331,8 +331,14 @@ def main(argv: Optional[Sequence[str]] = None) -> DemoResult:
     parser.add_argument("--output_dir", default="mixgrpo-toy-demo")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="GRPO iterations.")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reward",
+        default=DEMO_REWARD,
+        choices=list(_METRIC_OF_REWARD),
+        help="Reward to train on (toy_contrast alone is the unguarded aesthetic of the reward-hacking comparison).",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    result = run_demo(args.method, args.output_dir, args.steps, args.seed)
+    result = run_demo(args.method, args.output_dir, args.steps, args.seed, reward=args.reward)
     print(result.summary())
     return result
