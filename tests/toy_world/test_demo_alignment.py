@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from diffusers_mixgrpo.toy_world import is_heldout_prompt, train_prompts
 from diffusers_mixgrpo.toy_world.demo import DEMO_REWARD, NUM_TRAIN_PROMPTS, run_demo
@@ -44,7 +45,8 @@ def test_a_short_demo_writes_its_files_and_scores_the_same_heldout_set_before_an
             "1",
         ]
     )
-    assert again.global_step == 1 and set(again.config.rewards) == {"toy_preference"}
+    saved = yaml.safe_load((tmp_path / "again" / "training_config.yaml").read_text())
+    assert again.global_step == 1 and saved["rewards"] == {"toy_preference": 1.0}
 
 
 @pytest.mark.slow

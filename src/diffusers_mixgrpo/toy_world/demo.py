@@ -252,10 +252,12 @@ _CURVE_METRICS = ("preference", "accuracy", "reward")
 
 def _heldout_curve(history, before, after, last_step: int) -> list[dict[str, float]]:
     """Held-out preference, accuracy and toy-world reward per evaluated step, step 0 and the last step included."""
-    points = {0: {name: getattr(before, name) for name in _CURVE_METRICS}}
+    points = {}
     for name in _CURVE_METRICS:
         for step, value in history.get(f"eval_{name}", []):
             points.setdefault(int(step), {})[name] = value
+    # the first and last points are the before / after evaluations (more images than the periodic ones)
+    points[0] = {name: getattr(before, name) for name in _CURVE_METRICS}
     points[last_step] = {name: getattr(after, name) for name in _CURVE_METRICS}
     return [{"step": s, **v} for s, v in sorted(points.items()) if len(v) == len(_CURVE_METRICS)]
 
