@@ -317,3 +317,33 @@ def test_a_dropped_sample_counts_as_a_sample_with_advantage_zero(tmp_path):
         torch.testing.assert_close(value, weights[1][name], rtol=0, atol=1e-6)
     initial = lora_weights(make_trainer(make_config(tmp_path / "initial")))
     assert max(float((weights[0][n] - v).abs().max()) for n, v in initial.items()) > 1e-4
+
+
+def test_registered_rewards_load_with_reward_dtype_and_reward_device(tmp_path):
+    """A registered reward's factory gets `reward_dtype` as a torch dtype and `reward_device` as a torch device;
+    without `reward_device` it gets the training device."""
+    from diffusers_mixgrpo.rewards.registry import register_reward, unregister_reward
+
+    calls = []
+
+    def probe(device=None, dtype=None):
+        calls.append((device, dtype))
+        return brightness
+
+    register_reward("placement_probe", probe)
+    try:
+        make_trainer(make_config(tmp_path / "a", reward_dtype="bfloat16", reward_device="cpu"), {"placement_probe": 1})
+        make_trainer(make_config(tmp_path / "b"), {"placement_probe": 1})
+    finally:
+        unregister_reward("placement_probe")
+    assert calls == [(torch.device("cpu"), torch.bfloat16), (torch.device("cpu"), torch.float32)]
+
+
+def test_an_unavailable_reward_device_fails_before_the_model_loads(tmp_path):
+    from diffusers_mixgrpo.training.errors import ConfigError
+
+    config = make_config(tmp_path, reward_device="cuda:7")
+    with mock.patch("diffusers_mixgrpo.training.trainer.load_training_pipeline") as load:
+        with pytest.raises(ConfigError, match="reward_device='cuda:7' is not available"):
+            GRPOTrainer(config, rewards={brightness: 1.0}, train_prompts=PROMPTS)
+    load.assert_not_called()

@@ -61,6 +61,7 @@ APPLIED_ON_RESUME = frozenset(
         "reward_kwargs",
         "reward_timeout",
         "reward_batch_size",
+        "reward_device",
         "max_consecutive_bad_groups",
         "gradient_checkpointing",
         "sample_max_batch_size",

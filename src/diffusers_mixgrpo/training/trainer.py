@@ -61,7 +61,7 @@ from .logging_utils import (
 )
 from .losses import grpo_loss
 from .model_defaults import read_sampling_defaults
-from .preflight import read_prompt_file
+from .preflight import check_reward_device_available, read_prompt_file
 from .resume import RUN_CONFIG_FILE, check_finite, config_changes, prompts_fingerprint, set_learning_rate
 from .run_summary import RunSummary
 
@@ -199,6 +199,7 @@ class GRPOTrainer:
             ),
         )
         set_seed(config.seed)
+        check_reward_device_available(config.reward_device)  # before FLUX loads, not after
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
         self._apply_model_defaults()
@@ -319,7 +320,15 @@ class GRPOTrainer:
                 example[:80],
             )
 
+    @property
+    def reward_device(self) -> torch.device:
+        """Where the registered reward models run: `reward_device`, else this process's training device."""
+        device = self.config.reward_device
+        return torch.device(device) if device is not None else self.accelerator.device
+
     def _build_rewards(self, rewards: Optional[RewardSpec]) -> MultiReward:
+        """The run's `MultiReward`; registered names are loaded on `reward_device` in `reward_dtype` (callables and a
+        ready `MultiReward` are used as given)."""
         cfg = self.config
         if rewards is None:
             rewards = cfg.rewards
@@ -335,7 +344,8 @@ class GRPOTrainer:
             return MultiReward(
                 rewards,
                 mix=cfg.reward_mix,
-                device=self.accelerator.device,
+                device=self.reward_device,
+                dtype=getattr(torch, cfg.reward_dtype),
                 reward_kwargs={k: v for k, v in options.items() if v},
                 std=cfg.adv_std,
                 trim=cfg.adv_trim,
