@@ -525,7 +525,8 @@ class GRPOConfig:
         gradient_checkpointing (`bool`, defaults to `False`):
             Recompute activations in the backward pass of the denoiser (the paper: on).
         allow_tf32 (`bool`, defaults to `True`):
-            Allow TF32 matmuls on Ampere+ GPUs.
+            TF32 matmuls and cuDNN convolutions on Ampere+ GPUs: sets `torch.backends.cuda.matmul.allow_tf32` and
+            `torch.backends.cudnn.allow_tf32` when the trainer starts on CUDA (`False` turns both off).
         seed (`int`, defaults to 42):
             Seed of the run (initial noise, window schedule, data order).
 
@@ -586,6 +587,9 @@ class GRPOConfig:
             installed, else none.
         tracker_project_name (`str`, defaults to `"mixgrpo"`):
             Project name given to the trackers.
+        tracker_run_name (`str`, *optional*):
+            Name of the wandb run. `None`: the name of `output_dir`. The run's wandb id is kept in
+            `output_dir/wandb_run_id.txt`, so a resumed run logs into the same wandb run.
         logging_dir (`str`, defaults to `"logs"`):
             Tracker directory, relative to `output_dir`.
         logging_steps (`int`, defaults to 1):
@@ -839,6 +843,9 @@ class GRPOConfig:
         metadata={"help": "'tensorboard', 'wandb', 'all', 'none' or a comma list; None: tensorboard if installed."},
     )
     tracker_project_name: str = field(default="mixgrpo", metadata={"help": "Tracker project name."})
+    tracker_run_name: Optional[str] = field(
+        default=None, metadata={"help": "Run name shown by wandb; None: the name of output_dir."}
+    )
     logging_dir: str = field(default="logs", metadata={"help": "Tracker directory, relative to output_dir."})
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every this many training steps."})
     validation_steps: int = field(default=50, metadata={"help": "Log a sample grid every N steps (0: never)."})
