@@ -1,8 +1,11 @@
 """Builders of tiny, randomly initialised checkpoints in the original formats of each reward model."""
 
 import json
+from pathlib import Path
 
 import torch
+
+from diffusers_mixgrpo.rewards._preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 IMAGE_SIZE = 32  # input resolution of every tiny model
 BERT_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + "a an the red green blue cat dog on of photo ##s".split()
@@ -115,3 +118,116 @@ def sample_images(n=5, size=(40, 48), seed=0):
 
 
 PROMPTS = ["a red cat", "the blue dog", "a photo of a green cat", "an dog on the cat", "red"]
+
+
+def write_tiny_clip(directory):
+    """A tiny transformers CLIPModel + CLIPProcessor (OpenAI normalisation, bicubic, 32 px) saved with safetensors."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    directory = Path(directory)
+    tokenizer = _clip_tokenizer(directory)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    with torch.no_grad():
+        # Give image and text embeddings a shared component so that cosines are positive (a random CLIP gives
+        # negative ones half the time, which CLIP score clamps to 0): a large final LayerNorm bias on each tower,
+        # chosen so both project to the same direction.
+        bias = torch.randn(32) * 10
+        model.vision_model.post_layernorm.bias.copy_(bias)
+        target = model.visual_projection.weight @ bias
+        text_bias = torch.linalg.lstsq(model.text_projection.weight, target.unsqueeze(-1)).solution.squeeze(-1)
+        model.text_model.final_layer_norm.bias.copy_(text_bias)
+    model.save_pretrained(directory / "model")
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            image_mean=list(OPENAI_CLIP_MEAN),
+            image_std=list(OPENAI_CLIP_STD),
+        ),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(directory / "model")
+    return directory / "model"
+
+
+def write_tiny_hps(directory):
+    """`HPS_v2.1_compressed.pt` ({"state_dict": open_clip keys}) for a tiny ViT (head width 20 / 16) + tokenizer."""
+    directory = Path(directory)
+    torch.save({"state_dict": make_open_clip_state_dict()}, directory / "HPS_v2.1_compressed.pt")
+    _clip_tokenizer(directory).save_pretrained(directory / "tokenizer")
+    return directory
+
+
+def write_tiny_imagereward(directory):
+    """ImageReward.pt + med_config.json (BLIP's BERT config, tiny) + a bert-style WordPiece tokenizer."""
+    from transformers import BertTokenizer
+
+    directory = Path(directory)
+    torch.save(make_imagereward_state_dict(), directory / "ImageReward.pt")
+    med = {
+        "architectures": ["BertModel"],
+        "attention_probs_dropout_prob": 0.1,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": 32,
+        "initializer_range": 0.02,
+        "intermediate_size": 128,
+        "layer_norm_eps": 1e-12,
+        "max_position_embeddings": 512,
+        "model_type": "bert",
+        "num_attention_heads": 2,
+        "num_hidden_layers": 2,
+        "pad_token_id": 0,
+        "type_vocab_size": 2,
+        "vocab_size": len(BERT_WORDS) + 2,
+        "encoder_width": 32,
+        "add_cross_attention": True,
+    }
+    (directory / "med_config.json").write_text(json.dumps(med))
+    BertTokenizer(vocab={w: i for i, w in enumerate(BERT_WORDS)}).save_pretrained(directory / "tokenizer")
+    return directory
+
+
+def tiny_reward_factories(clip_dir, hps_dir, imagereward_dir):
+    """`name -> factory(**kwargs)` loading PickScore, HPS-v2.1 and ImageReward from the tiny folders written above
+    (through the rewards' real loading code); kwargs such as `dtype=` or `batch_size=` go to `load_reward`."""
+    from diffusers_mixgrpo.rewards import load_reward
+
+    clip, hps, ir = str(clip_dir), Path(hps_dir), Path(imagereward_dir)
+    return {
+        "pickscore": lambda **kw: load_reward("pickscore", checkpoint=clip, processor=clip, **kw),
+        "hpsv2.1": lambda **kw: load_reward(
+            "hpsv2.1",
+            checkpoint=str(hps),
+            tokenizer=str(hps / "tokenizer"),
+            vision_head_width=20,
+            text_head_width=16,
+            **kw,
+        ),
+        "imagereward": lambda **kw: load_reward(
+            "imagereward", checkpoint=str(ir), tokenizer=str(ir / "tokenizer"), vision_head_width=16, **kw
+        ),
+    }

@@ -1,4 +1,5 @@
-"""Helper of test_trainer.py: train 2 steps and save the LoRA weights (run by torchrun or plainly)."""
+"""Helper of test_trainer.py: train 2 steps and save the LoRA weights (run by torchrun or plainly); with a 5th
+argument, also count DDP's gradient all-reduces (a comm hook) and save the count there (rank 0)."""
 
 import sys
 
@@ -15,7 +16,7 @@ def brightness(images, prompts):
     return images.float().mean(dim=(1, 2, 3))
 
 
-def main(output_dir: str, result: str, prompts_per_device: int, accumulation: int) -> None:
+def main(output_dir: str, result: str, prompts_per_device: int, accumulation: int, count_file: str = "") -> None:
     torch.set_num_threads(1)
     config = GRPOConfig(
         output_dir=output_dir,
@@ -45,11 +46,22 @@ def main(output_dir: str, result: str, prompts_per_device: int, accumulation: in
         train_prompts=["a red circle", "a blue square", "a green cross", "a cat"],
         accelerator=accelerator,
     )
+    reductions = []
+    if count_file and accelerator.num_processes > 1:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def counting_hook(state, bucket):
+            reductions.append(bucket.index())
+            return allreduce_hook(state, bucket)
+
+        trainer.model.register_comm_hook(None, counting_hook)
     trainer.train()
+    if count_file and accelerator.is_main_process:
+        torch.save({"buckets": reductions}, count_file)
     if accelerator.is_main_process:
         weights = {n: p.detach().cpu() for n, p in pipe.denoiser.named_parameters() if "lora" in n}
         torch.save(weights, result)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:])

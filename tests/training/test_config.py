@@ -406,3 +406,57 @@ def test_optimizer_steps_per_iteration_from_the_training_micro_batch():
     assert GRPOConfig(output_dir="o", train_batch_size=1, num_inner_epochs=2).optimizer_steps_per_iteration == 8
     with pytest.raises(ValueError, match="train_batch_size"):
         GRPOConfig(output_dir="o", train_batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        (
+            {"reward_dtype": "fp16"},
+            "reward_dtype='fp16' is not allowed; choose one of 'float32', 'bfloat16', 'float16'",
+        ),
+        ({"reward_dtype": "float64"}, "reward_dtype='float64' is not allowed"),
+        ({"reward_device": "gpu0"}, "reward_device='gpu0' is not a device; allowed: 'cpu', 'cuda'"),
+        ({"reward_device": "meta"}, "reward_device='meta' is not allowed; allowed: 'cpu'"),
+        (
+            {"rewards": {"hpsv2.1": 1.0}, "reward_kwargs": "hpsv2.1.dtype=bfloat16"},
+            "reward_kwargs['hpsv2.1'] sets dtype='bfloat16'; the dtype of the reward models is set for all of them "
+            "by reward_dtype (allowed: 'float32', 'bfloat16', 'float16')",
+        ),
+        (
+            {"rewards": {"pickscore": 1.0}, "reward_kwargs": {"pickscore": {"device": "cuda:1"}}},
+            "the device of the reward models is set for all of them by reward_device",
+        ),
+    ],
+)
+def test_reward_dtype_and_device_are_checked_when_the_config_is_made(kwargs, fragment):
+    from diffusers_mixgrpo.training.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        GRPOConfig(**kwargs)
+    assert fragment in str(info.value)
+
+
+def test_reward_dtype_and_device_defaults_and_spellings():
+    cfg = GRPOConfig()
+    assert cfg.reward_dtype == "float32" and cfg.reward_device is None
+    assert GRPOConfig(reward_dtype="bfloat16", reward_device=" CUDA:1 ").reward_device == "cuda:1"
+    assert GRPOConfig(reward_device="cpu").reward_device == "cpu"
+
+
+def test_a_missing_reward_device_fails_in_preflight_before_the_model_loads(tmp_path, monkeypatch):
+    import torch
+
+    from diffusers_mixgrpo.training.errors import ConfigError
+    from diffusers_mixgrpo.training.preflight import check_reward_device_available
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"reward_device='cuda:1' is not available on this machine \(no cuda"):
+        check_reward_device_available("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"this machine has 1 cuda device\(s\) \(indices 0 to 0\)"):
+        check_reward_device_available("cuda:1")
+    check_reward_device_available("cuda:0")
+    check_reward_device_available("cpu")
+    check_reward_device_available(None)

@@ -116,3 +116,33 @@ def test_plot_reward_curve_writes_a_png(tmp_path):
     path = plot_reward_curve({"hps": [0.2, 0.25, 0.3], "pick": [0.1, 0.2, 0.1]}, tmp_path / "curve.png")
     with Image.open(path) as im:
         assert im.format == "PNG" and im.width > 100
+
+
+def test_wandb_runs_get_a_name_and_a_resumed_run_reuses_their_id(tmp_path):
+    """No wandb needed: the kwargs handed to accelerate's `init_trackers` are checked."""
+    from types import SimpleNamespace
+
+    from diffusers_mixgrpo.training.logging_utils import WANDB_RUN_ID_FILE, tracker_init_kwargs
+
+    config = SimpleNamespace(output_dir=str(tmp_path / "flux-hps"), tracker_run_name=None)
+    assert tracker_init_kwargs(config, ["tensorboard"]) == {}
+    first = tracker_init_kwargs(config, ["wandb"])["wandb"]
+    assert first["name"] == "flux-hps" and first["resume"] == "allow" and first["id"]
+    assert (tmp_path / "flux-hps" / WANDB_RUN_ID_FILE).read_text().strip() == first["id"]
+    assert tracker_init_kwargs(config, ["wandb"], resuming=True)["wandb"]["id"] == first["id"]
+    fresh = tracker_init_kwargs(SimpleNamespace(output_dir=config.output_dir, tracker_run_name="try 2"), ["all"])
+    assert fresh["wandb"]["name"] == "try 2" and fresh["wandb"]["id"] != first["id"]
+
+
+def test_init_trackers_passes_the_wandb_kwargs_to_accelerate(tmp_path):
+    from unittest import mock
+
+    from diffusers_mixgrpo.training.config import GRPOConfig
+
+    accelerator = mock.Mock(log_with=["wandb"], is_main_process=True)
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), report_to="none", tracker_run_name="named")
+    init_trackers(accelerator, config, resuming=False)
+    kwargs = accelerator.init_trackers.call_args.kwargs["init_kwargs"]
+    assert kwargs["wandb"]["name"] == "named" and kwargs["wandb"]["resume"] == "allow"
+    init_trackers(accelerator, config, resuming=True)
+    assert accelerator.init_trackers.call_args.kwargs["init_kwargs"]["wandb"]["id"] == kwargs["wandb"]["id"]

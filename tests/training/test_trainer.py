@@ -101,13 +101,74 @@ def test_window_slides_with_the_schedule(tmp_path):
     assert starts == [0, 1, 2, 3]
 
 
-def test_dancegrpo_trains_a_seeded_sixty_percent_of_the_steps(tmp_path):
+def test_dancegrpo_trains_a_seeded_sixty_percent_of_the_steps_drawn_per_sample(tmp_path):
     config = make_config(tmp_path, method="dancegrpo", window_size=None, num_inference_steps=6)
     trainer = make_trainer(config)
     batch = trainer._rollout(0)
     assert batch.step_indices == [0, 1, 2, 3, 4]  # every trainable step is an SDE step
     chosen = trainer._train_steps(batch, 0)
-    assert len(chosen) == 3 and chosen == trainer._train_steps(batch, 0)
+    assert len(chosen) == batch.batch_size == 8 and all(len(c) == 3 and c == sorted(c) for c in chosen)
+    assert chosen == trainer._train_steps(batch, 0)  # deterministic from the seed
+    assert len({tuple(c) for c in chosen}) > 1  # each sample its own subset (as the official DanceGRPO code)
+    assert trainer._train_steps(batch, 1) != chosen  # and a new draw every iteration
+
+
+def test_a_sample_draws_the_same_steps_on_whichever_rank_holds_it(tmp_path):
+    """The draw depends on the seed, the step and the sample's global index: the second half of a one-process batch
+    of 8 gets the steps that rank 1 of two processes (4 samples each) gives its 4 samples."""
+    from types import SimpleNamespace
+
+    trainer = make_trainer(make_config(tmp_path, method="dancegrpo", window_size=None, num_inference_steps=6))
+    steps = [0, 1, 2, 3, 4]
+    one = trainer._train_steps(SimpleNamespace(step_indices=steps, batch_size=8), 3)
+    with mock.patch.object(type(trainer.accelerator), "process_index", new_callable=mock.PropertyMock) as rank:
+        rank.return_value = 1
+        second = trainer._train_steps(SimpleNamespace(step_indices=steps, batch_size=4), 3)
+    assert second == one[4:]
+
+
+def test_per_sample_steps_batch_the_samples_that_share_a_step():
+    pieces = GRPOTrainer._step_pieces([[0, 2], [1, 2], [0, 3]], torch.tensor([2, 0, 1]))
+    assert [(t, s.tolist()) for t, s in pieces] == [(0, [2, 0]), (1, [1]), (2, [0, 1]), (3, [2])]
+    same = GRPOTrainer._step_pieces([[1, 2]] * 3, torch.tensor([0, 1, 2]))
+    assert [(t, s.tolist()) for t, s in same] == [(1, [0, 1, 2]), (2, [0, 1, 2])]
+
+
+@pytest.mark.parametrize("train_batch_size", [None, 2])
+def test_dancegrpo_per_sample_steps_train_on_policy(tmp_path, train_batch_size):
+    """Micro-batches whose samples train different steps run and move the LoRA, with the ratio at 1 up to the
+    optimiser steps taken before a micro-batch: measured |ratio_mean - 1| = 0 with one micro-batch (None) and 3.6e-5
+    with micro-batches of 2 (4 optimiser steps per iteration, the later micro-batches slightly off-policy)."""
+    config = make_config(
+        tmp_path, method="dancegrpo", window_size=None, max_train_steps=1, train_batch_size=train_batch_size
+    )
+    trainer = make_trainer(config)
+    before = lora_weights(trainer)
+    logs = trainer.train_step()
+    assert logs["train/ratio_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert logs["nfe/train_per_image"] == 3
+    assert any(not torch.equal(before[n], v) for n, v in lora_weights(trainer).items())
+
+
+@pytest.mark.parametrize("allow", [True, False])
+def test_allow_tf32_sets_the_cuda_and_cudnn_flags_on_cuda_only(allow):
+    from diffusers_mixgrpo.training.trainer import apply_tf32
+
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not allow
+        apply_tf32(allow, "cpu")
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (not allow, not allow)
+        apply_tf32(allow, torch.device("cuda", 0))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (allow, allow)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_the_trainer_applies_allow_tf32_at_start(tmp_path):
+    with mock.patch("diffusers_mixgrpo.training.trainer.apply_tf32") as apply:
+        make_trainer(make_config(tmp_path, allow_tf32=False))
+    apply.assert_called_once_with(False, torch.device("cpu"))
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -241,7 +302,8 @@ DDP_SCRIPT = Path(__file__).with_name("ddp_equivalence_script.py")
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU), 1 prompt per rank, vs 1 process with 2 prompts and 2 accumulation
-    micro-batches: same global batch, same LoRA weights after 2 updates (<= 1e-5; gloo all-reduce order)."""
+    micro-batches: same global batch, same LoRA weights after 2 updates (<= 1e-5; gloo all-reduce order). The 2-rank
+    run reduces the gradients once per optimiser step, not once per trained window step (K = 2 backwards each)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = tmp_path / "two.pt"
     one = tmp_path / "one.pt"
@@ -258,8 +320,12 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         str(two),
         "1",
         "1",
+        str(tmp_path / "reductions.pt"),
     ]
     subprocess.run(cmd, check=True, env=env, timeout=600)
+    # 2 iterations x 1 optimiser step (one micro-batch of 4 rollouts, K = 2 backwards); the tiny LoRA is one bucket.
+    # Before the fix: 4 (every backward of the last micro-batch reduced).
+    assert torch.load(tmp_path / "reductions.pt")["buckets"] == [0, 0]
     subprocess.run(
         [sys.executable, str(DDP_SCRIPT), str(tmp_path / "one"), str(one), "2", "2"], check=True, env=env, timeout=600
     )
@@ -317,3 +383,33 @@ def test_a_dropped_sample_counts_as_a_sample_with_advantage_zero(tmp_path):
         torch.testing.assert_close(value, weights[1][name], rtol=0, atol=1e-6)
     initial = lora_weights(make_trainer(make_config(tmp_path / "initial")))
     assert max(float((weights[0][n] - v).abs().max()) for n, v in initial.items()) > 1e-4
+
+
+def test_registered_rewards_load_with_reward_dtype_and_reward_device(tmp_path):
+    """A registered reward's factory gets `reward_dtype` as a torch dtype and `reward_device` as a torch device;
+    without `reward_device` it gets the training device."""
+    from diffusers_mixgrpo.rewards.registry import register_reward, unregister_reward
+
+    calls = []
+
+    def probe(device=None, dtype=None):
+        calls.append((device, dtype))
+        return brightness
+
+    register_reward("placement_probe", probe)
+    try:
+        make_trainer(make_config(tmp_path / "a", reward_dtype="bfloat16", reward_device="cpu"), {"placement_probe": 1})
+        make_trainer(make_config(tmp_path / "b"), {"placement_probe": 1})
+    finally:
+        unregister_reward("placement_probe")
+    assert calls == [(torch.device("cpu"), torch.bfloat16), (torch.device("cpu"), torch.float32)]
+
+
+def test_an_unavailable_reward_device_fails_before_the_model_loads(tmp_path):
+    from diffusers_mixgrpo.training.errors import ConfigError
+
+    config = make_config(tmp_path, reward_device="cuda:7")
+    with mock.patch("diffusers_mixgrpo.training.trainer.load_training_pipeline") as load:
+        with pytest.raises(ConfigError, match="reward_device='cuda:7' is not available"):
+            GRPOTrainer(config, rewards={brightness: 1.0}, train_prompts=PROMPTS)
+    load.assert_not_called()

@@ -32,6 +32,25 @@ WINDOW_STRATEGIES = ("progressive", "random", "decay", "exp_decay")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
 MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl", "sana", "wan", "qwenimage", "flux2", "flux2_klein", "zimage")
 REPORT_TO = ("tensorboard", "wandb", "all", "none")
+REWARD_DTYPES = ("float32", "bfloat16", "float16")
+_DEVICE_HELP = "'cpu', 'cuda', 'cuda:<index>', 'mps', 'xpu:<index>' or unset for the training device"
+
+
+def check_reward_device(value: str) -> str:
+    """`value` if torch reads it as a device of a known type (`"cpu"`, `"cuda"`, `"cuda:1"`, ...), else a
+    `ConfigError` naming it. Whether that device exists here is checked before the model loads
+    (`preflight.check_reward_device_available`), not when a config is written."""
+    import torch
+
+    text = value.strip().lower() if isinstance(value, str) else value
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"reward_device={value!r} is not a device; allowed: {_DEVICE_HELP}.") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu", "npu"):
+        raise ConfigError(f"reward_device={value!r} is not allowed; allowed: {_DEVICE_HELP}.")
+    return str(device)
+
 
 # What each `method` fills in for the fields left at `None`. Values from the MixGRPO paper / released scripts
 # (algorithm notes sections 2-4); DanceGRPO: all steps SDE with eta 0.3, a random 60% of the steps trained.
@@ -471,6 +490,13 @@ class GRPOConfig:
         reward_timeout (`float`, *optional*):
             Seconds one call of a reward may take; a slower (hung) reward stops the run with its name. `None`: no
             limit.
+        reward_dtype (`str`, defaults to `"float32"`):
+            Weights and compute dtype of the registered reward models: `"float32"`, `"bfloat16"` (half the memory;
+            see BENCHMARKS.md for the score difference) or `"float16"`. Scores are float32 whatever the dtype. Reward
+            callables handed to the trainer are used as they are.
+        reward_device (`str`, *optional*):
+            Where the registered reward models live and run: `"cpu"`, `"cuda"` (the process's current GPU), `"cuda:1"`,
+            ... `None`: the process's training device. Scores come back to the training device either way.
 
         > Optimisation
 
@@ -499,7 +525,8 @@ class GRPOConfig:
         gradient_checkpointing (`bool`, defaults to `False`):
             Recompute activations in the backward pass of the denoiser (the paper: on).
         allow_tf32 (`bool`, defaults to `True`):
-            Allow TF32 matmuls on Ampere+ GPUs.
+            TF32 matmuls and cuDNN convolutions on Ampere+ GPUs: sets `torch.backends.cuda.matmul.allow_tf32` and
+            `torch.backends.cudnn.allow_tf32` when the trainer starts on CUDA (`False` turns both off).
         seed (`int`, defaults to 42):
             Seed of the run (initial noise, window schedule, data order).
 
@@ -560,6 +587,9 @@ class GRPOConfig:
             installed, else none.
         tracker_project_name (`str`, defaults to `"mixgrpo"`):
             Project name given to the trackers.
+        tracker_run_name (`str`, *optional*):
+            Name of the wandb run. `None`: the name of `output_dir`. The run's wandb id is kept in
+            `output_dir/wandb_run_id.txt`, so a resumed run logs into the same wandb run.
         logging_dir (`str`, defaults to `"logs"`):
             Tracker directory, relative to `output_dir`.
         logging_steps (`int`, defaults to 1):
@@ -742,6 +772,13 @@ class GRPOConfig:
     reward_timeout: Optional[float] = field(
         default=None, metadata={"help": "Seconds one reward call may take before the run stops; None: no limit."}
     )
+    reward_dtype: Literal["float32", "bfloat16", "float16"] = field(
+        default="float32", metadata={"help": "Dtype of the reward models: 'float32', 'bfloat16' or 'float16'."}
+    )
+    reward_device: Optional[str] = field(
+        default=None,
+        metadata={"help": "Device of the reward models, e.g. 'cpu', 'cuda', 'cuda:1'; None: the training device."},
+    )
 
     # Optimisation
     optimizer: Literal["adamw", "adamw8bit"] = field(
@@ -806,6 +843,9 @@ class GRPOConfig:
         metadata={"help": "'tensorboard', 'wandb', 'all', 'none' or a comma list; None: tensorboard if installed."},
     )
     tracker_project_name: str = field(default="mixgrpo", metadata={"help": "Tracker project name."})
+    tracker_run_name: Optional[str] = field(
+        default=None, metadata={"help": "Run name shown by wandb; None: the name of output_dir."}
+    )
     logging_dir: str = field(default="logs", metadata={"help": "Tracker directory, relative to output_dir."})
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every this many training steps."})
     validation_steps: int = field(default=50, metadata={"help": "Log a sample grid every N steps (0: never)."})
@@ -1046,6 +1086,17 @@ class GRPOConfig:
                 )
         if self.rewards is not None and not self.rewards:
             fail("rewards={} names no reward; give at least one name -> weight, or leave rewards unset.")
+        check_choice("reward_dtype", REWARD_DTYPES)
+        if self.reward_device is not None:
+            self.reward_device = check_reward_device(self.reward_device)
+        for name, options in (self.reward_kwargs or {}).items():
+            for option, field_name in (("dtype", "reward_dtype"), ("device", "reward_device")):
+                if option in options:
+                    fail(
+                        f"reward_kwargs[{name!r}] sets {option}={options[option]!r}; the {option} of the reward "
+                        f"models is set for all of them by {field_name} (allowed: "
+                        f"{', '.join(map(repr, REWARD_DTYPES)) if option == 'dtype' else _DEVICE_HELP})."
+                    )
 
         # Optimisation
         check_float("learning_rate", 0.0, inf, True, True)

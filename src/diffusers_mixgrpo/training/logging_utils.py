@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # numpy, torch and PIL load on first use: the scripts' `--hel
 __all__ = [
     "count_truncated_prompts",
     "init_trackers",
+    "tracker_init_kwargs",
     "quiet_prompt_truncation",
     "setup_script_logging",
     "log_image_grid",
@@ -88,14 +89,43 @@ def tracker_config(config: Any) -> dict[str, Union[int, float, str, bool]]:
     return out
 
 
-def init_trackers(accelerator: Any, config: Any, project_name: Optional[str] = None) -> None:
+WANDB_RUN_ID_FILE = "wandb_run_id.txt"
+
+
+def tracker_init_kwargs(config: Any, log_with: Sequence[Any], resuming: bool = False) -> dict[str, dict]:
+    """The `init_kwargs` of `accelerator.init_trackers`: for wandb a run name (`tracker_run_name`, else the name of
+    `output_dir`) and a run id kept in `output_dir/wandb_run_id.txt`, with `resume="allow"`, so a resumed run logs
+    into the same wandb run. A fresh run (`resuming=False`) gets a new id and writes it; a resumed one reads it
+    (and writes a new one when the file is missing). Empty without wandb. Call on the main process (it writes)."""
+    if not any(str(getattr(t, "value", t)).lower() in ("wandb", "all") for t in log_with or []):
+        return {}
+    import uuid
+
+    output_dir = getattr(config, "output_dir", None) or "."
+    path = os.path.join(output_dir, WANDB_RUN_ID_FILE)
+    run_id = None
+    if resuming and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            run_id = f.read().strip() or None
+    if run_id is None:
+        run_id = uuid.uuid4().hex[:16]
+        os.makedirs(output_dir, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(run_id + "\n")
+    name = getattr(config, "tracker_run_name", None) or os.path.basename(os.path.normpath(os.path.abspath(output_dir)))
+    return {"wandb": {"name": name, "id": run_id, "resume": "allow"}}
+
+
+def init_trackers(accelerator: Any, config: Any, project_name: Optional[str] = None, resuming: bool = False) -> None:
     """Start the trackers of `accelerator` (made with `log_with=resolve_report_to(config.report_to)`) on the main
-    process, logging `tracker_config(config)` as hyper-parameters. Does nothing when there is no tracker."""
+    process, logging `tracker_config(config)` as hyper-parameters; wandb gets a run name and an id that a resumed run
+    reuses (`tracker_init_kwargs`). Does nothing when there is no tracker."""
     if not getattr(accelerator, "log_with", None):
         return
     name = project_name or getattr(config, "tracker_project_name", None) or "mixgrpo"
     if accelerator.is_main_process:
-        accelerator.init_trackers(name, config=tracker_config(config))
+        init_kwargs = tracker_init_kwargs(config, accelerator.log_with, resuming=resuming)
+        accelerator.init_trackers(name, config=tracker_config(config), init_kwargs=init_kwargs)
 
 
 def _to_pil(image: Any) -> "Image.Image":

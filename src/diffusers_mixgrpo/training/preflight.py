@@ -18,6 +18,7 @@ __all__ = [
     "check_model_source",
     "check_output_dir",
     "check_resume_compatible",
+    "check_reward_device_available",
     "check_reward_options",
     "check_run_inputs",
     "read_prompt_file",
@@ -108,6 +109,31 @@ def check_reward_options(rewards: Mapping[str, float], reward_kwargs: Optional[M
             )
 
 
+def check_reward_device_available(reward_device: Optional[str]) -> None:
+    """`reward_device` (already spelled right, see `GRPOConfig`) exists on this machine: a `"cuda:1"` on a one-GPU
+    machine fails here, before any model loads, not when the reward models are moved there."""
+    if reward_device is None:
+        return
+    import torch
+
+    device = torch.device(reward_device)
+    if device.type == "cpu":
+        return
+    backend = getattr(torch, device.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    count = backend.device_count() if available and hasattr(backend, "device_count") else 0
+    if not available:
+        raise ConfigError(
+            f"reward_device={reward_device!r} is not available on this machine (no {device.type} device); use "
+            f"'cpu' or leave reward_device unset for the training device."
+        )
+    if device.index is not None and device.index >= count:
+        raise ConfigError(
+            f"reward_device={reward_device!r} is not available: this machine has {count} {device.type} device(s) "
+            f"(indices 0 to {count - 1})."
+        )
+
+
 def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
     """Everything about a `GRPOConfig` that can be checked before the model loads (see the module docstring)."""
     from .checkpointing import CheckpointManager
@@ -116,6 +142,7 @@ def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
         if not config.rewards:
             raise ConfigError("No reward: set rewards, e.g. --rewards hpsv2.1=1.0 (see --help for the names).")
         check_reward_options(config.rewards, config.reward_kwargs)
+    check_reward_device_available(getattr(config, "reward_device", None))
     if not config.prompt_file:
         raise ConfigError("No training prompts: set prompt_file (a text file, one prompt per line).")
     read_prompt_file(config.prompt_file)

@@ -53,6 +53,7 @@ APPLIED_ON_RESUME = frozenset(
         "prompt_file",  # the prompts themselves are compared (`prompts_fingerprint`): a moved file is fine
         "report_to",
         "tracker_project_name",
+        "tracker_run_name",
         "logging_dir",
         "push_to_hub",
         "hub_model_id",
@@ -61,6 +62,7 @@ APPLIED_ON_RESUME = frozenset(
         "reward_kwargs",
         "reward_timeout",
         "reward_batch_size",
+        "reward_device",
         "max_consecutive_bad_groups",
         "gradient_checkpointing",
         "sample_max_batch_size",

@@ -61,7 +61,7 @@ from .logging_utils import (
 )
 from .losses import grpo_loss
 from .model_defaults import read_sampling_defaults
-from .preflight import read_prompt_file
+from .preflight import check_reward_device_available, read_prompt_file
 from .resume import RUN_CONFIG_FILE, check_finite, config_changes, prompts_fingerprint, set_learning_rate
 from .run_summary import RunSummary
 
@@ -112,6 +112,14 @@ def _reward_options(name: str, config: GRPOConfig) -> dict[str, Any]:
         options["batch_size"] = config.reward_batch_size
     options.update((config.reward_kwargs or {}).get(name, {}))
     return options
+
+
+def apply_tf32(allow: bool, device: Union[str, torch.device]) -> None:
+    """`allow_tf32`: TF32 matmuls and cuDNN convolutions on (True) or off (False) when training on CUDA (Ampere and
+    newer GPUs; float32 matmuls then round their inputs to 10 mantissa bits). Other devices are left alone."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = bool(allow)
+        torch.backends.cudnn.allow_tf32 = bool(allow)
 
 
 def load_training_pipeline(
@@ -199,6 +207,8 @@ class GRPOTrainer:
             ),
         )
         set_seed(config.seed)
+        apply_tf32(config.allow_tf32, self.accelerator.device)
+        check_reward_device_available(config.reward_device)  # before FLUX loads, not after
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
         self._apply_model_defaults()
@@ -319,7 +329,15 @@ class GRPOTrainer:
                 example[:80],
             )
 
+    @property
+    def reward_device(self) -> torch.device:
+        """Where the registered reward models run: `reward_device`, else this process's training device."""
+        device = self.config.reward_device
+        return torch.device(device) if device is not None else self.accelerator.device
+
     def _build_rewards(self, rewards: Optional[RewardSpec]) -> MultiReward:
+        """The run's `MultiReward`; registered names are loaded on `reward_device` in `reward_dtype` (callables and a
+        ready `MultiReward` are used as given)."""
         cfg = self.config
         if rewards is None:
             rewards = cfg.rewards
@@ -335,7 +353,8 @@ class GRPOTrainer:
             return MultiReward(
                 rewards,
                 mix=cfg.reward_mix,
-                device=self.accelerator.device,
+                device=self.reward_device,
+                dtype=getattr(torch, cfg.reward_dtype),
                 reward_kwargs={k: v for k, v in options.items() if v},
                 std=cfg.adv_std,
                 trim=cfg.adv_trim,
@@ -710,15 +729,27 @@ class GRPOTrainer:
         lo = acc.process_index * n_local  # every process rolls out the same number of samples
         return adv[lo : lo + n_local], keep[lo : lo + n_local], all_scores, keep, per_reward
 
-    def _train_steps(self, batch: RolloutBatch, step: int) -> list[int]:
-        """The window steps trained this iteration: all of them, or a seeded random fraction (DanceGRPO)."""
+    def _num_train_steps(self, num_window_steps: int) -> int:
+        """K, the window steps trained per sample: all of them, or `train_timestep_fraction` of them (at least 1)."""
+        return min(num_window_steps, max(1, int(num_window_steps * self.config.train_timestep_fraction)))
+
+    def _train_steps(self, batch: RolloutBatch, step: int) -> list[list[int]]:
+        """The window steps each sample trains this iteration (one sorted list per local sample).
+
+        All of them, or (DanceGRPO, `train_timestep_fraction` < 1) a random subset drawn per sample, as the official
+        DanceGRPO code does (a `randperm` of the timesteps for each sample). The draw is seeded by the run's seed, the
+        training step and the sample's global index (its position among all processes' rollouts), so it is the same on
+        every rank and for the same global batch split over any number of processes."""
         steps = list(batch.step_indices)
-        k = max(1, int(len(steps) * self.config.train_timestep_fraction))
+        k = self._num_train_steps(len(steps))
         if k >= len(steps):
-            return steps
-        g = torch.Generator().manual_seed(self.config.seed * 7 + step)
-        chosen = torch.randperm(len(steps), generator=g)[:k].sort().values
-        return [steps[i] for i in chosen.tolist()]
+            return [steps] * batch.batch_size
+        first = self.accelerator.process_index * batch.batch_size
+        chosen = []
+        for i in range(batch.batch_size):
+            g = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 1_000_033 + first + i)
+            chosen.append([steps[j] for j in torch.randperm(len(steps), generator=g)[:k].sort().values.tolist()])
+        return chosen
 
     @contextmanager
     def _reference_policy(self):
@@ -766,6 +797,7 @@ class GRPOTrainer:
         accumulation group's optimiser step on every rank."""
         cfg, acc = self.config, self.accelerator
         train_steps = self._train_steps(batch, step)
+        k = len(train_steps[0])
         n = batch.batch_size
         kept_by_rank = all_keep.reshape(acc.num_processes, n).cpu()
         local_keep = kept_by_rank[acc.process_index]
@@ -784,22 +816,19 @@ class GRPOTrainer:
                     continue  # no rank keeps a sample of this accumulation group: no backward, no optimiser step
                 non_finite = 0
                 for i, m in enumerate(runs):
-                    # The last micro-batch that runs is the boundary: DDP reduces the gradients at its backward and
-                    # DeepSpeed steps there; the same on every rank since `runs` is.
-                    sync = i == len(runs) - 1
                     kept = m[local_keep[m]]
                     idx = kept if len(kept) else m[:1]
                     # sum over the kept samples / the micro-batch's full size / (micro-batches in the group x steps)
-                    weight = len(kept) / (len(m) * len(group) * len(train_steps))
-                    ctx = (
-                        acc.no_sync(self.model)
-                        if not sync and acc.num_processes > 1 and not deepspeed
-                        else nullcontext()
-                    )
-                    with ctx:
-                        for ti, t in enumerate(train_steps):
-                            out = self._window_step_loss(batch, t, idx, advantages, autocast)
-                            loss = out.loss * weight
+                    weight = len(kept) / (len(m) * len(group) * k)
+                    pieces = self._step_pieces(train_steps, idx)
+                    for pi, (t, sub) in enumerate(pieces):
+                        # Only the last backward of the accumulation group (its last micro-batch that runs, that
+                        # micro-batch's last piece) reduces the gradients (DDP) or is DeepSpeed's boundary; every
+                        # other backward accumulates locally. The same on every rank: `runs` and `pieces` are.
+                        sync = i == len(runs) - 1 and pi == len(pieces) - 1
+                        with self._gradient_sync(sync):
+                            out = self._window_step_loss(batch, t, sub, advantages, autocast)
+                            loss = out.loss * (weight * len(sub) / len(idx))
                             finite_loss = bool(torch.isfinite(loss))
                             if not finite_loss:
                                 # The backward still runs (the other ranks wait for this rank's gradients); the
@@ -808,14 +837,14 @@ class GRPOTrainer:
                                 non_finite += 1
                                 loss = loss * float("nan")
                             if deepspeed:
-                                self._deepspeed_backward(loss, boundary=sync and ti == len(train_steps) - 1)
+                                self._deepspeed_backward(loss, boundary=sync)
                             else:
                                 acc.backward(loss)
-                            if finite_loss and len(kept):
-                                for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
-                                    stats.setdefault(key, []).append(
-                                        float(value.detach() if torch.is_tensor(value) else value)
-                                    )
+                        if finite_loss and len(kept):
+                            for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
+                                stats.setdefault(key, []).append(
+                                    float(value.detach() if torch.is_tensor(value) else value)
+                                )
                 # DeepSpeed: the engine has already clipped, stepped and zeroed at the boundary backward, or skipped the
                 # step (a non-finite gradient norm); its optimiser's step / zero_grad are no-ops.
                 finite = not self.optimizer.step_was_skipped if deepspeed else grads_finite(self.trainable)
@@ -841,6 +870,28 @@ class GRPOTrainer:
         if skipped:
             logs["skipped_updates"] = skipped
         return logs
+
+    @staticmethod
+    def _step_pieces(train_steps: list[list[int]], idx: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """The forwards of one micro-batch: `(window step, samples)` pairs, K of them when every sample of `idx`
+        trains the same steps; with per-sample steps (DanceGRPO), the j-th trained step of each sample, samples that
+        share it batched together."""
+        rows = [train_steps[j] for j in idx.tolist()]
+        pieces = []
+        for j in range(len(rows[0])):
+            column = torch.tensor([r[j] for r in rows])
+            for t in sorted(set(column.tolist())):
+                pieces.append((t, idx[column == t]))
+        return pieces
+
+    def _gradient_sync(self, sync: bool):
+        """The context of one forward + backward: DDP's `no_sync` unless this backward is the one that reduces the
+        gradients. DeepSpeed decides at the backward (`_deepspeed_backward`), and the FSDP2 model (torch's
+        `fully_shard`, outside accelerate) reduce-scatters at every backward, which accumulates correctly."""
+        acc = self.accelerator
+        if sync or acc.num_processes == 1 or self.zero_stage is not None or self.fsdp2 is not None:
+            return nullcontext()
+        return acc.no_sync(self.model)
 
     def _window_step_loss(self, batch, t, idx, advantages, autocast):
         """`grpo_loss` of the samples `idx` at window step `t`, recomputing their log-probs under the current weights
@@ -940,7 +991,7 @@ class GRPOTrainer:
                 "window/start": start,
                 "window/size": size,
                 "nfe/rollout_per_image": batch.nfe / batch.batch_size,
-                "nfe/train_per_image": len(self._train_steps(batch, step)) * cfg.num_inner_epochs,
+                "nfe/train_per_image": self._num_train_steps(len(batch.step_indices)) * cfg.num_inner_epochs,
                 "data/dropped_samples": dropped,
                 "lr": self.lr_scheduler.get_last_lr()[0],
                 **times,
@@ -1189,7 +1240,7 @@ class GRPOTrainer:
         # logging_redirect_tqdm: a warning during the run gets a line of its own instead of being glued to the bar
         with GracefulInterrupt() as interrupt, logging_redirect_tqdm():
             self._write_run_config()
-            init_trackers(acc, cfg)
+            init_trackers(acc, cfg, resuming=self.global_step > 0)
             if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
                 self._log_eval()
             self._bar = bar = tqdm(
