@@ -38,12 +38,13 @@ def bootstrap_interval(values, level: float = 0.9, seed: int = 0):
 
 def paired_gain_se(base: dict, final: dict, images_per_prompt: int):
     """Standard error of the held-out gain from `base` to `final` (same prompts and noise; prompts as the units)."""
+    from diffusers_mixgrpo.toy_world.evaluation import clustered_mean_and_se
+
     a, b = base.get("per_image"), final.get("per_image")
-    if not a or not b or len(a) != len(b) or len(a) % images_per_prompt:
+    if not a or not b or len(a) != len(b) or len(a) % images_per_prompt or len(a) == images_per_prompt:
         return None
     diff = [y - x for x, y in zip(a, b)]
-    per_prompt = [statistics.mean(diff[i : i + images_per_prompt]) for i in range(0, len(diff), images_per_prompt)]
-    return statistics.stdev(per_prompt) / len(per_prompt) ** 0.5 if len(per_prompt) > 1 else None
+    return clustered_mean_and_se(diff, [i // images_per_prompt for i in range(len(diff))])[1]
 
 
 def exceeds_two_std(a: tuple, b: tuple) -> bool:
@@ -59,9 +60,9 @@ def first_crossing(curve: list[dict], target: float, key=("heldout", METRIC)):
         if value >= target:
             if prev is None:
                 return 0.0
-            (t0, v0), t1 = prev, point["wall_s"]
+            (t0, v0), t1 = prev, point["train_s"]
             return t0 + (t1 - t0) * (target - v0) / (value - v0) if value > v0 else t1
-        prev = (point["wall_s"], value)
+        prev = (point["train_s"], value)
     return None
 
 
@@ -73,7 +74,7 @@ def mean_curve(runs: list[dict]) -> list[dict]:
         pts = [r["curve"][k] for r in runs]
         out.append(
             {
-                "wall_s": statistics.mean(p["wall_s"] for p in pts),
+                "train_s": statistics.mean(p["train_s"] for p in pts),
                 "iteration": statistics.mean(p["iteration"] for p in pts),
                 "heldout": {m: statistics.mean(p["heldout"][m] for p in pts) for m in METRICS},
                 "heldout_std": {
@@ -123,14 +124,14 @@ def summarise(results: dict) -> dict:
             info["target_reward"] = target
             info["dance_improved"] = improved
             t = first_crossing(info["curve"], target) if improved else None
-            info["time_to_reach_vs_dance"] = t / dance["curve"][-1]["wall_s"] if t is not None else None
+            info["time_to_reach_vs_dance"] = t / dance["curve"][-1]["train_s"] if t is not None else None
             per_seed = []
             for r in by_config[name]:
                 d = dance_runs.get(r["seed"])
                 if d is None or not improved:
                     continue
                 ts = first_crossing(r["curve"], d["curve"][-1]["heldout"][METRIC])
-                per_seed.append(ts / d["train_wall_s"] if ts is not None else None)
+                per_seed.append(ts / d["train_s"] if ts is not None else None)
             info["time_to_reach_vs_dance_per_seed"] = per_seed
             info["time_to_reach_vs_dance_interval"] = bootstrap_interval(per_seed)
             info["seconds_per_iteration_vs_dance"] = (
@@ -213,7 +214,7 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "steps" in results["parts"]:
         lines += [
-            "## Optimised steps (equal wall time)",
+            "## Optimised steps (equal training time)",
             "",
             "| variant | trained steps | held-out reward | accuracy | seeds |",
         ]
@@ -229,7 +230,7 @@ def markdown(results: dict) -> str:
         lines += ["", *_two_std_lines(s, [c for steps in (STEPS_DANCE, STEPS_MIX) for c in steps if c in s]), ""]
     win = [c for c in PARTS["window"] if c in s]
     if "window" in results["parts"]:
-        lines += ["## Window position (K = 4, equal wall time)", "", "| window | held-out reward | accuracy | seeds |"]
+        lines += ["## Window position (K = 4, equal training time)", "", "| window | held-out reward | accuracy | seeds |"]
         lines += ["| --- | --- | --- | --- |"]
         for c in win:
             i = s[c]
@@ -258,18 +259,18 @@ def plots(results: dict, out_dir: Path) -> None:
             ax = fig.add_subplot(1, 2, j + 1)
             for c in PARTS["table"]:
                 curve = s[c]["curve"]
-                t = [p["wall_s"] for p in curve]
+                t = [p["train_s"] for p in curve]
                 m = [p["heldout"][metric] for p in curve]
                 sd = [p["heldout_std"][metric] for p in curve]
                 ax.plot(t, m, "o-", label=LABELS[c], markersize=3)
                 ax.fill_between(t, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15)
             if metric == "reward" and s["dancegrpo"].get("dance_improved"):
                 ax.axhline(s["dancegrpo"]["target_reward"], color="grey", linestyle=":", linewidth=1)
-            ax.set_xlabel("training wall time (s)")
+            ax.set_xlabel("training time (CPU s, 1 thread)")
             ax.set_ylabel(f"held-out {metric}")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-        fig.suptitle("Held-out reward and accuracy vs wall time (mean ± std over seeds)")
+        fig.suptitle("Held-out reward and accuracy vs training time (mean ± std over seeds)")
         fig.tight_layout()
         fig.savefig(out_dir / "learning_reward_vs_time.png")
     if "steps" in results["parts"]:
@@ -281,7 +282,7 @@ def plots(results: dict, out_dir: Path) -> None:
             sds = [s[c]["heldout_reward"][1] for c in steps if c in s]
             ax.errorbar(ks, ms, yerr=sds, fmt=marker, capsize=4, label=group)
         ax.set_xlabel("optimised (trained) denoising steps per rollout")
-        ax.set_ylabel("held-out reward after equal wall time")
+        ax.set_ylabel("held-out reward after equal training time")
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -303,7 +304,7 @@ def plots(results: dict, out_dir: Path) -> None:
         ax.axhline(base, color="grey", linestyle=":", label=f"base model {base:.3f}")
         lo = min(base, min(s[c]["heldout_reward"][0] - s[c]["heldout_reward"][1] for c in win))
         ax.set_ylim(lo - 0.03, None)
-        ax.set_ylabel("held-out reward after equal wall time")
+        ax.set_ylabel("held-out reward after equal training time")
         ax.legend()
         fig.tight_layout()
         fig.savefig(out_dir / "learning_window_position.png")

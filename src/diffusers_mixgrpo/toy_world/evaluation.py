@@ -73,7 +73,17 @@ def paired_gain(before: ToyAlignmentScores, after: ToyAlignmentScores, metric: s
         raise ValueError("paired_gain needs two evaluations of the same prompts (and noise), in the same order.")
     diff = after.per_image[metric].astype(np.float64) - before.per_image[metric].astype(np.float64)
     order = {p: i for i, p in enumerate(dict.fromkeys(before.prompts))}
-    idx = np.array([order[p] for p in before.prompts])
+    return clustered_mean_and_se(diff, np.array([order[p] for p in before.prompts]))
+
+
+def clustered_mean_and_se(diff, prompt_index) -> tuple[float, float]:
+    """Mean of the per-image differences `diff` and its standard error with the prompts as the units.
+
+    `prompt_index[i]` is the prompt of image `i` (0..P-1). The SE is the standard deviation of the P per-prompt means
+    over sqrt(P) (NaN for a single prompt). `paired_gain` and the learning benchmark's report both use it.
+    """
+    diff = np.asarray(diff, dtype=np.float64)
+    idx = np.asarray(prompt_index)
     per_prompt = np.bincount(idx, weights=diff) / np.bincount(idx)
     se = float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
     return float(diff.mean()), se
