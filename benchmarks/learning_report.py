@@ -230,7 +230,11 @@ def markdown(results: dict) -> str:
         lines += ["", *_two_std_lines(s, [c for steps in (STEPS_DANCE, STEPS_MIX) for c in steps if c in s]), ""]
     win = [c for c in PARTS["window"] if c in s]
     if "window" in results["parts"]:
-        lines += ["## Window position (K = 4, equal training time)", "", "| window | held-out reward | accuracy | seeds |"]
+        lines += [
+            "## Window position (K = 4, equal training time)",
+            "",
+            "| window | held-out reward | accuracy | seeds |",
+        ]
         lines += ["| --- | --- | --- | --- |"]
         for c in win:
             i = s[c]
