@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--slow", type=float, default=0.0, help="seconds each trained forward sleeps")
     parser.add_argument("--mark_step", type=int, default=-1)
     parser.add_argument("--mark_call", type=int, default=1)
+    parser.add_argument("--fsdp2", action="store_true", help="shard with torch's FSDP2 instead of DDP")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(1)
@@ -64,6 +65,7 @@ def main() -> None:
         rewards={brightness: 1.0},
         train_prompts=["a red circle", "a blue square", "a green cross", "a cat"],
         accelerator=accelerator,
+        fsdp2=args.fsdp2,
     )
     calls = {"step": None, "n": 0}
     forward = trainer._window_step_loss

@@ -203,25 +203,39 @@ def _finish(proc: subprocess.Popen, timeout: float, log: Path) -> int:
 
 @pytest.fixture(scope="module")
 def two_rank_reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("two-rank-straight")
-    log = out.parent / f"{out.name}.log"
-    assert _finish(_torchrun(out, port=29661, log=log), 600, log) == 0, log.read_text()[-3000:]
-    return load_file(out / "pytorch_lora_weights.safetensors")
+    """`reference(launch)`: the final LoRA of the uninterrupted 2-rank run under DDP ("ddp") or FSDP2 ("fsdp2")."""
+    done = {}
+
+    def reference(launch: str) -> dict[str, torch.Tensor]:
+        if launch not in done:
+            out = tmp_path_factory.mktemp(f"two-rank-straight-{launch}")
+            log = out.parent / f"{out.name}.log"
+            extra = ["--fsdp2"] if launch == "fsdp2" else []
+            port = 29661 if launch == "ddp" else 29671
+            assert _finish(_torchrun(out, *extra, port=port, log=log), 600, log) == 0, log.read_text()[-3000:]
+            done[launch] = load_file(out / "pytorch_lora_weights.safetensors")
+        return done[launch]
+
+    return reference
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("to", ["torchrun", "rank1"], ids=["sigterm-to-torchrun", "sigterm-to-one-rank"])
+@pytest.mark.parametrize(
+    "to, launch, port",
+    [("torchrun", "ddp", 29663), ("rank1", "ddp", 29665), ("torchrun", "fsdp2", 29673)],
+    ids=["sigterm-to-torchrun", "sigterm-to-one-rank", "fsdp2-sigterm-to-torchrun"],
+)
 def test_two_ranks_stop_within_a_grace_period_shorter_than_an_iteration_and_resume_exactly(
-    tmp_path, two_rank_reference, to
+    tmp_path, two_rank_reference, to, launch, port
 ):
     """2 ranks (gloo), 3 iterations of >= 16 s. During the second iteration's update, after its first optimiser step,
     SIGTERM goes to torchrun (whose agent forwards it to both ranks, as on a cluster) or to rank 1 alone; after
     GRACE (8 s, less than half an iteration) everything still running is killed. The ranks agree to stop at the next
-    micro-batch, rewind the iteration and complete checkpoint-1 within the grace period; resuming it ends with the
-    uninterrupted run's weights, bit for bit."""
+    micro-batch, rewind the iteration (FSDP2: each rank its shards) and complete checkpoint-1 within the grace period;
+    resuming it ends with the uninterrupted run's weights, bit for bit."""
+    extra = ["--fsdp2"] if launch == "fsdp2" else []
     out, log = tmp_path / "run", tmp_path / "interrupted.log"
-    port = 29663 if to == "torchrun" else 29665
-    proc = _torchrun(out, "--slow", SLOW, "--mark_step", 1, "--mark_call", 3, port=port, log=log)
+    proc = _torchrun(out, *extra, "--slow", SLOW, "--mark_step", 1, "--mark_call", 3, port=port, log=log)
     deadline = time.monotonic() + 600
     while not (out / "marked").exists():
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
@@ -246,10 +260,13 @@ def test_two_ranks_stop_within_a_grace_period_shorter_than_an_iteration_and_resu
     )
     CheckpointManager(out).verify(out / "checkpoint-1")
     assert CheckpointManager(out).latest() == str(out / "checkpoint-1")
-    print(f"{to}: iteration {iteration:.1f} s; checkpoint-1 complete {saved_after:.1f} s after SIGTERM; {exited}")
+    print(
+        f"{launch}, {to}: iteration {iteration:.1f} s; checkpoint-1 complete {saved_after:.1f} s after SIGTERM; {exited}"
+    )
 
     log = tmp_path / "resumed.log"
-    assert _finish(_torchrun(out, "--resume", port=port + 20, log=log), 600, log) == 0, log.read_text()[-3000:]
-    got = load_file(out / "pytorch_lora_weights.safetensors")
-    assert got.keys() == two_rank_reference.keys()
-    assert all(torch.equal(got[k], two_rank_reference[k]) for k in got)  # bit-identical
+    proc = _torchrun(out, *extra, "--resume", port=port + 20, log=log)
+    assert _finish(proc, 600, log) == 0, log.read_text()[-3000:]
+    got, reference = load_file(out / "pytorch_lora_weights.safetensors"), two_rank_reference(launch)
+    assert got.keys() == reference.keys()
+    assert all(torch.equal(got[k], reference[k]) for k in got)  # bit-identical
