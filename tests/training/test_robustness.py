@@ -293,7 +293,7 @@ def test_saved_weights_get_the_usual_permissions(finished_run, tmp_path):
 # -- signals (item 14): a real SIGINT to this process --------------------------------------------------------------
 
 
-def test_sigint_finishes_the_step_writes_a_checkpoint_and_returns(tmp_path):
+def test_sigint_stops_the_step_writes_a_checkpoint_of_its_start_and_returns(tmp_path):
     def interrupting(images, prompts):
         interrupting.calls += 1
         if interrupting.calls == 2:
@@ -303,8 +303,9 @@ def test_sigint_finishes_the_step_writes_a_checkpoint_and_returns(tmp_path):
     interrupting.calls = 0
     trainer = make_trainer(make_config(tmp_path, max_train_steps=50, checkpointing_steps=0), {interrupting: 1.0})
     out = trainer.train()
-    assert out.interrupted_by == "SIGINT" and out.global_step == 2
-    assert out.checkpoint == str(tmp_path / "checkpoint-2")
+    # The second step stops after its rewards (no update): the checkpoint holds the state after the first step.
+    assert out.interrupted_by == "SIGINT" and out.global_step == 1 and interrupting.calls == 2
+    assert out.checkpoint == str(tmp_path / "checkpoint-1")
     CheckpointManager(tmp_path).verify(out.checkpoint)
     assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()  # an interrupted run saves no final LoRA
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored

@@ -2,7 +2,7 @@
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Optional, Union
 
@@ -342,6 +342,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         max_batch_size: Optional[int] = None,
         autocast_dtype: Optional[torch.dtype] = None,
         num_frames: Optional[int] = None,
+        step_callback: Optional[Callable[[], None]] = None,
     ) -> RolloutBatch:
         r"""
         Sample `num_generations` images (videos) for each prompt and record the SDE-window steps for training.
@@ -374,6 +375,9 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 `torch.bfloat16`); the scheduler's Gaussian math stays float32.
             num_frames (`int`, *optional*): video families (Wan) only: frames per video (the family's default when
                 `None`); the batch's `images` are then `(B, F, 3, H, W)` and the latents `(B, C, F', H', W')`.
+            step_callback (`Callable[[], None]`, *optional*): called after every denoiser call (the trainer checks
+                there whether to stop; it may raise to abandon the rollout). Called as often on every process for
+                the same settings, so it may run collectives.
 
         Returns:
             `RolloutBatch`.
@@ -482,6 +486,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     autocast_dtype,
                     bar,
                     record,
+                    step_callback,
                 )
 
             for ci, sample_ids in enumerate(chunks):
@@ -585,6 +590,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         autocast_dtype,
         bar,
         record=None,
+        step_callback=None,
     ) -> torch.Tensor:
         """Steps `[first, last)` of `sched`'s grid on `x` (one generator per row for SDE noise); with `record`,
         store the window latents and log-probs."""
@@ -607,6 +613,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 log_probs[rows, j] = step.log_prob.float()
             x = step.prev_sample
             bar.update(x.shape[0])
+            if step_callback is not None:
+                step_callback()
         return x
 
     def _predict(self, x, t, embeds, guidance_scale, height, width, autocast_dtype) -> torch.Tensor:

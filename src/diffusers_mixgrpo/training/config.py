@@ -609,6 +609,12 @@ class GRPOConfig:
         resume_from_checkpoint (`str`, *optional*):
             `"latest"` (the newest complete checkpoint of `output_dir`; a fresh start when there is none) or a
             checkpoint folder. `None`: a fresh run (the trainer never resumes on its own).
+        preemption_snapshot (`bool`, defaults to `True`):
+            Keep a CPU copy of the trained weights and optimiser state at the start of each iteration's update, so
+            that SIGTERM / SIGINT stop at the next micro-batch and save the state of the iteration's start (bounded
+            time: see `docs/training.md`, "Pre-emption"). Costs that copy in CPU memory (a LoRA: small; a full
+            fine-tune: 3x the model in float32, per rank its shard). `False`: a signal stops at once only before
+            the iteration's first optimiser step, else at the end of the iteration.
 
         > Hub
 
@@ -865,6 +871,14 @@ class GRPOConfig:
         metadata={
             "help": "'latest' or a checkpoint folder to resume from; the run's saved training_config.yaml "
             "supplies every value not given. None: a fresh run."
+        },
+    )
+    preemption_snapshot: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep a CPU copy of the trained state at each iteration's start, so that SIGTERM/SIGINT stop at "
+            "the next micro-batch and save that state (False: a signal after the first optimiser step of an "
+            "iteration waits for its end)."
         },
     )
 

@@ -49,6 +49,7 @@ APPLIED_ON_RESUME = frozenset(
         "checkpointing_steps",
         "checkpoints_total_limit",
         "resume_from_checkpoint",
+        "preemption_snapshot",
         "output_dir",
         "prompt_file",  # the prompts themselves are compared (`prompts_fingerprint`): a moved file is fine
         "report_to",

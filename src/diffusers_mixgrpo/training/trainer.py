@@ -50,7 +50,7 @@ from .errors import (
     RewardLoadError,
     TrainingStopped,
 )
-from .interrupts import GracefulInterrupt, signal_name
+from .interrupts import GracefulInterrupt, IterationStart, Preempted, RestorePoint, signal_name
 from .logging_utils import (
     count_truncated_prompts,
     init_trackers,
@@ -231,6 +231,13 @@ class GRPOTrainer:
         self.config_changes: list[dict[str, Any]] = []
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._reward_pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        # Pre-emption (`interrupts.py`): the signal handler of the running `train()`, what the current iteration
+        # would rewind to, and the checkpoints this run wrote (step -> path; a stop at that state reuses them).
+        self._interrupt: Optional[GracefulInterrupt] = None
+        self._iteration_start: Optional[IterationStart] = None
+        self._restore_point: Optional[RestorePoint] = None
+        self._iteration_optimizer_steps = 0
+        self._saved_this_run: dict[int, str] = {}
         self._setup_model()
         self.prompt_cache: Optional[PromptEmbedsCache] = None
         self._setup_frozen_modules()
@@ -649,6 +656,7 @@ class GRPOTrainer:
             same_initial_noise=cfg.sample_same_noise,
             max_batch_size=cfg.sample_max_batch_size,
             autocast_dtype=self._autocast_dtype(),
+            step_callback=lambda: self._check_stop("its rollout"),
             **self._video_kwargs(),
         )
 
@@ -807,8 +815,14 @@ class GRPOTrainer:
         stats: dict[str, list[float]] = {}
         taken = skipped = 0
         order = torch.Generator().manual_seed(cfg.seed + step)
+        if cfg.preemption_snapshot and not deepspeed:
+            self._restore_point = RestorePoint(
+                self.trainable, self.optimizer, self.lr_scheduler, self.ema, getattr(acc, "scaler", None)
+            )
+        micro_done = 0
         for _ in range(cfg.num_inner_epochs):
             micro = self._micro_batches(batch, order)
+            micro_total = cfg.num_inner_epochs * len(micro)
             for start in range(0, len(micro), accum):
                 group = micro[start : start + accum]
                 runs = [m for m in group if bool(kept_by_rank[:, m].any())]
@@ -821,7 +835,12 @@ class GRPOTrainer:
                     # sum over the kept samples / the micro-batch's full size / (micro-batches in the group x steps)
                     weight = len(kept) / (len(m) * len(group) * k)
                     pieces = self._step_pieces(train_steps, idx)
+                    position = micro_done + start + next(j for j, g in enumerate(group) if g is m) + 1
                     for pi, (t, sub) in enumerate(pieces):
+                        # A stop here rewinds the iteration: possible while no optimiser step was taken, or with the
+                        # restore point. DeepSpeed steps inside its boundary backward: no rewind, the step finishes.
+                        if not deepspeed and (taken == 0 or self._restore_point is not None):
+                            self._check_stop(f"its update (micro-batch {position} of {micro_total})")
                         # Only the last backward of the accumulation group (its last micro-batch that runs, that
                         # micro-batch's last piece) reduces the gradients (DDP) or is DeepSpeed's boundary; every
                         # other backward accumulates locally. The same on every rank: `runs` and `pieces` are.
@@ -861,10 +880,12 @@ class GRPOTrainer:
                     if self.ema is not None:
                         self.ema.step(self.trainable)
                     taken += 1
+                    self._iteration_optimizer_steps = taken
                 else:
                     skipped += 1
                     logger.warning("Step %d: non-finite loss or gradient on a rank; optimiser step skipped.", step)
                 self.optimizer.zero_grad(set_to_none=True)
+            micro_done += len(micro)
         logs = {k: sum(v) / len(v) for k, v in stats.items()}
         logs["optimizer_steps"] = taken
         if skipped:
@@ -930,6 +951,9 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One GRPO iteration; returns the logged scalars."""
         cfg, step = self.config, self.global_step
+        # A stop before this iteration ends rewinds to here (`_rewind`): the RNGs and counters changed on the way.
+        self._iteration_start = IterationStart(self, counters=("bad_group_streak",))
+        self._iteration_optimizer_steps = 0
         times = {}
         t0 = time.perf_counter()
         start, size = self.window.current()
@@ -951,6 +975,7 @@ class GRPOTrainer:
             self._phase("reward")
             scores = self._score(batch)
             times["time/reward"] = time.perf_counter() - t0
+        self._check_stop("its rewards")
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
         dropped = int((~all_keep).sum())
         if dropped:
@@ -975,6 +1000,7 @@ class GRPOTrainer:
         self._check_update_health(step, bool(all_keep.any()), update_stats, finite)
         self.window.step()
         self.global_step += 1
+        self._iteration_start = self._restore_point = None  # the iteration is complete: nothing to rewind
 
         logs = {f"train/{k}": v for k, v in update_stats.items()}
         if all_keep.any():
@@ -1075,6 +1101,7 @@ class GRPOTrainer:
                 generator=gens,
                 max_batch_size=cfg.sample_max_batch_size,
                 autocast_dtype=self._autocast_dtype(),
+                step_callback=lambda: self._check_stop("an evaluation"),
                 **self._video_kwargs(),
             )
         scores = self._score(batch)
@@ -1119,9 +1146,11 @@ class GRPOTrainer:
         return state
 
     def save_checkpoint(self) -> str:
-        return self.checkpoints.save(
+        path = self.checkpoints.save(
             self.global_step, self.accelerator, self._trainer_state(), **self._checkpoint_kwargs(load=False)
         )
+        self._saved_this_run[self.global_step] = path
+        return path
 
     def resume(self, resume_from_checkpoint: Optional[str]) -> bool:
         """Resume from `"latest"` or a checkpoint folder; returns whether a checkpoint was loaded.
@@ -1207,20 +1236,76 @@ class GRPOTrainer:
                 f.write("\n".join(self.train_prompts) + "\n")
         cfg.to_yaml(os.path.join(cfg.output_dir, RUN_CONFIG_FILE))
 
-    def _stop_signal(self, interrupt: GracefulInterrupt) -> Optional[int]:
-        """The signal that asks this run to stop, agreed by every process (a signal may reach only some ranks)."""
-        signum = interrupt.requested or 0
+    def _agreed_stop(self) -> Optional[int]:
+        """The signal that asks this run to stop, agreed by every process (a signal may reach only some ranks): the
+        largest signal number any rank received, 0 for none, as `None`. Collective when there are several ranks."""
+        interrupt = self._interrupt
+        signum = (interrupt.requested or 0) if interrupt is not None else 0
         if self.accelerator.num_processes > 1:
-            flag = torch.tensor([signum], device=self.accelerator.device)
-            signum = int(self.accelerator.gather(flag).max())
+            import torch.distributed as dist
+
+            flag = torch.tensor([signum], dtype=torch.int32, device=self.accelerator.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            signum = int(flag.item())
         return signum or None
+
+    def _check_stop(self, where: str) -> None:
+        """A boundary of the run: raise `Preempted` on every rank when any rank received SIGTERM / SIGINT. Only
+        inside `train()` (on every rank alike), so the ranks call it, and all-reduce, the same number of times."""
+        if self._interrupt is None:
+            return
+        signum = self._agreed_stop()
+        if signum is not None:
+            raise Preempted(signum, where)
+
+    def _rewind(self) -> bool:
+        """Undo an unfinished iteration (its optimiser steps, RNG draws and counters); returns whether there was one."""
+        self.optimizer.zero_grad(set_to_none=True)
+        unfinished = self._iteration_start is not None
+        if self._restore_point is not None:
+            self._restore_point.restore()
+        if self._iteration_start is not None:
+            self._iteration_start.restore()
+        self._iteration_start = self._restore_point = None
+        return unfinished
+
+    def _save_on_stop(self, stop: Preempted) -> str:
+        """Rewind to the start of the interrupted iteration and save its state (a checkpoint this run already wrote of
+        that state is reused), with one log line: the signal, the iteration, where it stopped, what was saved."""
+        cfg = self.config
+        undone = self._iteration_optimizer_steps if self._restore_point is not None else 0
+        rewound = self._rewind()
+        t0 = time.perf_counter()
+        reused = self.checkpoints.is_complete(self._saved_this_run.get(self.global_step, "-"))
+        path = self._saved_this_run[self.global_step] if reused else self.save_checkpoint()
+        interrupt = self._interrupt
+        timing = ["already saved" if reused else f"saved in {time.perf_counter() - t0:.1f} s"]
+        if interrupt is not None and interrupt.received_at is not None:
+            timing.append(f"{time.monotonic() - interrupt.received_at:.1f} s after the signal")
+        if rewound:
+            what = f"stopped step {self.global_step + 1} of {cfg.max_train_steps} during {stop.where}" + (
+                f" and undid its {undone} optimiser step(s)" if undone else ""
+            )
+        else:
+            what = f"stopped after step {self.global_step} of {cfg.max_train_steps} ({stop.where})"
+        if self.accelerator.is_main_process:
+            logger.warning(
+                "%s: %s; the state after step %d is at %s (%s).",
+                signal_name(stop.signum),
+                what,
+                self.global_step,
+                path,
+                ", ".join(timing),
+            )
+        return path
 
     # ------------------------------------------------------------------ the run
     def train(self) -> TrainOutput:
         """Run to `max_train_steps`: resume if asked, checkpoint, evaluate, log; save (and push) the result.
 
-        SIGTERM / SIGINT during the run finish the current step, write a complete checkpoint and return early
-        (`TrainOutput.interrupted_by`); a second signal stops at once."""
+        SIGTERM / SIGINT during the run stop at the next boundary (a denoiser call, a trained micro-batch: see
+        `interrupts.py`), rewind the unfinished iteration, write a complete checkpoint of the state at its start and
+        return early (`TrainOutput.interrupted_by`, `TrainOutput.checkpoint`); a second signal stops at once."""
         cfg, acc = self.config, self.accelerator
         started = time.perf_counter()
         if acc.is_main_process:
@@ -1239,42 +1324,17 @@ class GRPOTrainer:
         interrupted, checkpoint = None, None
         # logging_redirect_tqdm: a warning during the run gets a line of its own instead of being glued to the bar
         with GracefulInterrupt() as interrupt, logging_redirect_tqdm():
-            self._write_run_config()
-            init_trackers(acc, cfg, resuming=self.global_step > 0)
-            if self.global_step == 0 and self.eval_prompts and cfg.validation_steps:
-                self._log_eval()
-            self._bar = bar = tqdm(
-                total=cfg.max_train_steps,
-                initial=self.global_step,
-                desc="MixGRPO",
-                disable=not acc.is_local_main_process,
-            )
-            while self.global_step < cfg.max_train_steps:
-                logs = self.train_step()
-                if self.global_step % cfg.logging_steps == 0:
-                    acc.log(logs, step=self.global_step)
-                bar.update(1)
-                bar.set_postfix(reward=f"{logs.get('reward/mean', float('nan')):.3f}", window=logs["window/start"])
-                if cfg.validation_steps and self.eval_prompts and self.global_step % cfg.validation_steps == 0:
-                    self._log_eval()
-                saved = None
-                if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
-                    saved = self.save_checkpoint()
-                signum = self._stop_signal(interrupt)
-                if signum is not None:
-                    checkpoint = saved or self.save_checkpoint()
-                    interrupted = signal_name(signum)
-                    break
-            bar.close()
-            self._bar = None
-            evals = self.history.get("eval_reward", [])
-            if (
-                interrupted is None
-                and cfg.validation_steps
-                and self.eval_prompts
-                and (not evals or evals[-1][0] != self.global_step)
-            ):
-                self._log_eval()  # the summary's evaluation reward is that of the weights being saved
+            self._interrupt = interrupt
+            try:
+                self._run_loop()
+            except Preempted as stop:
+                if self._bar is not None:
+                    self._bar.close()
+                    self._bar = None
+                checkpoint = self._save_on_stop(stop)
+                interrupted = signal_name(stop.signum)
+            finally:
+                self._interrupt = None
         weights = None
         if interrupted is None:
             weights = self.save_model(cfg.output_dir)
@@ -1284,6 +1344,37 @@ class GRPOTrainer:
         acc.end_training()
         summary = self._summarize(start_step, time.perf_counter() - started, weights, interrupted, checkpoint)
         return TrainOutput(self.global_step, dict(self.history), cfg.output_dir, summary, interrupted, checkpoint)
+
+    def _run_loop(self) -> None:
+        """`train()`'s steps: evaluations, logs and checkpoints; a stop signal raises `Preempted` at a boundary."""
+        cfg, acc = self.config, self.accelerator
+        self._write_run_config()
+        init_trackers(acc, cfg, resuming=self.global_step > 0)
+        evaluated = any(k.startswith("eval_") for k in self.history)  # a resume from checkpoint-0 has its eval
+        if self.global_step == 0 and self.eval_prompts and cfg.validation_steps and not evaluated:
+            self._log_eval()
+        self._bar = bar = tqdm(
+            total=cfg.max_train_steps,
+            initial=self.global_step,
+            desc="MixGRPO",
+            disable=not acc.is_local_main_process,
+        )
+        while self.global_step < cfg.max_train_steps:
+            logs = self.train_step()
+            if self.global_step % cfg.logging_steps == 0:
+                acc.log(logs, step=self.global_step)
+            bar.update(1)
+            bar.set_postfix(reward=f"{logs.get('reward/mean', float('nan')):.3f}", window=logs["window/start"])
+            self._check_stop("the end of the step")
+            if cfg.validation_steps and self.eval_prompts and self.global_step % cfg.validation_steps == 0:
+                self._log_eval()
+            if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
+                self.save_checkpoint()
+        bar.close()
+        self._bar = None
+        evals = self.history.get("eval_reward", [])
+        if cfg.validation_steps and self.eval_prompts and (not evals or evals[-1][0] != self.global_step):
+            self._log_eval()  # the summary's evaluation reward is that of the weights being saved
 
     def _summarize(self, start_step, seconds, weights, interrupted, checkpoint) -> RunSummary:
         summary = RunSummary.from_history(
