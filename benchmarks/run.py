@@ -617,7 +617,7 @@ def run_toy(cfg: dict, seeds: list, log, model_path=None) -> dict:
             runs.append({"method": method, "seed": seed, "trainer": trainer, "wall": 0.0, "curve": [], "iters": []})
 
     def evaluate(run):
-        reward, _, _ = run["trainer"].evaluate(evals, seed=0)
+        reward = run["trainer"].evaluate(evals, num_images_per_prompt=1, seed=0).reward
         run["curve"].append({"iteration": run["done"], "wall_s": run["wall"], "heldout_reward": reward})
 
     def step(run):

@@ -5,8 +5,18 @@ standard error, as a table and as JSON.
         --prompts prompts.txt --rewards hpsv2.1 pickscore imagereward --num-images-per-prompt 4 \
         --steps 25 --height 720 --width 720 --guidance-scale 3.5 --device cuda --dtype bfloat16 --output-json eval.json
 
-Steps, size, guidance and prompt length default to the model folder's `sampling_defaults.json` when it has one (the
-toy-world base model does), else to the pipeline's defaults (25 steps). Reward options: `--reward-option
+    accelerate launch --num_processes 8 examples/eval_rewards.py --preset mixgrpo-paper \
+        --model black-forest-labs/FLUX.1-dev --lora ./my_lora --prompts prompts_test.txt --output-json eval.json
+
+The protocol is that of the trainer's evaluation (`diffusers_mixgrpo.training.evaluation`): image j of prompt i starts
+from the noise of its own seed, `eval_seed(--seed, i, j)`, so the images and scores are the same whatever the batch
+size and the number of processes. Under `accelerate launch` the prompt x image items are split across the processes
+and the scores gathered; the main process prints the table and writes the JSON, whose `protocol` block records the
+steps, guidance, size, seed rule, images per prompt and the prompt file (path, SHA-256). `--preset mixgrpo-paper` sets
+the MixGRPO paper's protocol (docs/rewards.md); flags given explicitly win over it.
+
+Steps, size, guidance and prompt length default to the preset, else the model folder's `sampling_defaults.json` when it
+has one (the toy-world base model does), else to the pipeline's defaults (25 steps). Reward options: `--reward-option
 name.option=value` (repeatable, e.g. `hpsv2.1.checkpoint=/models/HPS_v2.1_compressed.pt`,
 `unifiedreward.base_url=http://127.0.0.1:8000/v1`) or `--reward-kwargs` as JSON.
 """
@@ -19,12 +29,15 @@ import os
 import sys
 
 DTYPES = ("float32", "float16", "bfloat16")
+DEFAULT_REWARDS = ("hpsv2.1", "pickscore", "imagereward")
 
 
 def _epilog() -> str:
     from diffusers_mixgrpo.rewards import available_rewards
+    from diffusers_mixgrpo.training.evaluation import EVAL_PRESETS
 
-    return "rewards: " + ", ".join(available_rewards()) + "."
+    presets = "; ".join(f"{name}: {p.description}" for name, p in EVAL_PRESETS.items())
+    return "rewards: " + ", ".join(available_rewards()) + ".\npresets: " + presets + "."
 
 
 def parse_args(argv=None):
@@ -33,8 +46,18 @@ def parse_args(argv=None):
     )
     p.add_argument("--model", required=True, help="Pipeline Hub id or local directory (DiffusionPipeline).")
     p.add_argument("--lora", default=None, help="LoRA weights (directory or file) loaded with load_lora_weights.")
-    p.add_argument("--prompts", required=True, help="Text file, one prompt per line (blank lines ignored).")
-    p.add_argument("--rewards", nargs="+", default=["hpsv2.1", "pickscore", "imagereward"], help="Reward names.")
+    p.add_argument("--prompts", default=None, help="Text file, one prompt per line (blank lines ignored).")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="A named evaluation protocol (steps, size, guidance, images per prompt, seed, rewards); flags win.",
+    )
+    p.add_argument(
+        "--rewards",
+        nargs="+",
+        default=None,
+        help=f"Reward names (default: the preset's, else {' '.join(DEFAULT_REWARDS)}).",
+    )
     p.add_argument("--reward-kwargs", default="{}", help="JSON: {reward name: {option: value}}.")
     p.add_argument(
         "--reward-option",
@@ -43,8 +66,10 @@ def parse_args(argv=None):
         metavar="NAME.OPTION=VALUE",
         help="One reward option (repeatable), e.g. unifiedreward.timeout=30; wins over --reward-kwargs.",
     )
-    p.add_argument("--num-images-per-prompt", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=4, help="Prompts per pipeline call.")
+    p.add_argument(
+        "--num-images-per-prompt", type=int, default=None, help="Images per prompt (default: the preset's, else 1)."
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="Images per pipeline call, per process.")
     p.add_argument("--steps", type=int, default=None, help="Sampling steps (default: the model's, else 25).")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
@@ -52,8 +77,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--max-sequence-length", type=int, default=None, help="T5 prompt tokens (FLUX, SD3); default: the model's."
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
+    p.add_argument(
+        "--seed", type=int, default=None, help="Seed of the evaluation noise (default: the preset's, else 0)."
+    )
+    p.add_argument("--device", default=None, help="Default: this process's accelerate device (cuda when available).")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="Default: bfloat16 on cuda, else float32.")
     p.add_argument("--output-json", default=None, help="Write the summary (and per-image scores) here.")
     p.add_argument("--save-images", default=None, help="Directory to save the generated images as PNG.")
@@ -77,12 +104,16 @@ def _reward_options(args):
     return options
 
 
-def _sampling(args) -> dict:
-    """Pipeline call arguments: the flags, else the model folder's sampling defaults, else 25 steps."""
+def _sampling(args, preset=None) -> dict:
+    """Pipeline call arguments: the flags, else the preset's, else the model folder's sampling defaults, else 25
+    steps."""
     from diffusers_mixgrpo.training.model_defaults import read_sampling_defaults
 
     defaults = read_sampling_defaults(args.model)
     size = defaults.get("resolution")
+    if preset is not None:
+        defaults = {**defaults, **preset.sampling()}
+        size = None
     call = {
         "num_inference_steps": args.steps or defaults.get("num_inference_steps") or 25,
         "height": args.height or defaults.get("height") or size,
@@ -126,15 +157,51 @@ def _check_outputs(args):
         check_output_dir(args.save_images, "--save-images")
 
 
+def _resolve_protocol(args):
+    """Fill the flags left unset from `--preset` (else the script's defaults); returns the preset or `None`."""
+    from diffusers_mixgrpo.training.errors import ConfigError
+    from diffusers_mixgrpo.training.evaluation import get_eval_preset
+
+    preset = get_eval_preset(args.preset) if args.preset else None
+    if args.rewards is None:
+        args.rewards = list(preset.rewards if preset else DEFAULT_REWARDS)
+    if args.num_images_per_prompt is None:
+        args.num_images_per_prompt = preset.images_per_prompt if preset else 1
+    if args.seed is None:
+        args.seed = preset.seed if preset else 0
+    if preset is None and not args.prompts:
+        raise ConfigError("--prompts is required (a text file, one prompt per line), or name a --preset.")
+    if args.seed < 0:
+        raise ConfigError(f"--seed {args.seed} is not allowed; it must be >= 0.")
+    return preset
+
+
+def _read_prompts(args, preset):
+    """The prompts and the `prompts` block of the report (path, SHA-256, count, whether it is the preset's file)."""
+    from diffusers_mixgrpo.training.evaluation import file_sha256, read_preset_prompts
+    from diffusers_mixgrpo.training.preflight import read_prompt_file
+
+    matches = None
+    if preset is not None:
+        prompts, matches = read_preset_prompts(preset, args.prompts)
+    else:
+        prompts = read_prompt_file(args.prompts, "--prompts")
+    source = {"path": args.prompts, "sha256": file_sha256(args.prompts), "num_prompts": len(prompts)}
+    if preset is not None:
+        source["matches_preset"] = matches
+    return prompts, source
+
+
 def evaluate(args):
     from diffusers_mixgrpo.rewards import load_reward
     from diffusers_mixgrpo.training.errors import ConfigError, ModelLoadError, RewardLoadError
-    from diffusers_mixgrpo.training.preflight import check_model_source, check_reward_options, read_prompt_file
+    from diffusers_mixgrpo.training.preflight import check_model_source, check_reward_options
 
+    preset = _resolve_protocol(args)
     reward_options = _reward_options(args)
     check_reward_options(dict.fromkeys(args.rewards, 1.0), reward_options)
-    prompts = read_prompt_file(args.prompts)
-    call_kwargs = _sampling(args)
+    prompts, prompts_source = _read_prompts(args, preset)
+    call_kwargs = _sampling(args, preset)
     for name, value in (("--num-images-per-prompt", args.num_images_per_prompt), ("--batch-size", args.batch_size)):
         if value < 1:
             raise ConfigError(f"{name} {value} is not allowed; it must be >= 1.")
@@ -144,12 +211,22 @@ def evaluate(args):
     _check_outputs(args)
 
     import torch
+    from accelerate import PartialState
     from diffusers import DiffusionPipeline
 
-    from diffusers_mixgrpo.rewards.evaluation import format_table, score_all, summarize
+    from diffusers_mixgrpo.rewards.evaluation import format_table, score_all
+    from diffusers_mixgrpo.training.evaluation import (
+        EvaluationResult,
+        describe_protocol,
+        eval_items,
+        eval_seed,
+        gather_items,
+        shard_items,
+    )
     from diffusers_mixgrpo.training.logging_utils import quiet_prompt_truncation
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    state = PartialState(cpu=args.device == "cpu")
+    device = args.device or str(state.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     quiet_prompt_truncation()
     try:
@@ -180,45 +257,74 @@ def evaluate(args):
     except (OSError, TypeError, ValueError) as err:
         raise RewardLoadError(f"Could not load the rewards {args.rewards}: {err}") from err
 
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    scores = {name: [] for name in rewards}
-    all_prompts = []
-    for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start : start + args.batch_size]
-        images = pipe(
-            prompt=batch, num_images_per_prompt=args.num_images_per_prompt, generator=generator, **call_kwargs
-        ).images
-        batch_prompts = [p for p in batch for _ in range(args.num_images_per_prompt)]  # diffusers' image order
-        for name, s in score_all(rewards, images.float(), batch_prompts).items():
-            scores[name].append(s)
+    # This process's share of the prompt x image items, each from its own seed (see the module docstring); padding
+    # slots (None) repeat a real item so that every process makes the same number of pipeline calls.
+    n = args.num_images_per_prompt
+    items = eval_items(len(prompts), n)
+    slots = shard_items(len(items), state.process_index, state.num_processes)
+    real = [k for k in slots if k is not None]
+    run = [k if k is not None else (real[0] if real else 0) for k in slots]
+    local = []
+    for lo in range(0, len(run), args.batch_size):
+        keys, live = run[lo : lo + args.batch_size], slots[lo : lo + args.batch_size]
+        batch_prompts = [prompts[items[k][0]] for k in keys]
+        generators = [torch.Generator("cpu").manual_seed(eval_seed(args.seed, *items[k])) for k in keys]
+        images = pipe(prompt=batch_prompts, num_images_per_prompt=1, generator=generators, **call_kwargs).images
+        scores = score_all(rewards, images.float(), batch_prompts)
         if args.save_images:
             from diffusers_mixgrpo.rewards.base import to_pil_images
 
             os.makedirs(args.save_images, exist_ok=True)
-            for i, image in enumerate(to_pil_images(images.float())):
-                image.save(os.path.join(args.save_images, f"{len(all_prompts) + i:05d}.png"))
-        all_prompts.extend(batch_prompts)
-
-    per_image = {name: torch.cat(v) for name, v in scores.items()}
-    for name, values in per_image.items():
-        if values.numel() > 1 and bool((values == values[0]).all()):
+            pil = to_pil_images(images.float())
+        for row, k in enumerate(live):
+            if k is None:
+                continue
+            local.append((k, {name: float(s[row]) for name, s in scores.items()}))
+            if args.save_images:
+                pil[row].save(os.path.join(args.save_images, f"{k:05d}.png"))  # item index: the same for any launch
+    gathered = gather_items(local)
+    result = EvaluationResult(
+        prompts=prompts,
+        images_per_prompt=n,
+        seeds=[eval_seed(args.seed, i, j) for i, j in items],
+        scores={name: [values[name] for _, values in gathered] for name in rewards},
+        seed=args.seed,
+        prompts_source=args.prompts or "",
+    )
+    summary = result.summary()
+    if not state.is_main_process:
+        return summary
+    for name, values in result.scores.items():
+        if len(values) > 1 and all(v == values[0] for v in values):
             print(
-                f"WARNING: every image got the same {name} score ({float(values[0]):.4g}): look at the images (all "
+                f"WARNING: every image got the same {name} score ({values[0]:.4g}): look at the images (all "
                 "black? a prompt length or size the model was not trained with) before trusting the table.",
                 file=sys.stderr,
             )
-    summary = summarize(per_image)
     print(format_table(summary))
     if args.output_json:
+        sampling = {k: v for k, v in call_kwargs.items() if k != "output_type"}
         report = {
             "model": args.model,
             "lora": args.lora,
             "num_prompts": len(prompts),
-            "num_images": len(all_prompts),
-            "sampling": {k: v for k, v in call_kwargs.items() if k != "output_type"},
+            "num_images": len(items),
+            "protocol": {
+                **describe_protocol(sampling, n, args.seed, prompts_source, state.num_processes, args.preset),
+                "dtype": str(dtype).replace("torch.", ""),
+                "rewards": list(rewards),
+            },
+            "sampling": sampling,
             "rewards": {k: {m: (None if isinstance(x, float) and math.isnan(x) else x) for m, x in v.items()}
                         for k, v in summary.items()},
-            "per_image": {"prompts": all_prompts, **{k: v.tolist() for k, v in per_image.items()}},
+            "per_prompt": [dict(zip(result.table_columns(), row)) for row in result.table_rows()],
+            "per_image": {
+                "prompts": result.item_prompts,
+                "prompt_index": [i for i, _ in items],
+                "image_index": [j for _, j in items],
+                "seeds": result.seeds,
+                **result.scores,
+            },
         }  # fmt: skip
         with open(args.output_json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

@@ -597,8 +597,20 @@ class GRPOConfig:
         validation_steps (`int`, defaults to 50):
             Log a grid of sample images every this many training steps (0: never).
         validation_prompts (`list[str]`, *optional*):
-            Prompts of the periodic evaluation (ODE samples, `eval/reward`, image grid). `None`: the first
-            `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts. A single string is one prompt.
+            Held-out prompts of the periodic evaluation (ODE samples, `eval/reward`, a per-prompt table, an image
+            grid; see docs/training.md, "Evaluation"). A single string is one prompt. Give this or
+            `validation_prompt_file`, not both. Neither: the first `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training
+            prompts, with a warning (scores on training prompts measure fit, not generalisation).
+        validation_prompt_file (`str`, *optional*):
+            Text file with one held-out evaluation prompt per line (blank lines ignored), read before the model
+            loads: a missing or empty file stops the run with its path.
+        validation_images_per_prompt (`int`, defaults to 2):
+            Images per evaluation prompt. Image `j` of prompt `i` starts from the noise of seed
+            `evaluation.eval_seed(validation_seed, i, j)`, so an evaluation is the same in every run, at every step
+            and for any number of processes (the prompt x image work is split across the processes and gathered).
+        validation_seed (`int`, defaults to 0):
+            Seed of the evaluation noise; independent of `seed`, so runs with other training seeds are scored on the
+            same noise.
 
         > Checkpointing
 
@@ -856,8 +868,19 @@ class GRPOConfig:
     logging_steps: int = field(default=1, metadata={"help": "Log scalars every this many training steps."})
     validation_steps: int = field(default=50, metadata={"help": "Log a sample grid every N steps (0: never)."})
     validation_prompts: Optional[list[str]] = field(
-        default=None, metadata={"help": "Prompts of the periodic evaluation; None: the first 4 training prompts."}
+        default=None,
+        metadata={
+            "help": "Held-out prompts of the periodic evaluation; None: validation_prompt_file, else the first "
+            "4 training prompts (with a warning)."
+        },
     )
+    validation_prompt_file: Optional[str] = field(
+        default=None, metadata={"help": "Text file, one held-out evaluation prompt per line."}
+    )
+    validation_images_per_prompt: int = field(
+        default=2, metadata={"help": "Images per evaluation prompt, each from its own fixed seed."}
+    )
+    validation_seed: int = field(default=0, metadata={"help": "Seed of the evaluation noise (independent of seed)."})
 
     # Checkpointing
     checkpointing_steps: int = field(
@@ -1173,6 +1196,13 @@ class GRPOConfig:
             fail("output_dir='' is not allowed; give the folder the run writes to.")
         check_int("logging_steps", 1)
         check_int("validation_steps", 0)
+        check_int("validation_images_per_prompt", 1)
+        check_int("validation_seed", 0)
+        if self.validation_prompts is not None and self.validation_prompt_file is not None:
+            fail(
+                f"validation_prompts and validation_prompt_file={self.validation_prompt_file!r} are both set; give "
+                f"the evaluation prompts one way (a list, or a file with one prompt per line)."
+            )
         check_int("checkpointing_steps", 0)
         check_int("checkpoints_total_limit", 1, allow_none=True)
         if self.hub_model_id is not None and not self.hub_model_id.strip():

@@ -2,7 +2,8 @@
 
 `resolve_report_to` gives the `log_with` argument of `Accelerator`; `init_trackers` starts the trackers with a config
 safe to log (no secrets, no local paths, flat scalars); `make_image_grid` / `log_image_grid` log validation samples;
-`plot_reward_curve` draws the reward curve used in the logs and in the model card (`hub.py`). `setup_script_logging`
+`log_table` logs the evaluation's per-prompt table; `plot_reward_curve` draws the reward curve used in the logs and in
+the model card (`hub.py`). `setup_script_logging`
 is the scripts' logging (this package at INFO, other libraries at WARNING), and `quiet_prompt_truncation` replaces the
 pipelines' per-call "input was truncated" warnings (hundreds of `<pad>` tokens each) by one line per run.
 """
@@ -25,6 +26,8 @@ __all__ = [
     "quiet_prompt_truncation",
     "setup_script_logging",
     "log_image_grid",
+    "log_table",
+    "markdown_table",
     "make_image_grid",
     "normalize_reward_history",
     "plot_reward_curve",
@@ -214,6 +217,34 @@ def log_image_grid(
 
             tracker.log({tag: [wandb.Image(grid)]}, step=step)
     return grid
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> str:
+    """A Markdown table; floats with `digits` decimals, `|` in cells escaped."""
+
+    def cell(value: Any) -> str:
+        text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def log_table(accelerator: Any, tag: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], step: int) -> str:
+    """Log a table to every tracker of `accelerator`: a `wandb.Table` for wandb, Markdown text for tensorboard (its
+    text tab renders it). Returns the Markdown."""
+    text = markdown_table(columns, rows)
+    if not accelerator.is_main_process:
+        return text
+    for tracker in getattr(accelerator, "trackers", []):
+        if tracker.name == "tensorboard":
+            tracker.writer.add_text(tag, text, step)
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: wandb.Table(columns=list(columns), data=[list(r) for r in rows])}, step=step)
+    return text
 
 
 def normalize_reward_history(history: RewardHistory) -> dict[str, tuple[list[int], list[float]]]:

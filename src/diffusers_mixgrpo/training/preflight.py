@@ -25,24 +25,24 @@ __all__ = [
 ]
 
 
-def read_prompt_file(path: str) -> list[str]:
+def read_prompt_file(path: str, what: str = "prompt_file") -> list[str]:
     """The non-blank lines of a UTF-8 text file, stripped. A missing file, a folder, undecodable bytes (the byte
-    offset is named) or a file without a prompt fail with `ConfigError`."""
+    offset is named) or a file without a prompt fail with `ConfigError` (`what` names the setting)."""
     if not os.path.exists(path):
-        raise ConfigError(f"prompt_file={path!r} does not exist.")
+        raise ConfigError(f"{what}={path!r} does not exist.")
     if not os.path.isfile(path):
-        raise ConfigError(f"prompt_file={path!r} is not a file.")
+        raise ConfigError(f"{what}={path!r} is not a file.")
     try:
         with open(path, encoding="utf-8") as f:
             prompts = [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as err:
         raise ConfigError(
-            f"prompt_file={path!r} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8."
+            f"{what}={path!r} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8."
         ) from None
     except OSError as err:
-        raise ConfigError(f"prompt_file={path!r} cannot be read ({err.strerror}).") from None
+        raise ConfigError(f"{what}={path!r} cannot be read ({err.strerror}).") from None
     if not prompts:
-        raise ConfigError(f"prompt_file={path!r} holds no prompt (only blank lines); write one prompt per line.")
+        raise ConfigError(f"{what}={path!r} holds no prompt (only blank lines); write one prompt per line.")
     return prompts
 
 
@@ -146,6 +146,8 @@ def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
     if not config.prompt_file:
         raise ConfigError("No training prompts: set prompt_file (a text file, one prompt per line).")
     read_prompt_file(config.prompt_file)
+    if getattr(config, "validation_prompt_file", None):
+        read_prompt_file(config.validation_prompt_file, "validation_prompt_file")
     check_output_dir(config.output_dir)
     manager = CheckpointManager(config.output_dir)
     if config.resume_from_checkpoint:

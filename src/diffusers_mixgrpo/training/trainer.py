@@ -50,11 +50,13 @@ from .errors import (
     RewardLoadError,
     TrainingStopped,
 )
+from .evaluation import EvaluationResult, eval_items, eval_seed, gather_items, shard_items
 from .interrupts import GracefulInterrupt, IterationStart, Preempted, RestorePoint, signal_name
 from .logging_utils import (
     count_truncated_prompts,
     init_trackers,
     log_image_grid,
+    log_table,
     plot_reward_curve,
     quiet_prompt_truncation,
     resolve_report_to,
@@ -72,6 +74,8 @@ RewardSpec = Union[MultiReward, Mapping[Union[str, Callable], float], Callable]
 #: Training steps in a row whose rewards leave every advantage at 0 before the run warns.
 CONSTANT_REWARD_WARN_STEPS = 3
 PROMPTS_FILE = "train_prompts.txt"
+#: Prompts of the evaluation whose images make the logged grid (one row per prompt).
+VALIDATION_GRID_PROMPTS = 8
 
 
 @dataclass
@@ -167,9 +171,11 @@ class GRPOTrainer:
         rewards (`MultiReward`, mapping or callable, *optional*): `{name_or_callable: weight}`, a `MultiReward`, or
             one callable `(images, prompts) -> (B,)`; default: `config.rewards`.
         train_prompts (`Sequence[str]`, *optional*): the prompt dataset; default: `config.prompt_file`.
-        eval_prompts (`Sequence[str]`, *optional*): prompts for the periodic evaluation (deterministic ODE samples,
-            mean reward logged as `eval/reward`, image grid logged); default: `config.validation_prompts`, else the
-            first `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts.
+        eval_prompts (`Sequence[str]`, *optional*): held-out prompts of the periodic evaluation (`evaluate`:
+            deterministic ODE samples, `validation_images_per_prompt` per prompt from fixed seeds, split across the
+            processes; `eval/reward`, per-reward means, a per-prompt table and an image grid logged); default:
+            `config.validation_prompts`, else `config.validation_prompt_file`, else the first
+            `DEFAULT_NUM_VALIDATION_PROMPTS` (4) training prompts, with a warning.
         accelerator (`Accelerator`, *optional*): bring your own; otherwise built from the config.
         overlap_rewards (`bool`, *optional*): score each rollout chunk in a thread while the next chunk is
             denoised (`training/overlap.py`); the same samples and scores as without. Worth it when the reward model
@@ -209,17 +215,31 @@ class GRPOTrainer:
         set_seed(config.seed)
         apply_tf32(config.allow_tf32, self.accelerator.device)
         check_reward_device_available(config.reward_device)  # before FLUX loads, not after
+        file_prompts = None
+        if eval_prompts is None and config.validation_prompts is None and config.validation_prompt_file:
+            file_prompts = read_prompt_file(config.validation_prompt_file, "validation_prompt_file")
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
         self._apply_model_defaults()
         self._prompts_given = train_prompts is not None
         self.train_prompts = self._load_prompts(train_prompts)
         if eval_prompts is not None:
-            self.eval_prompts = list(eval_prompts)
+            self.eval_prompts, self.eval_prompts_source = list(eval_prompts), "eval_prompts"
         elif config.validation_prompts is not None:
-            self.eval_prompts = list(config.validation_prompts)
+            self.eval_prompts, self.eval_prompts_source = list(config.validation_prompts), "validation_prompts"
+        elif file_prompts is not None:
+            self.eval_prompts = file_prompts
+            self.eval_prompts_source = f"validation_prompt_file={config.validation_prompt_file}"
         else:
             self.eval_prompts = self.train_prompts[:DEFAULT_NUM_VALIDATION_PROMPTS]
+            self.eval_prompts_source = f"the first {len(self.eval_prompts)} training prompts"
+            if config.validation_steps:
+                logger.warning(
+                    "Neither validation_prompts nor validation_prompt_file is set: the periodic evaluation scores "
+                    "the first %d training prompts, which measures fit, not generalisation. Set "
+                    "validation_prompt_file to a file of held-out prompts.",
+                    len(self.eval_prompts),
+                )
         self.reward = self._build_rewards(rewards)
         self.config = self._record_run_inputs(eval_prompts)
         self.window = SlidingWindowSchedule(**config.sliding_window_kwargs())
@@ -243,7 +263,6 @@ class GRPOTrainer:
         self._setup_frozen_modules()
         self._announce_truncation()
         self._bar = None
-        self.eval_images_per_prompt = 1  # images per prompt of the periodic evaluation
         # Replaces the periodic evaluation when set: called with the trainer every `validation_steps` (and before
         # the first step), returns scalars logged as `eval/<name>`; its "reward" is the `eval_reward` curve. The
         # toy task uses it to score held-out prompts with held-out noise (`toy_world.evaluation`).
@@ -311,8 +330,11 @@ class GRPOTrainer:
                     "register them (rewards.register_reward) to rerun the config from the command line.",
                     ", ".join(map(repr, unregistered)),
                 )
-        if eval_prompts is not None and cfg.validation_prompts is None:
+        if eval_prompts is not None and list(eval_prompts) != cfg.validation_prompts:
             updates["validation_prompts"] = list(eval_prompts)
+            updates["validation_prompt_file"] = None
+        elif cfg.validation_prompt_file and cfg.validation_prompt_file != os.path.abspath(cfg.validation_prompt_file):
+            updates["validation_prompt_file"] = os.path.abspath(cfg.validation_prompt_file)
         if self._prompts_given and cfg.prompt_file is None:
             updates["prompt_file"] = os.path.abspath(os.path.join(cfg.output_dir, PROMPTS_FILE))
         if cfg.use_lora and cfg.lora_target_modules is None:
@@ -1076,38 +1098,73 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(
-        self, prompts: Optional[Sequence[str]] = None, num_images_per_prompt: Optional[int] = None, seed: int = 0
-    ):
-        """Deterministic (ODE, no SDE window) samples of `prompts`; returns `(mean reward, per-reward means, images)`.
+        self,
+        prompts: Optional[Sequence[str]] = None,
+        num_images_per_prompt: Optional[int] = None,
+        seed: Optional[int] = None,
+        grid_prompts: int = VALIDATION_GRID_PROMPTS,
+    ) -> Optional[EvaluationResult]:
+        """Score deterministic (ODE, no SDE window) samples of `prompts` (default: `eval_prompts`) with every reward.
 
-        Uses the EMA weights when EMA is on. Every process evaluates the same prompts (cheap, and no gather)."""
+        Image `j` of prompt `i` starts from the noise of `eval_seed(seed, i, j)` (`seed` default:
+        `validation_seed`; `num_images_per_prompt` default: `validation_images_per_prompt`); the prompt x image items
+        are split across the processes (`evaluation.shard_items`) and the scores gathered, so every process returns
+        the same `EvaluationResult` and the scores do not depend on the number of processes. The result keeps the
+        images of the first `grid_prompts` prompts. Uses the EMA weights when EMA is on. `None` without prompts."""
+        cfg, acc = self.config, self.accelerator
         prompts = list(prompts if prompts is not None else self.eval_prompts)
-        num_images_per_prompt = num_images_per_prompt or self.eval_images_per_prompt
         if not prompts:
-            return None, {}, None
-        cfg = self.config
+            return None
+        n = int(num_images_per_prompt or cfg.validation_images_per_prompt)
+        seed = cfg.validation_seed if seed is None else int(seed)
+        items = eval_items(len(prompts), n)
+        slots = shard_items(len(items), acc.process_index, acc.num_processes)
+        # padding slots repeat this process's first item (a process with no item of its own repeats item 0)
+        real = [k for k in slots if k is not None]
+        run = [k if k is not None else (real[0] if real else 0) for k in slots]
+        chunk = cfg.sample_max_batch_size or cfg.rollouts_per_device
+        scored, pictures = [], []
         ctx = self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext()
         with ctx:
-            gens = [torch.Generator().manual_seed(seed * 100003 + i) for i in range(len(prompts))]
-            batch = self.pipeline.rollout(
-                prompts,
-                prompt_embeds=self._cached_embeds(prompts),
-                num_generations=num_images_per_prompt,
-                num_inference_steps=cfg.num_inference_steps,
-                sde_window=(0, 0),
-                guidance_scale=cfg.guidance_scale,
-                height=cfg.height or cfg.resolution,
-                width=cfg.width or cfg.resolution,
-                generator=gens,
-                max_batch_size=cfg.sample_max_batch_size,
-                autocast_dtype=self._autocast_dtype(),
-                step_callback=lambda: self._check_stop("an evaluation"),
-                **self._video_kwargs(),
-            )
-        scores = self._score(batch)
-        means = {k: float(v.mean()) for k, v in scores.items()}
-        total = float(sum(self.reward.weights[k] * v for k, v in scores.items()).mean())
-        return total, means, batch
+            for lo in range(0, len(run), chunk):
+                keys, live = run[lo : lo + chunk], slots[lo : lo + chunk]
+                item_prompts = [prompts[items[k][0]] for k in keys]
+                batch = self.pipeline.rollout(
+                    item_prompts,
+                    prompt_embeds=self._cached_embeds(item_prompts),
+                    num_generations=1,
+                    num_inference_steps=cfg.num_inference_steps,
+                    sde_window=(0, 0),
+                    guidance_scale=cfg.guidance_scale,
+                    height=cfg.height or cfg.resolution,
+                    width=cfg.width or cfg.resolution,
+                    generator=[torch.Generator().manual_seed(eval_seed(seed, *items[k])) for k in keys],
+                    max_batch_size=cfg.sample_max_batch_size,
+                    autocast_dtype=self._autocast_dtype(),
+                    step_callback=lambda: self._check_stop("an evaluation"),
+                    **self._video_kwargs(),
+                )
+                scores = {name: v.detach().float().cpu() for name, v in self._score(batch).items()}
+                images = None
+                for row, k in enumerate(live):
+                    if k is None:
+                        continue
+                    scored.append((k, {name: float(v[row]) for name, v in scores.items()}))
+                    if items[k][0] < grid_prompts:
+                        images = images if images is not None else batch.pil_images()
+                        pictures.append((k, images[row]))
+        scored, pictures = gather_items(scored), gather_items(pictures)
+        names = list(self.reward.rewards)
+        return EvaluationResult(
+            prompts=prompts,
+            images_per_prompt=n,
+            seeds=[eval_seed(seed, i, j) for i, j in items],
+            scores={name: [values[name] for _, values in scored] for name in names},
+            weights=dict(self.reward.weights),
+            images=[image for _, image in pictures],
+            seed=seed,
+            prompts_source=self.eval_prompts_source if prompts == self.eval_prompts else "evaluate(prompts=...)",
+        )
 
     def _log_eval(self) -> Optional[float]:
         self._phase("eval")
@@ -1117,17 +1174,28 @@ class GRPOTrainer:
                 self.history.setdefault(f"eval_{name}", []).append((self.global_step, float(value)))
             self.accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=self.global_step)
             return scalars.get("reward")
-        total, means, batch = self.evaluate()
-        if total is None:
+        result = self.evaluate()
+        if result is None:
             return None
+        total = result.reward
         self.history.setdefault("eval_reward", []).append((self.global_step, total))
         self.accelerator.log(
-            {"eval/reward": total, **{f"eval/{k}": v for k, v in means.items()}}, step=self.global_step
+            {"eval/reward": total, **{f"eval/{k}": v for k, v in result.means.items()}}, step=self.global_step
         )
         if self.accelerator.is_main_process:
-            log_image_grid(
-                self.accelerator, batch.pil_images(), self.global_step, tag="validation", captions=batch.prompts
+            log_table(
+                self.accelerator, "eval/per_prompt", result.table_columns(), result.table_rows(), self.global_step
             )
+            if result.images:
+                captions = result.item_prompts[: len(result.images)]
+                log_image_grid(
+                    self.accelerator,
+                    result.images,
+                    self.global_step,
+                    tag="validation",
+                    captions=captions,
+                    cols=result.images_per_prompt,
+                )
         return total
 
     # ------------------------------------------------------------------ checkpoints
