@@ -548,12 +548,16 @@ def _measure_child(px: int, rows: int, gradient_checkpointing: bool, lora_rank: 
     small = dummy_inputs(spec, model, 1, 64, "cpu", torch.float32)
     model(**small)[0].sum().backward()
     model.zero_grad(set_to_none=True)
-    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (VmHWM) to the current size
-        f.write("5")
-    base = _proc_status_bytes("VmRSS")
+    base = reset_peak_rss()
     out = model(**kwargs)[0]
     out.float().pow(2).mean().backward()
-    return {"measured_bytes": _proc_status_bytes("VmHWM") - base}
+    return {"measured_bytes": peak_rss_since(base)}
+
+
+# The measuring method (also used by tests/training/fsdp2_setup_memory_script.py): a fresh process started with
+# `MEASURE_ENV` (freed large buffers go back to the OS, so resident memory follows live memory), warmed up, then the
+# high-water mark of its resident memory above the baseline `reset_peak_rss` returns.
+MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _proc_status_bytes(key: str) -> int:
@@ -562,6 +566,19 @@ def _proc_status_bytes(key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"{key} not in /proc/self/status (the CPU validation needs Linux)")
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's resident-memory high-water mark (VmHWM) to its current size; returns that size (bytes),
+    the baseline of `peak_rss_since`."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status_bytes("VmRSS")
+
+
+def peak_rss_since(base: int) -> int:
+    """Peak resident memory (bytes) above `base` since `reset_peak_rss` returned it."""
+    return _proc_status_bytes("VmHWM") - base
 
 
 def validate_on_cpu(
@@ -574,7 +591,7 @@ def validate_on_cpu(
     lora = add_lora(model, spec.lora_targets, lora_rank)
     prof = activation_profile(model, spec, rows, px, dtype=torch.float32)
     estimate = prof.peak(gradient_checkpointing) + lora * 4  # + the LoRA gradients
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, **MEASURE_ENV}
     here = os.path.dirname(os.path.abspath(__file__))
     call = f"m._measure_child({px}, {rows}, {gradient_checkpointing!r}, {lora_rank})"
     code = f"import json, sys; sys.path.insert(0, {here!r}); import memory_plan as m; print(json.dumps({call}))"
