@@ -9,7 +9,10 @@ Two ways to shard the denoiser:
   (`fsdp2_options_from_accelerate`); with `deepspeed_zero2.yaml` / `deepspeed_zero3.yaml` accelerate builds the
   DeepSpeed engine in `prepare` (`configure_deepspeed` fills the config first).
 - **torch's FSDP2 directly** (`GRPOTrainer(..., fsdp2=FSDP2Options())`, `fsdp2: true`, or an FSDP2 launch config):
-  the trainer applies `fully_shard` to every transformer block and then to the root, before the optimiser is built.
+  the trainer applies `fully_shard` to every transformer block and then to the root, before the optimiser is built,
+  with the model in its load dtype (bf16), and then casts each rank's own shards of the trained weights to float32
+  (`cast_trainable_shards`): no rank holds a full float32 copy (FLUX.1-dev: 48 GB); the denoiser reaches the GPU
+  one wrap unit at a time, as shards.
   This runs on GPUs (NCCL) and on the CPU (gloo: accelerate 1.15 with `cpu=True` falls back to DDP and ignores an
   FSDP plugin), which is how the test suite proves that a sharded run equals a single-process one.
 
