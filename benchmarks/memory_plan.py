@@ -43,6 +43,14 @@ GPU_SIZES_GB = (24, 48, 80)
 # What such cards report as total memory (nvidia-smi, MiB): RTX 4090 / L4-class, RTX 6000 Ada / L40S / A6000, A100 / H100.
 GPU_MEMORY_BYTES = {24: 24564 * 2**20, 48: 46068 * 2**20, 80: 81559 * 2**20}
 OVERHEAD_BYTES = int(1.5 * GiB)  # CUDA context + cuBLAS/attention workspaces + allocator slack (an assumption)
+# A plan "fits" a card with 10% to spare: the activation count is 6-8% under a measured peak (`--validate`).
+HEADROOM = 1.10
+
+
+def fits(total_bytes: float, card_gb: int) -> bool:
+    """Whether a per-GPU total fits a `card_gb` card (`GPU_MEMORY_BYTES`) with `HEADROOM`."""
+    return total_bytes * HEADROOM <= GPU_MEMORY_BYTES[card_gb]
+
 
 # The LoRA targets the trainer uses by default (GRPOConfig.lora_target_modules=None).
 _FLUX_LORA = DEFAULT_LORA_TARGET_MODULES["flux"]
@@ -447,6 +455,7 @@ class GPUPlan:
     text_encoders: int
     vae: int
     activations: int
+    rewards: int = 0  # the reward models on the training GPU, in their dtype (0: reward_device elsewhere)
     overhead: int = OVERHEAD_BYTES
 
     @property
@@ -465,6 +474,7 @@ def per_gpu(
     micro_batch: int = 1,
     optimizer: str = "adamw",
     free_text_encoders: bool = True,
+    reward_bytes: int = 0,
 ) -> GPUPlan:
     """Per-GPU bytes of a LoRA (`mode="lora"`) or full fine-tune (`"full"`) under `strategy` on `num_gpus` GPUs."""
     if mode not in ("lora", "full"):
@@ -501,7 +511,120 @@ def per_gpu(
         text_encoders=text,
         vae=2 * counts.vae_params,
         activations=micro_batch * counts.activations[key],
+        rewards=int(reward_bytes),
     )
+
+
+# ---------------------------------------------------------------------------------------------------- shipped configs
+# Parameters of the registered reward models (docs/rewards.md): HPS v2.1 and PickScore are open_clip / CLIP ViT-H-14
+# (986 M), ImageReward BLIP ViT-L/16 + BERT (~450 M), clipscore CLIP ViT-L/14 (428 M), aesthetic its vision tower
+# (304 M) + a small MLP; unifiedreward and remote run on another machine.
+REWARD_PARAMS = {"hpsv2.1": 986_000_000, "pickscore": 986_000_000, "imagereward": 450_000_000}
+REWARD_PARAMS.update(clipscore=428_000_000, aesthetic=305_000_000, unifiedreward=0, remote=0)
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# The Hub ids of the shipped configs -> the plan's model keys.
+HUB_MODELS = {
+    "black-forest-labs/FLUX.1-dev": "flux1-dev",
+    "stabilityai/stable-diffusion-3.5-medium": "sd3.5-medium",
+    "stabilityai/stable-diffusion-3.5-large": "sd3.5-large",
+    "black-forest-labs/FLUX.2-klein-base-4B": "flux2-klein-4b",
+}
+
+
+def reward_bytes(rewards: Iterable[str], dtype: str = "float32") -> int:
+    """Bytes of the registered reward models `rewards` in `dtype` (an unknown reward raises KeyError)."""
+    return sum(REWARD_PARAMS[name] for name in rewards) * _DTYPE_BYTES[dtype]
+
+
+def launch_topology(launch_config: Optional[str]) -> tuple[str, int]:
+    """`(strategy, GPUs)` of an accelerate launch config (`None`: one GPU)."""
+    if launch_config is None:
+        return "ddp", 1
+    import yaml
+
+    with open(launch_config) as f:
+        launch = yaml.safe_load(f)
+    n = int(launch.get("num_processes", 1))
+    kind = str(launch.get("distributed_type", "NO"))
+    if kind == "FSDP":
+        return "fsdp2", n
+    if kind == "DEEPSPEED":
+        return f"zero{int(launch['deepspeed_config']['zero_stage'])}", n
+    return "ddp", n
+
+
+def config_plan(
+    config_path: str, launch_config: Optional[str] = None, counts: Optional[ModelCounts] = None, **overrides: Any
+) -> GPUPlan:
+    """Per-GPU bytes of a shipped training config (`examples/configs/*.yaml`) under a launch config: its LoRA or full
+    fine-tune, training micro-batch (`train_batch_size`, else the rollout chunk), resolution, gradient checkpointing,
+    optimiser, text encoders as configured (on the GPU unless `offload_text_encoders` is `cpu` or `free`) and reward
+    models in `reward_dtype` (none on the training GPU when `reward_device` is set). `overrides`: config fields."""
+    from diffusers_mixgrpo.training.config import GRPOConfig
+
+    cfg = GRPOConfig.from_yaml(config_path, **overrides)
+    key = HUB_MODELS[cfg.pretrained_model_name_or_path]
+    px = int(cfg.height or cfg.resolution or 512)
+    counts = counts or count_model(MODELS[key], resolutions=(px,))
+    strategy, n = launch_topology(launch_config)
+    micro = cfg.train_batch_size or cfg.sample_max_batch_size or cfg.rollouts_per_device
+    on_gpu = cfg.reward_device is None  # None: the training device; "cpu" or another GPU ("cuda:1"): off it
+    return per_gpu(
+        counts,
+        mode="lora" if cfg.use_lora else "full",
+        strategy=strategy,
+        num_gpus=n,
+        px=px,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        micro_batch=int(min(micro, cfg.rollouts_per_device)),
+        optimizer=cfg.optimizer,
+        free_text_encoders=cfg.offload_text_encoders in ("cpu", "free"),
+        reward_bytes=reward_bytes(cfg.rewards or {}, cfg.reward_dtype) if on_gpu else 0,
+    )
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_LAUNCHES = ("single_gpu", "multi_gpu_ddp", "deepspeed_zero2", "fsdp2", "deepspeed_zero3")
+
+
+def shipped_table() -> list[dict]:
+    """Per-GPU GiB of every shipped training config whose model the plan knows, as shipped (LoRA) and as a full
+    fine-tune, under every shipped single-machine launch config."""
+    import glob
+
+    from diffusers_mixgrpo.training.config import GRPOConfig
+
+    rows, cache = [], {}
+    for path in sorted(glob.glob(os.path.join(_ROOT, "examples", "configs", "*.yaml"))):
+        cfg = GRPOConfig.from_yaml(path)
+        key = HUB_MODELS.get(cfg.pretrained_model_name_or_path)
+        if key is None:
+            continue
+        px = int(cfg.height or cfg.resolution or 512)
+        if (key, px) not in cache:
+            cache[key, px] = count_model(MODELS[key], resolutions=(px,))
+        for use_lora in (True, False):
+            row = {"config": os.path.relpath(path, _ROOT), "model": MODELS[key].name, "px": px, "lora": use_lora}
+            for launch in SHIPPED_LAUNCHES:
+                launch_path = os.path.join(_ROOT, "examples", "accelerate", f"{launch}.yaml")
+                plan = config_plan(path, launch_path, cache[key, px], use_lora=use_lora)
+                row[launch] = plan.total / GiB
+            row["parts"] = asdict(config_plan(path, None, cache[key, px], use_lora=use_lora))
+            rows.append(row)
+    return rows
+
+
+def format_shipped_table(rows: list[dict]) -> str:
+    """`shipped_table` as markdown: GiB per GPU per launch config, and the cheapest launch that fits each card."""
+    header = "config | training | " + " | ".join(SHIPPED_LAUNCHES) + " | fits 24 / 48 / 80 GB (+10%) with"
+    lines = [header, "--- | " * (len(SHIPPED_LAUNCHES) + 2) + "---"]
+    for r in rows:
+        cheapest = " / ".join(
+            next((lc for lc in SHIPPED_LAUNCHES if fits(r[lc] * GiB, g)), "none") for g in GPU_SIZES_GB
+        )
+        gibs = " | ".join(f"{r[lc]:.1f}" for lc in SHIPPED_LAUNCHES)
+        lines.append(f"`{r['config']}` ({r['px']} px) | {'LoRA' if r['lora'] else 'full'} | {gibs} | {cheapest}")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- validation
@@ -548,12 +671,16 @@ def _measure_child(px: int, rows: int, gradient_checkpointing: bool, lora_rank: 
     small = dummy_inputs(spec, model, 1, 64, "cpu", torch.float32)
     model(**small)[0].sum().backward()
     model.zero_grad(set_to_none=True)
-    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark (VmHWM) to the current size
-        f.write("5")
-    base = _proc_status_bytes("VmRSS")
+    base = reset_peak_rss()
     out = model(**kwargs)[0]
     out.float().pow(2).mean().backward()
-    return {"measured_bytes": _proc_status_bytes("VmHWM") - base}
+    return {"measured_bytes": peak_rss_since(base)}
+
+
+# The measuring method (also used by tests/training/fsdp2_setup_memory_script.py): a fresh process started with
+# `MEASURE_ENV` (freed large buffers go back to the OS, so resident memory follows live memory), warmed up, then the
+# high-water mark of its resident memory above the baseline `reset_peak_rss` returns.
+MEASURE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _proc_status_bytes(key: str) -> int:
@@ -562,6 +689,19 @@ def _proc_status_bytes(key: str) -> int:
             if line.startswith(key + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"{key} not in /proc/self/status (the CPU validation needs Linux)")
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's resident-memory high-water mark (VmHWM) to its current size; returns that size (bytes),
+    the baseline of `peak_rss_since`."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status_bytes("VmRSS")
+
+
+def peak_rss_since(base: int) -> int:
+    """Peak resident memory (bytes) above `base` since `reset_peak_rss` returned it."""
+    return _proc_status_bytes("VmHWM") - base
 
 
 def validate_on_cpu(
@@ -574,7 +714,7 @@ def validate_on_cpu(
     lora = add_lora(model, spec.lora_targets, lora_rank)
     prof = activation_profile(model, spec, rows, px, dtype=torch.float32)
     estimate = prof.peak(gradient_checkpointing) + lora * 4  # + the LoRA gradients
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, **MEASURE_ENV}
     here = os.path.dirname(os.path.abspath(__file__))
     call = f"m._measure_child({px}, {rows}, {gradient_checkpointing!r}, {lora_rank})"
     code = f"import json, sys; sys.path.insert(0, {here!r}); import memory_plan as m; print(json.dumps({call}))"
@@ -649,7 +789,11 @@ def main(argv: Optional[list] = None) -> None:
     parser.add_argument("--fit_resolution", type=int, default=720)
     parser.add_argument("--json", help="write the counts and the per-GPU table here")
     parser.add_argument("--validate", action="store_true", help="compare the estimate with a measured CPU peak")
+    parser.add_argument("--shipped", action="store_true", help="per-GPU GiB of the shipped configs x launch configs")
     args = parser.parse_args(argv)
+    if args.shipped:
+        print(format_shipped_table(shipped_table()))
+        return
     if args.validate:
         for gc in (False, True):
             r = validate_on_cpu(gradient_checkpointing=gc)

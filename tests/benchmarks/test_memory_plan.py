@@ -1,6 +1,7 @@
 """`benchmarks/memory_plan.py`: exact parameter counts of the real configs, and an activation count that matches a
 real run (the saved tensors of a CPU run, and its measured peak resident memory)."""
 
+import re
 import sys
 from pathlib import Path
 
@@ -9,6 +10,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import memory_plan as mp  # noqa: E402
+
+from diffusers_mixgrpo.training.config import GRPOConfig  # noqa: E402
 
 TINY = mp.ModelSpec(
     name="tiny FLUX",
@@ -129,3 +132,68 @@ def test_estimate_is_within_15_percent_of_the_measured_cpu_peak():
     r = mp.validate_on_cpu(px=256, rows=2)
     assert r["measured_bytes"] > 50 * 2**20
     assert abs(r["relative_error"]) < 0.15, r
+
+
+ROOT = Path(__file__).resolve().parents[2]
+# A launch or training config's promise of a card size, e.g. "LoRA on FLUX.1-dev (examples/configs/flux_mixgrpo.yaml)
+# fits 80 GB cards": the mode, the model, the training config it runs and the card.
+PROMISE = re.compile(r"(LoRA|full fine-tune) on (\S+) \((examples/configs/\S+\.yaml)\) fits (\d+) GB")
+SHIPPED = sorted((ROOT / "examples" / "accelerate").glob("*.yaml")) + sorted(
+    (ROOT / "examples" / "configs").glob("*.yaml")
+)
+
+
+def _promises(path: Path) -> list[re.Match]:
+    comments = " ".join(line.lstrip("# ").rstrip() for line in path.read_text().splitlines() if line.startswith("#"))
+    if re.search(r"fits? (on )?\d+ ?GB", comments):
+        assert PROMISE.search(comments), f"{path.name}: a card size promised in a form the test cannot check"
+    return list(PROMISE.finditer(comments))
+
+
+@pytest.fixture(scope="module")
+def flux_counts():
+    return mp.count_model(mp.MODELS["flux1-dev"], resolutions=(720,))
+
+
+def test_every_card_size_a_shipped_config_promises_holds_in_the_plan(flux_counts):
+    """Each comment of `examples/accelerate/*.yaml` / `examples/configs/*.yaml` that promises a card size is checked
+    against `config_plan` (the training config's micro-batch, text encoders as configured, reward models in their
+    dtype, the launch config's strategy and GPU count), with the ~10% headroom docs/training.md asks for."""
+    checked = []
+    for path in SHIPPED:
+        for m in _promises(path):
+            mode, model, config, card = m.group(1), m.group(2), ROOT / m.group(3), int(m.group(4))
+            cfg = GRPOConfig.from_yaml(config)
+            assert mp.MODELS[mp.HUB_MODELS[cfg.pretrained_model_name_or_path]].name == model
+            assert cfg.use_lora == (mode == "LoRA")
+            launch = path if path.parent.name == "accelerate" else None
+            key = mp.HUB_MODELS[cfg.pretrained_model_name_or_path]
+            counts = flux_counts if key == "flux1-dev" else None
+            plan = mp.config_plan(str(config), str(launch) if launch else None, counts)
+            assert mp.fits(plan.total, card), (path.name, plan.total / mp.GiB, card)  # with 10% headroom
+            checked.append((path.name, card, round(plan.total / mp.GiB, 1)))
+    # multi_gpu_ddp.yaml: LoRA FLUX.1-dev with flux_mixgrpo.yaml, 44.8 GiB per GPU -> 80 GB (not 48 GB)
+    assert checked == [("multi_gpu_ddp.yaml", 80, 44.8)]
+
+
+def test_config_plan_counts_what_the_shipped_flux_config_holds(flux_counts):
+    """examples/configs/flux_mixgrpo.yaml under DDP: micro-batch 1, T5-XXL + CLIP-L resident in bf16 (not freed: the
+    config keeps them), HPS v2.1 + PickScore + ImageReward in float32 (reward_dtype default) on the training GPU."""
+    c = flux_counts
+    config = str(ROOT / "examples" / "configs" / "flux_mixgrpo.yaml")
+    plan = mp.config_plan(config, str(ROOT / "examples" / "accelerate" / "multi_gpu_ddp.yaml"), c)
+    assert plan.text_encoders == 2 * sum(c.text_encoder_params.values())
+    assert plan.rewards == 4 * (986 + 986 + 450) * 10**6
+    assert plan.activations == c.activations["720:lora:gc"]  # train_batch_size 1
+    assert plan.weights == 2 * c.denoiser_params + 4 * c.lora_params
+
+
+@pytest.mark.slow
+def test_the_docs_table_of_shipped_configs_is_the_plans():
+    """docs/training.md's shipped-config rows are `memory_plan.py --shipped`'s; the FLUX.1-dev configs it leaves out
+    hold what flux_mixgrpo.yaml holds."""
+    docs = (ROOT / "docs" / "training.md").read_text()
+    lines = mp.format_shipped_table(mp.shipped_table()).splitlines()[2:]
+    reference = {line.split(" | ", 1)[1] for line in lines if "flux_mixgrpo.yaml" in line}
+    for line in lines:
+        assert f"| {line} |" in docs or line.split(" | ", 1)[1] in reference, line

@@ -234,3 +234,16 @@ def test_log_prob_of_a_step_that_was_not_recorded_is_refused(tiny_stock_pipes):
         ValueError, match=r"step_index=0 was not recorded in this rollout; recorded SDE steps: \[1, 2\]"
     ):
         pipe.log_prob(batch, 0)
+
+
+def test_from_pipe_keeps_a_bf16_pipeline_in_bf16_without_copying_its_weights():
+    """diffusers' `from_pipe` casts every module to float32 unless told otherwise: a bf16 FLUX.1-dev would become a
+    48 GB float32 copy. GRPOTrainingPipeline keeps the stock pipeline's dtype and shares its tensors."""
+    from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
+
+    stock = build_tiny_flux_pipeline().to(torch.bfloat16)
+    weights = {n: p.data_ptr() for n, p in stock.transformer.named_parameters()}
+    pipe = GRPOTrainingPipeline.from_pipe(stock)
+    assert pipe.denoiser is stock.transformer and pipe.denoiser.dtype == torch.bfloat16
+    assert {n: p.data_ptr() for n, p in pipe.denoiser.named_parameters()} == weights
+    assert pipe.text_encoder_2.dtype == pipe.vae.dtype == torch.bfloat16

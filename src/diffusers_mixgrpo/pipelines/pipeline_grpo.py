@@ -111,6 +111,13 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         for name, component in pipeline.components.items():
             if name in own and name not in kwargs and component is not None:
                 kwargs[name] = component
+        # diffusers' `from_pipe` casts every module to `dtype`, float32 when not given: a bf16 load would become a
+        # full float32 copy (FLUX.1-dev: 48 GB). Keep the stock pipeline's dtype (its denoiser's) instead.
+        denoiser = next(
+            (kwargs[n] for n in ("transformer", "unet") if isinstance(kwargs.get(n), torch.nn.Module)), None
+        )
+        if denoiser is not None and "dtype" not in kwargs and "torch_dtype" not in kwargs:
+            kwargs["dtype"] = denoiser.dtype
         pipe = super().from_pipe(pipeline, **kwargs)
         pipe.adapter.adopt_stock_config(pipeline)
         return pipe

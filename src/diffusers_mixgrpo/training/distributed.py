@@ -9,7 +9,10 @@ Two ways to shard the denoiser:
   (`fsdp2_options_from_accelerate`); with `deepspeed_zero2.yaml` / `deepspeed_zero3.yaml` accelerate builds the
   DeepSpeed engine in `prepare` (`configure_deepspeed` fills the config first).
 - **torch's FSDP2 directly** (`GRPOTrainer(..., fsdp2=FSDP2Options())`, `fsdp2: true`, or an FSDP2 launch config):
-  the trainer applies `fully_shard` to every transformer block and then to the root, before the optimiser is built.
+  the trainer applies `fully_shard` to every transformer block and then to the root, before the optimiser is built,
+  with the model in its load dtype (bf16), and then casts each rank's own shards of the trained weights to float32
+  (`cast_trainable_shards`): no rank holds a full float32 copy (FLUX.1-dev: 48 GB); the denoiser reaches the GPU
+  one wrap unit at a time, as shards.
   This runs on GPUs (NCCL) and on the CPU (gloo: accelerate 1.15 with `cpu=True` falls back to DDP and ignores an
   FSDP plugin), which is how the test suite proves that a sharded run equals a single-process one.
 
@@ -230,8 +233,8 @@ def apply_fsdp2(module: torch.nn.Module, options: Optional[FSDP2Options] = None)
     """`fully_shard` each block of `module` (the classes in `options.wrap_classes`) and then `module` itself, over
     the default process group (gloo on the CPU, NCCL on GPUs). Shards in place; returns `module`.
 
-    Call after LoRA adapters are added and trainable weights cast, and before the optimiser is built (sharding
-    replaces the parameters)."""
+    Call after LoRA adapters are added and before the optimiser is built (sharding replaces the parameters), with the
+    model in its load dtype; then `cast_trainable_shards` casts each rank's shard of the trained weights to float32."""
     import torch.distributed as dist
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -261,6 +264,19 @@ def apply_fsdp2(module: torch.nn.Module, options: Optional[FSDP2Options] = None)
     fully_shard(module, **kwargs)
     logger.info("FSDP2: sharded %d %s units over %d ranks.", len(units), "/".join(names), dist.get_world_size())
     return module
+
+
+def cast_trainable_shards(module: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Cast the trainable floating-point parameters of a module sharded by `apply_fsdp2` to `dtype`, each rank its own
+    shard only (FSDP2 re-pads the cast shards, `FSDPModule._apply`); frozen parameters and buffers keep their dtype.
+
+    What the trainer does instead of casting before sharding: a rank then holds the full model in its load dtype
+    (about to be sharded) and its own `dtype` shard, never a full `dtype` copy. Returns `module`."""
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype) if t.requires_grad and t.is_floating_point() else t
+
+    return module._apply(cast)
 
 
 def grads_finite(params: Iterable[torch.Tensor]) -> bool:

@@ -28,6 +28,7 @@ from .config import DEFAULT_NUM_VALIDATION_PROMPTS, GRPOConfig, default_lora_tar
 from .distributed import (
     FSDP2Options,
     apply_fsdp2,
+    cast_trainable_shards,
     clip_grad_norm,
     configure_deepspeed,
     fsdp2_options_from_accelerate,
@@ -408,8 +409,11 @@ class GRPOTrainer:
         if offload:  # the offloaded modules never visit the device as a whole model set (a 24 GB card would OOM)
             pipe.enable_model_cpu_offload(device=acc.device, modules=offload)
         for name, module in pipe.components.items():
-            if isinstance(module, torch.nn.Module) and name not in pipe.offloaded_modules:
-                module.to(acc.device)
+            if not isinstance(module, torch.nn.Module) or name in pipe.offloaded_modules:
+                continue
+            if self.fsdp2 is not None and module is pipe.denoiser:
+                continue  # `fully_shard` moves it to the device one wrap unit at a time, as shards
+            module.to(acc.device)
         scheduler_overrides = {
             "sde_type": cfg.sde_type,
             "eta": cfg.eta,
@@ -460,16 +464,21 @@ class GRPOTrainer:
             denoiser.requires_grad_(True)
         if cfg.gradient_checkpointing:
             pipe.enable_gradient_checkpointing()
-        self.trainable = [p for p in denoiser.parameters() if p.requires_grad]
-        if not self.trainable:
+        if not any(p.requires_grad for p in denoiser.parameters()):
             raise ValueError("The denoiser has no trainable parameter; check lora_target_modules.")
-        for p in self.trainable:  # LoRA weights train in float32 even in a bf16 model
-            p.data = p.data.float()
+        # Trained weights are float32 even in a bf16 model (LoRA weights, or every weight of a full fine-tune).
         if self.fsdp2 is not None:
             if cfg.use_ema:
                 raise ConfigError("use_ema is not supported with fsdp2 (sharded weights); set use_ema=False.")
-            apply_fsdp2(denoiser, self.fsdp2)  # replaces the parameters by sharded DTensors
+            # Shard in the load dtype first, then cast each rank's own shard: no rank ever holds the whole denoiser
+            # in float32 (FLUX.1-dev: 48 GB). No reference to the unsharded parameters may outlive `fully_shard`.
+            apply_fsdp2(denoiser, self.fsdp2)
+            cast_trainable_shards(denoiser, torch.float32)
             self.trainable = [p for p in denoiser.parameters() if p.requires_grad]
+        else:
+            self.trainable = [p for p in denoiser.parameters() if p.requires_grad]
+            for p in self.trainable:
+                p.data = p.data.float()
 
         optimizer_cls = torch.optim.AdamW
         if cfg.optimizer == "adamw8bit":
