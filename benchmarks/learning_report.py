@@ -26,9 +26,13 @@ def _fmt(mean, std, digits=3):
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+#: A per-seed time-to-reach entry where that seed's DanceGRPO run gained less than 5 SEs (nothing to reach).
+TARGET_TOO_WEAK = "DanceGRPO gain < 5 SE"
+
+
 def bootstrap_interval(values, level: float = 0.9, seed: int = 0):
-    """Percentile bootstrap interval of the mean of `values` (resampling the seeds); None if any value is None."""
-    if not values or any(v is None for v in values):
+    """Percentile bootstrap interval of the mean of `values` (resampling the seeds); None unless all are numbers."""
+    if not values or any(not isinstance(v, (int, float)) for v in values):
         return None
     rng = random.Random(seed)
     means = sorted(statistics.mean(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP_SAMPLES))
@@ -120,6 +124,15 @@ def summarise(results: dict) -> dict:
         dance_runs = {r["seed"]: r for r in by_config["dancegrpo"]}
         target = dance["heldout_reward"][0]
         improved = target > dance["base_heldout_reward"]
+        # The issue's rule: DanceGRPO's own held-out gain must be at least 5 evaluation SEs, or its final reward is
+        # no target (the budget is too short, or the run failed); checked per seed.
+        dance_seed_valid = {
+            seed: se is not None and (reward - dance["base_heldout_reward"]) >= 5 * se
+            for seed, reward, se in zip(
+                dance["seeds"], dance["per_seed_heldout_reward"], dance["per_seed_heldout_gain_se"]
+            )
+        }
+        dance["dance_seed_gain_at_least_5_se"] = {str(k): v for k, v in dance_seed_valid.items()}
         for name, info in summary.items():
             info["target_reward"] = target
             info["dance_improved"] = improved
@@ -129,6 +142,9 @@ def summarise(results: dict) -> dict:
             for r in by_config[name]:
                 d = dance_runs.get(r["seed"])
                 if d is None or not improved:
+                    continue
+                if not dance_seed_valid.get(r["seed"], False):
+                    per_seed.append(TARGET_TOO_WEAK)  # that seed's DanceGRPO gain is under 5 SE: no target to reach
                     continue
                 ts = first_crossing(r["curve"], d["curve"][-1]["heldout"][METRIC])
                 per_seed.append(ts / d["train_s"] if ts is not None else None)
@@ -196,7 +212,8 @@ def markdown(results: dict) -> str:
             i = s[c]
             ttr = i.get("time_to_reach_vs_dance")
             per = ", ".join(
-                "not reached" if v is None else f"{v:.2f}" for v in i.get("time_to_reach_vs_dance_per_seed", [])
+                "not reached" if v is None else (v if isinstance(v, str) else f"{v:.2f}")
+                for v in i.get("time_to_reach_vs_dance_per_seed", [])
             )
             ci = i.get("time_to_reach_vs_dance_interval")
             seeds = ", ".join(
@@ -211,6 +228,14 @@ def markdown(results: dict) -> str:
                 f"{'n/a' if ci is None else f'{ci[0]:.2f} to {ci[1]:.2f}'} | {PAPER_TABLE[c]['time_ratio']} | "
                 f"{PAPER_TABLE[c]['nfe_train']} |"
             )
+        valid = s["dancegrpo"].get("dance_seed_gain_at_least_5_se", {})
+        weak = [k for k, ok in valid.items() if not ok]
+        lines += [
+            "",
+            f"DanceGRPO's held-out gain is at least 5 SE on seeds "
+            f"{', '.join(k for k, ok in valid.items() if ok) or 'none'}"
+            + (f"; below on seeds {', '.join(weak)}: their time-to-reach has no target." if weak else "."),
+        ]
         lines.append("")
     if "steps" in results["parts"]:
         lines += [
