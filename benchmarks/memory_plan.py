@@ -584,12 +584,12 @@ def config_plan(
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED_LAUNCHES = ("single_gpu", "multi_gpu_ddp", "deepspeed_zero2", "fsdp2", "deepspeed_zero3")
+SHIPPED_LAUNCHES = ("single_gpu", "multi_gpu_ddp", "deepspeed_zero2", "fsdp2", "deepspeed_zero3", "multi_node_2x8")
 
 
 def shipped_table() -> list[dict]:
     """Per-GPU GiB of every shipped training config whose model the plan knows, as shipped (LoRA) and as a full
-    fine-tune, under every shipped single-machine launch config."""
+    fine-tune, under every shipped launch config (`multi_node_2x8`: FSDP2 over 16 GPUs on 2 machines)."""
     import glob
 
     from diffusers_mixgrpo.training.config import GRPOConfig

@@ -197,3 +197,13 @@ def test_the_docs_table_of_shipped_configs_is_the_plans():
     reference = {line.split(" | ", 1)[1] for line in lines if "flux_mixgrpo.yaml" in line}
     for line in lines:
         assert f"| {line} |" in docs or line.split(" | ", 1)[1] in reference, line
+
+
+def test_every_shipped_config_is_in_the_docs_table_or_named_as_missing():
+    """A shipped training config whose model the plan does not know yet is named in docs/training.md's "Not yet in the
+    table" sentence (and one the plan knows is not), so the gap stays visible until the plan covers it."""
+    docs = (ROOT / "docs" / "training.md").read_text()
+    missing = docs.split("Not yet in the table", 1)[1].split("\n\n", 1)[0]
+    for path in sorted((ROOT / "examples" / "configs").glob("*.yaml")):
+        known = GRPOConfig.from_yaml(path).pretrained_model_name_or_path in mp.HUB_MODELS
+        assert (f"`{path.stem}`" in missing) != known, path.name
