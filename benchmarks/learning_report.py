@@ -133,15 +133,21 @@ def summarise(results: dict) -> dict:
             )
         }
         dance["dance_seed_gain_at_least_5_se"] = {str(k): v for k, v in dance_seed_valid.items()}
+        # The mean curve's target counts only when every seed's DanceGRPO run passes the rule.
+        mean_target_valid = improved and all(dance_seed_valid.values())
         for name, info in summary.items():
             info["target_reward"] = target
             info["dance_improved"] = improved
-            t = first_crossing(info["curve"], target) if improved else None
-            info["time_to_reach_vs_dance"] = t / dance["curve"][-1]["train_s"] if t is not None else None
+            t = first_crossing(info["curve"], target) if mean_target_valid else None
+            info["time_to_reach_vs_dance"] = (
+                t / dance["curve"][-1]["train_s"]
+                if t is not None
+                else (None if mean_target_valid else TARGET_TOO_WEAK)
+            )
             per_seed = []
             for r in by_config[name]:
                 d = dance_runs.get(r["seed"])
-                if d is None or not improved:
+                if d is None:
                     continue
                 if not dance_seed_valid.get(r["seed"], False):
                     per_seed.append(TARGET_TOO_WEAK)  # that seed's DanceGRPO gain is under 5 SE: no target to reach
@@ -224,7 +230,7 @@ def markdown(results: dict) -> str:
                 f"| {LABELS[c]} | {_fmt(*i['heldout_reward'])} | {_fmt(*i['heldout_accuracy'])} | {seeds} | "
                 f"{i['seconds_per_iteration'][0]:.2f} | {i.get('seconds_per_iteration_vs_dance', float('nan')):.2f} | "
                 f"{i['iterations'][0]:.0f} | {i['nfe_rollout_per_image']:.1f} | {i['nfe_train_per_image']:.1f} | "
-                f"{'not reached' if ttr is None else f'{ttr:.2f}'} | {per} | "
+                f"{'not reached' if ttr is None else (ttr if isinstance(ttr, str) else f'{ttr:.2f}')} | {per} | "
                 f"{'n/a' if ci is None else f'{ci[0]:.2f} to {ci[1]:.2f}'} | {PAPER_TABLE[c]['time_ratio']} | "
                 f"{PAPER_TABLE[c]['nfe_train']} |"
             )
