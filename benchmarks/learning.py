@@ -37,6 +37,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from learning_parts import METRIC, PARTS
+
 BENCH_DIR = Path(__file__).resolve().parent
 NUM_STEPS = 25
 WINDOW_SIZE = 4
@@ -44,25 +46,9 @@ GROUP_SIZE = 8
 PROMPTS_PER_STEP = 4
 LEARNING_RATES = (1e-4, 3e-4, 1e-3, 3e-3)
 TUNE_SEED = 100
-#: The trained reward's field of the evaluation: every run trains on the demo's reward, `toy_preference`.
-METRIC = "preference"
 EVAL_POINTS = 6  # held-out evaluations per run, at equal fractions of the budget
 CURVE_IMAGES_PER_PROMPT = 2  # images per held-out prompt at the intermediate points (the first 2 of the final 4)
 FINAL_IMAGES_PER_PROMPT = 4  # at the base model and at the end of the budget (held-out and training prompts)
-LABELS = {
-    "dancegrpo": "DanceGRPO-style",
-    "mixgrpo": "MixGRPO",
-    "flash": "MixGRPO-Flash",
-    "flash_star": "MixGRPO-Flash*",
-}
-# The paper's figures beside ours (MixGRPO paper, FLUX.1-dev): training NFE per rollout and the training time
-# relative to DanceGRPO as the paper states it ("about half"; "up to 71% less" for the fastest Flash variant).
-PAPER_TABLE = {
-    "dancegrpo": {"nfe_train": 14, "time_ratio": "1"},
-    "mixgrpo": {"nfe_train": 4, "time_ratio": "~0.5"},
-    "flash": {"nfe_train": 4, "time_ratio": "< 0.5"},
-    "flash_star": {"nfe_train": 4, "time_ratio": "~0.29"},
-}
 
 
 def dance_fraction(trained: int) -> float:
@@ -93,15 +79,6 @@ def run_specs() -> dict[str, dict]:
     ):
         specs[f"window_{name}"] = {"method": "mixgrpo", "family": "mixgrpo", "window_stride": 0, "fixed_start": start}
     return specs
-
-
-PARTS = {
-    "table": ["dancegrpo", "mixgrpo", "flash", "flash_star"],
-    "steps": ["dance_T4", "dance_T8", "dancegrpo", "dance_T24", "mix_K2", "mixgrpo", "mix_K8"],
-    "window": ["window_start", "window_middle", "window_end", "mixgrpo"],
-}
-STEPS_DANCE = {"dance_T4": 4, "dance_T8": 8, "dancegrpo": 14, "dance_T24": 24}
-STEPS_MIX = {"mix_K2": 2, "mixgrpo": 4, "mix_K8": 8}
 
 
 def shift_interval(budget: float) -> int:

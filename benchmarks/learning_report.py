@@ -5,7 +5,7 @@ import random
 import statistics
 from pathlib import Path
 
-from learning import LABELS, METRIC, PAPER_TABLE, PARTS, STEPS_DANCE, STEPS_MIX
+from learning_parts import LABELS, METRIC, PAPER_TABLE, PARTS, STEPS_DANCE, STEPS_MIX
 
 #: `METRIC` is the trained reward's field in the evaluation (`ToyAlignmentScores.preference`: the toy preference score
 #: the demo and every run train on); "accuracy" is the prompt-following monitor, "reward" the toy-world score.
