@@ -18,11 +18,9 @@ pixels (lossless: the server scores exactly the pixels a local reward would).
 
 import argparse
 import base64
-import http.client
 import json
 import logging
 import threading
-import time
 import urllib.parse
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +29,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ._http import ServerRefused, ServerUnavailable, request_with_retries
 from .base import ImageBatch, check_prompts, to_uint8_hwc
 
 logger = logging.getLogger(__name__)
@@ -217,41 +216,26 @@ class RemoteReward:
             self.server_reward = health.get("reward")
 
     def _request(self, method: str, path: str, body: Optional[bytes]) -> bytes:
-        conn_cls = http.client.HTTPSConnection if self._parts.scheme == "https" else http.client.HTTPConnection
-        last = "no attempt"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            conn = conn_cls(self._parts.hostname, self._parts.port, timeout=self.timeout)
-            try:
-                headers = {"Content-Type": "application/json"} if body is not None else {}
-                conn.request(method, path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            except TimeoutError:
-                last = f"no answer within timeout={self.timeout:g} s"
-                continue
-            except OSError as err:  # refused, reset, unreachable, DNS
-                last = f"{type(err).__name__}: {err}"
-                continue
-            finally:
-                conn.close()
-            if response.status == 200:
-                return data
-            try:
-                message = json.loads(data).get("error", data[:200].decode("utf-8", "replace"))
-            except (ValueError, AttributeError):
-                message = data[:200].decode("utf-8", "replace")
-            if 400 <= response.status < 500:
-                raise RewardServerError(
-                    f"The reward server at {self.url} refused the request ({response.status}: {message})."
-                )
-            last = f"HTTP {response.status}: {message}"
-        raise RewardServerError(
-            f"The reward server at {self.url} failed {self.max_retries + 1} attempt(s) ({last}); is it running "
-            f"(python -m diffusers_mixgrpo.rewards.remote --reward NAME --port {self._parts.port}) and reachable "
-            f"from here?"
-        )
+        try:
+            return request_with_retries(
+                self._parts,
+                method,
+                path,
+                body,
+                timeout=self.timeout,
+                max_retries=self.max_retries,
+                backoff=self.backoff,
+            )
+        except ServerRefused as err:
+            raise RewardServerError(
+                f"The reward server at {self.url} refused the request ({err.status}: {err.message})."
+            ) from None
+        except ServerUnavailable as err:
+            raise RewardServerError(
+                f"The reward server at {self.url} failed {err.attempts} attempt(s) ({err.last}); is it running "
+                f"(python -m diffusers_mixgrpo.rewards.remote --reward NAME --port {self._parts.port}) and reachable "
+                f"from here?"
+            ) from None
 
     def __call__(self, images: ImageBatch, prompts: Sequence[str]) -> torch.Tensor:
         pixels = to_uint8_hwc(images)

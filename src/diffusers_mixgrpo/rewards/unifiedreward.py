@@ -19,11 +19,8 @@ Serving the judge, e.g.::
 """
 
 import asyncio
-import base64
 import concurrent.futures
 import http.client
-import io
-import ipaddress
 import json
 import os
 import re
@@ -36,6 +33,7 @@ from typing import Optional, Union
 import torch
 from PIL import Image
 
+from ._http import image_data_url, is_loopback
 from .base import ImageBatch, check_prompts, resolve_device, to_pil_images
 
 UNIFIEDREWARD_MODEL = "CodeGoat24/UnifiedReward-qwen-7b"
@@ -110,23 +108,6 @@ class _Request:
                 pass
 
 
-def _is_loopback(host: Optional[str]) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _image_data_url(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 class UnifiedReward:
     """Scores images with a UnifiedReward judge served behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -193,7 +174,7 @@ class UnifiedReward:
         if (
             self.api_key != "EMPTY"
             and parts.scheme == "http"
-            and not _is_loopback(parts.hostname)
+            and not is_loopback(parts.hostname)
             and not allow_insecure_api_key
         ):
             raise ValueError(
@@ -242,7 +223,7 @@ class UnifiedReward:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image_url", "image_url": {"url": _image_data_url(image)}},
+                        {"type": "image_url", "image_url": {"url": image_data_url(image)}},
                         {"type": "text", "text": self.prompt_template.format(prompt=prompt)},
                     ],
                 }
