@@ -14,6 +14,7 @@ BUILTINS = {
     "clipscore",
     "aesthetic",
     "unifiedreward",
+    "vlm_judge",
     "jpeg_compressibility",
     "jpeg_incompressibility",
 }
