@@ -14,6 +14,7 @@ BUILTINS = {
     "clipscore",
     "aesthetic",
     "unifiedreward",
+    "ocr",
     "jpeg_compressibility",
     "jpeg_incompressibility",
 }

@@ -43,6 +43,7 @@ _BUILTINS: dict[str, str] = {
     "clipscore": "diffusers_mixgrpo.rewards.clipscore:CLIPScoreReward",
     "aesthetic": "diffusers_mixgrpo.rewards.aesthetic:AestheticReward",
     "unifiedreward": "diffusers_mixgrpo.rewards.unifiedreward:UnifiedReward",
+    "ocr": "diffusers_mixgrpo.rewards.ocr:OCRReward",
     "remote": "diffusers_mixgrpo.rewards.remote:RemoteReward",
     "jpeg_compressibility": "diffusers_mixgrpo.rewards.jpeg:JpegCompressibility",
     "jpeg_incompressibility": "diffusers_mixgrpo.rewards.jpeg:JpegIncompressibility",
