@@ -1,10 +1,12 @@
 """The OCR reward: Flow-GRPO's edit-distance rule, prompt parsing, and the real RapidOCR models on rendered text.
 
-The model tests read 6 PIL-rendered 256x256 images (about 1-2 s each on one CPU thread of a shared 2-core machine;
-the models upscale the short side to 736 px): exact text scored 1.0 on every image here, so they assert >= 0.9 (one
-misread character in the 10+ of each text); wrong text scored 0.1-0.8, a blank image 0.
+The model tests read 7 PIL-rendered 256x256 images with sockets blocked (about 2 s each on one CPU thread of a
+shared 2-core machine, 15 s for the file; the models upscale the short side to 736 px): exact text scored 1.0 on every
+image here, so they assert >= 0.9 (one misread character in the 10+ of each text); wrong text scored 0.1 and 0.8, a
+blank image 0.
 """
 
+import socket
 import sys
 
 import numpy as np
@@ -139,7 +141,15 @@ def rendered_scores(ocr_reward):
         ("", 'a sign that says "Hello World"'),
     ]
     images = [render(text) for text, _ in cases]
-    return ocr_reward(images, [prompt for _, prompt in cases]), images
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the OCR reward opened a network connection; its models must come from the wheel")
+
+    with pytest.MonkeyPatch.context() as patch:  # the models load at the first call: prove they need no download
+        patch.setattr(socket.socket, "connect", no_network)
+        patch.setattr(socket, "create_connection", no_network)
+        scores = ocr_reward(images, [prompt for _, prompt in cases])
+    return scores, images
 
 
 def test_real_ocr_scores_exact_text_near_one_wrong_text_lower_blank_zero(rendered_scores):
