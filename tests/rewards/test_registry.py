@@ -15,6 +15,7 @@ BUILTINS = {
     "aesthetic",
     "unifiedreward",
     "vlm_judge",
+    "ocr",
     "jpeg_compressibility",
     "jpeg_incompressibility",
 }

@@ -44,6 +44,7 @@ _BUILTINS: dict[str, str] = {
     "aesthetic": "diffusers_mixgrpo.rewards.aesthetic:AestheticReward",
     "unifiedreward": "diffusers_mixgrpo.rewards.unifiedreward:UnifiedReward",
     "vlm_judge": "diffusers_mixgrpo.rewards.vlm_judge:VLMJudgeReward",
+    "ocr": "diffusers_mixgrpo.rewards.ocr:OCRReward",
     "remote": "diffusers_mixgrpo.rewards.remote:RemoteReward",
     "jpeg_compressibility": "diffusers_mixgrpo.rewards.jpeg:JpegCompressibility",
     "jpeg_incompressibility": "diffusers_mixgrpo.rewards.jpeg:JpegIncompressibility",
