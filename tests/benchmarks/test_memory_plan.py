@@ -1,6 +1,7 @@
 """`benchmarks/memory_plan.py`: exact parameter counts of the real configs, and an activation count that matches a
 real run (the saved tensors of a CPU run, and its measured peak resident memory)."""
 
+import dataclasses
 import re
 import sys
 from pathlib import Path
@@ -147,16 +148,16 @@ def test_text_encoder_and_lora_counts_of_flux1_dev():
     assert counts.lora_params == double + single
 
 
-def test_meta_count_equals_the_tensors_a_real_cpu_forward_saves():
-    """The meta-device count (flash-style attention) equals what autograd keeps in a real float32 CPU forward (torch's
-    CPU SDPA kernel keeps q, k, v, out and log-sum-exp too), byte for byte."""
+def _meta_and_real_saved_bytes(spec, px, num_frames=None):
+    """Saved-for-backward bytes of a rank-4 LoRA forward of 2 rows in float32: the meta-device count, and what autograd
+    keeps in a real CPU forward (each storage once, parameters excluded, + the output)."""
     torch.manual_seed(0)
-    meta = mp.build_transformer(TINY, dtype=torch.float32)
-    mp.add_lora(meta, TINY.lora_targets, 4)
-    estimate = mp.activation_profile(meta, TINY, rows=2, px=64, dtype=torch.float32)
+    meta = mp.build_transformer(spec, dtype=torch.float32)
+    mp.add_lora(meta, spec.lora_targets, 4)
+    estimate = mp.activation_profile(meta, spec, rows=2, px=px, dtype=torch.float32, num_frames=num_frames)
 
-    real = mp.build_transformer(TINY, device="cpu", dtype=torch.float32)
-    mp.add_lora(real, TINY.lora_targets, 4)
+    real = mp.build_transformer(spec, device="cpu", dtype=torch.float32)
+    mp.add_lora(real, spec.lora_targets, 4)
     params = {p.untyped_storage().data_ptr() for p in real.parameters()}
     saved, keep = {}, []
 
@@ -167,10 +168,103 @@ def test_meta_count_equals_the_tensors_a_real_cpu_forward_saves():
             saved.setdefault(s.data_ptr(), s.nbytes())
         return t
 
-    kwargs = mp.dummy_inputs(TINY, real, 2, 64, "cpu", torch.float32)
+    kwargs = mp.dummy_inputs(spec, real, 2, px, "cpu", torch.float32, num_frames)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = real(**kwargs)[0]
-    assert estimate.total == sum(saved.values()) + out.numel() * out.element_size()
+    return estimate.total, sum(saved.values()) + mp.output_bytes(out)
+
+
+def test_meta_count_equals_the_tensors_a_real_cpu_forward_saves():
+    """The meta-device count (flash-style attention) equals what autograd keeps in a real float32 CPU forward (torch's
+    CPU SDPA kernel keeps q, k, v, out and log-sum-exp too), byte for byte."""
+    estimate, real = _meta_and_real_saved_bytes(TINY, px=64)
+    assert estimate == real
+
+
+# Tiny configs of the other denoiser classes, with the real specs' inputs, LoRA targets and checkpointed blocks.
+TINY_FAMILIES = {
+    "sdxl": dict(
+        sample_size=8,
+        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
+        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        attention_head_dim=[2, 4],
+        transformer_layers_per_block=[1, 2],
+        cross_attention_dim=32,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 16,
+        norm_num_groups=8,
+    ),
+    "wan2.1-t2v-1.3b": dict(
+        patch_size=[1, 2, 2],
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=16,
+        ffn_dim=64,
+        num_layers=2,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ),
+    "sana-1600m": dict(
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=2,
+        num_cross_attention_heads=2,
+        cross_attention_head_dim=8,
+        cross_attention_dim=16,
+        caption_channels=32,
+        sample_size=8,
+        norm_elementwise_affine=False,
+    ),
+    "qwen-image": dict(
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        axes_dims_rope=[4, 6, 6],
+    ),
+    "z-image": dict(
+        in_channels=4,
+        dim=32,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=16,
+        axes_dims=[4, 6, 6],
+        axes_lens=[64, 32, 32],
+    ),
+    "flux2-dev": dict(
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        timestep_guidance_channels=16,
+        axes_dims_rope=[4, 4, 4, 4],
+    ),
+}
+
+
+@pytest.mark.parametrize("key", sorted(TINY_FAMILIES))
+def test_meta_count_equals_a_real_cpu_forward_for_each_denoiser_class(key):
+    """The same byte-for-byte check for the UNet, Wan (5 frames), SANA, Qwen-Image, Z-Image and FLUX.2 inputs."""
+    spec = mp.MODELS[key]
+    spec = dataclasses.replace(spec, transformer_config=TINY_FAMILIES[key], text_tokens=32)
+    px = 8 * spec.vae_scale_factor  # an 8 x 8 latent
+    estimate, real = _meta_and_real_saved_bytes(spec, px=px, num_frames=5)
+    assert estimate == real
 
 
 def test_gradient_checkpointing_keeps_a_fraction_and_full_fine_tune_keeps_more():
