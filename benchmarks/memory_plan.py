@@ -8,12 +8,18 @@ SDPA keeps it (q, k, v, output, float32 log-sum-exp; no N x N matrix), which is 
 With gradient checkpointing a block keeps only its inputs; during the backward pass one block is recomputed at a
 time, so the peak is the outside-block tensors + every block's inputs + the largest block's own tensors.
 
+The denoisers of every shipped config have a spec (`MODELS`; `HUB_MODELS` maps the configs' Hub ids): the FLUX.1 /
+FLUX.2 / SD3 / Qwen-Image / SANA / Z-Image transformers, Wan 2.1's video transformer (latents of `num_frames` frames,
+any height x width) and the SD1.5 / SDXL UNets (their checkpointed units: every ResNet and transformer block).
+`dummy_inputs` shapes each one's forward as the family's adapter calls it.
+
 `--validate` runs a smaller FLUX-shaped config for real on the CPU (float32, forward + backward, in a fresh process)
 and compares the estimate with the measured peak resident memory (see `validate_on_cpu`).
 
     python benchmarks/memory_plan.py                     # tables for every model, 512/720/1024 px, 1/8/32 GPUs
     python benchmarks/memory_plan.py --model flux1-dev --resolution 720 --json plan.json
     python benchmarks/memory_plan.py --validate          # estimate vs measured CPU peak
+    python benchmarks/memory_plan.py --shipped           # the shipped configs x launch configs (docs/training.md)
 
 Assumptions the per-GPU totals make (stated in the output): weights in bf16, trained weights in float32 (the trainer
 keeps them so), AdamW (2 float32 moments; `adamw8bit`: 2 bytes), gradients in float32, micro-batch of 1 image (x2
@@ -72,6 +78,34 @@ _QWEN3_4B = {"hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers"
 _QWEN3_4B.update(num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True)
 _VAE_16 = {"latent_channels": 16, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2}
 _VAE_16.update(down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
+# The SD1.5 / SDXL VAE (vae/config.json of both): the same blocks with 4 latent channels.
+_VAE_4 = {**_VAE_16, "latent_channels": 4}
+# Qwen2.5-VL-7B-Instruct (Qwen-Image's text_encoder/config.json, Qwen2_5_VLForConditionalGeneration: the language
+# model and the vision tower, 8.29 B).
+_QWEN25_VL_7B = {
+    "text_config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "vocab_size": 152064},
+    "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16},
+    "tie_word_embeddings": False,
+}
+_QWEN25_VL_7B["text_config"].update(num_attention_heads=28, num_key_value_heads=4)
+_QWEN25_VL_7B["vision_config"].update(out_hidden_size=3584, patch_size=14, spatial_merge_size=2, window_size=112)
+_QWEN25_VL_7B["vision_config"].update(temporal_patch_size=2, fullatt_block_indexes=[7, 15, 23, 31])
+# Gemma-2-2B-it (SANA's text_encoder/config.json, Gemma2Model: no LM head).
+_GEMMA2_2B = {"hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26, "num_attention_heads": 8}
+_GEMMA2_2B.update(num_key_value_heads=4, head_dim=256, vocab_size=256000)
+# UMT5-XXL encoder (Wan 2.1's text_encoder/config.json, UMT5EncoderModel): T5-XXL's widths, a 256k vocabulary.
+_UMT5_XXL = {**_T5_XXL, "vocab_size": 256384, "tie_word_embeddings": False}
+# Mistral-Small-3.1-24B-Instruct-2503 (FLUX.2-dev's text_encoder/config.json, Mistral3ForConditionalGeneration: the
+# 40-layer language model with its LM head, the Pixtral vision tower and the projector; 24.0 B).
+_MISTRAL3_24B = {
+    "text_config": {"hidden_size": 5120, "intermediate_size": 32768, "num_hidden_layers": 40, "head_dim": 128},
+    "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "head_dim": 64},
+    "spatial_merge_size": 2,
+    "multimodal_projector_bias": False,
+    "tie_word_embeddings": False,
+}
+_MISTRAL3_24B["text_config"].update(num_attention_heads=32, num_key_value_heads=8, vocab_size=131072)
+_MISTRAL3_24B["vision_config"].update(num_attention_heads=16, patch_size=14, image_size=1540)
 
 
 @dataclass(frozen=True)
@@ -87,7 +121,13 @@ class ModelSpec:
     text_encoders: dict  # name -> (transformers class, config kwargs)
     vae_class: str = "AutoencoderKL"
     vae_config: dict = field(default_factory=lambda: dict(_VAE_16))
+    # The modules gradient checkpointing recomputes one at a time: the module lists named here, or (UNets, whose
+    # checkpointed units are spread over the down / mid / up blocks) every module of a class in `block_classes`.
     block_lists: tuple = ("transformer_blocks", "single_transformer_blocks")
+    block_classes: tuple = ()
+    vae_scale_factor: int = 8  # pixels per latent pixel (SANA's DC-AE: 32)
+    patch_size: int = 2  # latent pixels per image token side (FLUX's 2x2 packing, SD3 / Wan / Z-Image patches)
+    num_frames: int = 1  # video families: frames per sample when a config does not set `num_frames`; 1: images
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -195,21 +235,237 @@ MODELS: dict[str, ModelSpec] = {
         vae_class="AutoencoderKLFlux2",
         vae_config={},
     ),
+    # black-forest-labs/FLUX.2-dev, transformer/config.json (Flux2Transformer2DModel's defaults are this config)
+    "flux2-dev": ModelSpec(
+        name="FLUX.2-dev",
+        transformer_class="Flux2Transformer2DModel",
+        transformer_config=dict(
+            patch_size=1,
+            in_channels=128,
+            num_layers=8,
+            num_single_layers=48,
+            attention_head_dim=128,
+            num_attention_heads=48,
+            joint_attention_dim=15360,  # Mistral's hidden states of layers 10, 20 and 30 stacked: 3 x 5120
+            timestep_guidance_channels=256,
+            mlp_ratio=3.0,
+            axes_dims_rope=[32, 32, 32, 32],
+            rope_theta=2000,
+            eps=1e-6,
+            guidance_embeds=True,
+        ),
+        lora_targets=_FLUX2_LORA,
+        text_tokens=512,
+        cfg_rows=1,  # embedded guidance: one forward per image
+        text_encoders={"mistral-small-3.1-24b": ("Mistral3ForConditionalGeneration", _MISTRAL3_24B)},
+        vae_class="AutoencoderKLFlux2",
+        vae_config={},
+    ),
+    # Qwen/Qwen-Image, transformer/config.json
+    "qwen-image": ModelSpec(
+        name="Qwen-Image",
+        transformer_class="QwenImageTransformer2DModel",
+        transformer_config=dict(
+            patch_size=2,
+            in_channels=64,
+            out_channels=16,
+            num_layers=60,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=3584,
+            guidance_embeds=False,
+            axes_dims_rope=[16, 56, 56],
+        ),
+        lora_targets=DEFAULT_LORA_TARGET_MODULES["qwenimage"],
+        text_tokens=512,  # the prompt's own length, at most max_sequence_length 512: counted at the maximum
+        cfg_rows=2,  # true CFG (true_cfg_scale)
+        text_encoders={"qwen2.5-vl-7b": ("Qwen2_5_VLForConditionalGeneration", _QWEN25_VL_7B)},
+        # vae/config.json: AutoencoderKLQwenImage's defaults (base_dim 96, z_dim 16, dim_mult [1, 2, 4, 4],
+        # 2 res blocks, temporal downsampling [False, True, True])
+        vae_class="AutoencoderKLQwenImage",
+        vae_config={},
+    ),
+    # Efficient-Large-Model/Sana_1600M_1024px_diffusers, transformer/config.json
+    "sana-1600m": ModelSpec(
+        name="SANA-1600M",
+        transformer_class="SanaTransformer2DModel",
+        transformer_config=dict(
+            in_channels=32,
+            out_channels=32,
+            num_attention_heads=70,
+            attention_head_dim=32,
+            num_layers=20,
+            num_cross_attention_heads=20,
+            cross_attention_head_dim=112,
+            cross_attention_dim=2240,
+            caption_channels=2304,
+            mlp_ratio=2.5,
+            attention_bias=False,
+            sample_size=32,
+            patch_size=1,
+            norm_elementwise_affine=False,
+            norm_eps=1e-6,
+        ),
+        lora_targets=DEFAULT_LORA_TARGET_MODULES["sana"],
+        text_tokens=300,  # SanaPipeline's max_sequence_length
+        cfg_rows=2,
+        text_encoders={"gemma-2-2b": ("Gemma2Model", _GEMMA2_2B)},
+        # vae/config.json of mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers (the DC-AE: 32x down, 32 channels)
+        vae_class="AutoencoderDC",
+        vae_config=dict(
+            latent_channels=32,
+            attention_head_dim=32,
+            encoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
+            decoder_block_types=["ResBlock"] * 3 + ["EfficientViTBlock"] * 3,
+            encoder_block_out_channels=[128, 256, 512, 512, 1024, 1024],
+            decoder_block_out_channels=[128, 256, 512, 512, 1024, 1024],
+            encoder_layers_per_block=[2, 2, 2, 3, 3, 3],
+            decoder_layers_per_block=[3, 3, 3, 3, 3, 3],
+            encoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+            decoder_qkv_multiscales=[[], [], [], [5], [5], [5]],
+            upsample_block_type="interpolate",
+            downsample_block_type="Conv",
+            decoder_norm_types="rms_norm",
+            decoder_act_fns="silu",
+        ),
+        block_lists=("transformer_blocks",),
+        vae_scale_factor=32,
+        patch_size=1,
+    ),
+    # Wan-AI/Wan2.1-T2V-1.3B-Diffusers, transformer/config.json
+    "wan2.1-t2v-1.3b": ModelSpec(
+        name="Wan2.1-T2V-1.3B",
+        transformer_class="WanTransformer3DModel",
+        transformer_config=dict(
+            patch_size=[1, 2, 2],
+            num_attention_heads=12,
+            attention_head_dim=128,
+            in_channels=16,
+            out_channels=16,
+            text_dim=4096,
+            freq_dim=256,
+            ffn_dim=8960,
+            num_layers=30,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
+        ),
+        lora_targets=DEFAULT_LORA_TARGET_MODULES["wan"],
+        text_tokens=512,  # WanPipeline's max_sequence_length (padded to it)
+        cfg_rows=2,
+        text_encoders={"umt5-xxl": ("UMT5EncoderModel", _UMT5_XXL)},
+        # vae/config.json: AutoencoderKLWan's defaults (base_dim 96, z_dim 16, dim_mult [1, 2, 4, 4], 2 res blocks)
+        vae_class="AutoencoderKLWan",
+        vae_config={},
+        block_lists=("blocks",),
+        num_frames=81,  # WanPipeline's default
+    ),
+    # Tongyi-MAI/Z-Image, transformer/config.json (the same as Z-Image-Turbo's; siglip_feat_dim null)
+    "z-image": ModelSpec(
+        name="Z-Image",
+        transformer_class="ZImageTransformer2DModel",
+        transformer_config=dict(
+            all_patch_size=[2],
+            all_f_patch_size=[1],
+            in_channels=16,
+            dim=3840,
+            n_layers=30,
+            n_refiner_layers=2,
+            n_heads=30,
+            n_kv_heads=30,
+            norm_eps=1e-5,
+            qk_norm=True,
+            cap_feat_dim=2560,
+            rope_theta=256.0,
+            t_scale=1000.0,
+            axes_dims=[32, 48, 48],
+            axes_lens=[1536, 512, 512],
+        ),
+        lora_targets=DEFAULT_LORA_TARGET_MODULES["zimage"],
+        text_tokens=512,  # the prompt's own length (padded to a multiple of 32), at most 512: counted at the maximum
+        cfg_rows=2,  # CFG: the conditional and unconditional rows in one forward
+        text_encoders={"qwen3-4b": ("Qwen3ForCausalLM", _QWEN3_4B)},
+        block_lists=("noise_refiner", "context_refiner", "layers"),
+    ),
+    # stable-diffusion-v1-5/stable-diffusion-v1-5, unet/config.json
+    "sd1.5": ModelSpec(
+        name="SD1.5",
+        transformer_class="UNet2DConditionModel",
+        transformer_config=dict(
+            sample_size=64,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
+            up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
+            block_out_channels=[320, 640, 1280, 1280],
+            layers_per_block=2,
+            attention_head_dim=8,
+            cross_attention_dim=768,
+            norm_num_groups=32,
+        ),
+        lora_targets=DEFAULT_LORA_TARGET_MODULES["sd15"],
+        text_tokens=77,
+        cfg_rows=2,
+        text_encoders={"clip-l": ("CLIPTextModel", _CLIP_L)},
+        vae_config=dict(_VAE_4),
+        block_lists=(),
+        block_classes=("ResnetBlock2D", "BasicTransformerBlock"),
+    ),
+    # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
+    "sdxl": ModelSpec(
+        name="SDXL-base-1.0",
+        transformer_class="UNet2DConditionModel",
+        transformer_config=dict(
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            block_out_channels=[320, 640, 1280],
+            layers_per_block=2,
+            attention_head_dim=[5, 10, 20],
+            transformer_layers_per_block=[1, 2, 10],
+            cross_attention_dim=2048,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,  # pooled bigG (1280) + 6 size / crop ids x 256
+            norm_num_groups=32,
+        ),
+        lora_targets=DEFAULT_LORA_TARGET_MODULES["sdxl"],
+        text_tokens=77,
+        cfg_rows=2,
+        text_encoders={
+            "clip-l": ("CLIPTextModel", _CLIP_L),
+            "clip-g": ("CLIPTextModelWithProjection", _CLIP_G),
+        },
+        vae_config=dict(_VAE_4),
+        block_lists=(),
+        block_classes=("ResnetBlock2D", "BasicTransformerBlock"),
+    ),
 }
 
 
 # ---------------------------------------------------------------------------------------------------- building
+@contextmanager
+def _creating(device, dtype: torch.dtype):
+    """New modules' tensors are created on `device` in `dtype` directly (no cast, no float32 copy; on `meta`
+    nothing is allocated or initialised)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_transformer(spec: ModelSpec, device: str = "meta", dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
     import diffusers
 
-    cls = getattr(diffusers, spec.transformer_class)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in `dtype` directly (no cast, no float32 copy)
-    try:
-        with torch.device(device):
-            return cls(**spec.transformer_config)
-    finally:
-        torch.set_default_dtype(previous)
+    with _creating(device, dtype):
+        return getattr(diffusers, spec.transformer_class)(**spec.transformer_config)
 
 
 def _build_module(library: str, class_name: str, config: dict) -> torch.nn.Module:
@@ -235,48 +491,132 @@ def add_lora(model: torch.nn.Module, targets: Any, rank: int) -> int:
     from peft import LoraConfig
 
     model.requires_grad_(False)
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
+    base = next(model.parameters())
+    with _creating(base.device, base.dtype):  # in the base weights' dtype, as peft casts them
+        model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets))
     return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
 
 
 def block_modules(model: torch.nn.Module, spec: ModelSpec) -> list[torch.nn.Module]:
-    return [b for name in spec.block_lists for b in getattr(model, name, [])]
+    """The modules gradient checkpointing recomputes one at a time (`spec.block_lists`, then `spec.block_classes`)."""
+    blocks = [b for name in spec.block_lists for b in getattr(model, name, [])]
+    return blocks + [m for m in model.modules() if type(m).__name__ in spec.block_classes]
 
 
-def image_tokens(spec: ModelSpec, px: int) -> int:
-    """Image tokens at `px` x `px`: an 8x VAE then 2x2 patches (packing for FLUX, patch_size 2 for SD3)."""
-    return (px // 16) ** 2
+def height_width(px) -> tuple[int, int]:
+    """`(height, width)` of a size given as a square side or as `(height, width)`."""
+    return (int(px), int(px)) if isinstance(px, int) else (int(px[0]), int(px[1]))
 
 
-def dummy_inputs(spec: ModelSpec, model, rows: int, px: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+def size_label(px) -> str:
+    """`"512"` for a square size, `"480x832"` (height x width) otherwise: the size part of the activation keys."""
+    h, w = height_width(px)
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def sample_frames(spec: ModelSpec, num_frames: Optional[int] = None) -> int:
+    """Frames of one sample: `num_frames` (default `spec.num_frames`) for a video family, 1 for an image family."""
+    return int(num_frames or spec.num_frames) if spec.num_frames > 1 else 1
+
+
+def latent_frames(spec: ModelSpec, num_frames: Optional[int] = None) -> int:
+    """Latent frames of a sample: Wan's VAE keeps the first frame and compresses the rest 4x in time; 1 for images."""
+    return (sample_frames(spec, num_frames) - 1) // 4 + 1
+
+
+def image_tokens(spec: ModelSpec, px, num_frames: Optional[int] = None) -> int:
+    """Image tokens of a `px` (side or `(height, width)`) sample: the VAE's downsampling, then `patch_size` x
+    `patch_size` patches (FLUX's packing, SD3 / Qwen-Image / Wan / Z-Image patches; SANA: 32x VAE, 1x1), per latent
+    frame for video."""
+    h, w = height_width(px)
+    f = spec.vae_scale_factor * spec.patch_size
+    return latent_frames(spec, num_frames) * (h // f) * (w // f)
+
+
+def dummy_inputs(
+    spec: ModelSpec, model, rows: int, px, device: str, dtype: torch.dtype, num_frames: Optional[int] = None
+) -> dict[str, Any]:
+    """Keyword arguments of one training forward of `rows` rows at `px` (side or `(height, width)`), shaped as the
+    family's adapter (`pipelines/adapters/<family>.py`, `predict`) calls the denoiser, without text padding masks:
+    every row holds `spec.text_tokens` tokens, and attention is counted as the unmasked flash kernel keeps it."""
     cfg = model.config
-    n_img, n_txt = image_tokens(spec, px), spec.text_tokens
+    n_img, n_txt = image_tokens(spec, px, num_frames), spec.text_tokens
+    h, w = (side // spec.vae_scale_factor for side in height_width(px))
 
     def t(*shape, dt=dtype):
         return torch.zeros(*shape, device=device, dtype=dt)
 
-    if spec.transformer_class == "SD3Transformer2DModel":
-        latent = px // 8
+    timestep = t(rows, dt=torch.float32)
+    kind = spec.transformer_class
+    if kind == "SD3Transformer2DModel":
         return dict(
-            hidden_states=t(rows, cfg.in_channels, latent, latent),
+            hidden_states=t(rows, cfg.in_channels, h, w),
             encoder_hidden_states=t(rows, n_txt, cfg.joint_attention_dim),
             pooled_projections=t(rows, cfg.pooled_projection_dim),
-            timestep=t(rows, dt=torch.float32),
+            timestep=timestep,
             return_dict=False,
         )
-    ids = len(cfg.axes_dims_rope)
+    if kind == "UNet2DConditionModel":
+        kwargs = dict(
+            sample=t(rows, cfg.in_channels, h, w),
+            timestep=timestep,
+            encoder_hidden_states=t(rows, n_txt, cfg.cross_attention_dim),
+            return_dict=False,
+        )
+        if cfg.addition_embed_type == "text_time":  # SDXL: pooled text embedding + 6 size / crop ids
+            pooled = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+            kwargs["added_cond_kwargs"] = {"text_embeds": t(rows, pooled), "time_ids": t(rows, 6)}
+        return kwargs
+    if kind == "QwenImageTransformer2DModel":
+        p = cfg.patch_size
+        return dict(
+            hidden_states=t(rows, n_img, cfg.in_channels),
+            encoder_hidden_states=t(rows, n_txt, cfg.joint_attention_dim),
+            timestep=timestep,
+            img_shapes=[[(1, h // p, w // p)]] * rows,
+            return_dict=False,
+        )
+    if kind == "SanaTransformer2DModel":
+        return dict(
+            hidden_states=t(rows, cfg.in_channels, h, w),
+            encoder_hidden_states=t(rows, n_txt, cfg.caption_channels),
+            timestep=timestep,
+            return_dict=False,
+        )
+    if kind == "WanTransformer3DModel":
+        return dict(
+            hidden_states=t(rows, cfg.in_channels, latent_frames(spec, num_frames), h, w),
+            timestep=timestep,
+            encoder_hidden_states=t(rows, n_txt, cfg.text_dim),
+            return_dict=False,
+        )
+    if kind == "ZImageTransformer2DModel":  # lists of per-row (C, F, H, W) latents and (L, D) captions
+        return dict(
+            x=[t(cfg.in_channels, 1, h, w) for _ in range(rows)],
+            t=timestep,
+            cap_feats=[t(n_txt, cfg.cap_feat_dim) for _ in range(rows)],
+            return_dict=False,
+        )
+    ids = len(cfg.axes_dims_rope)  # FLUX.1 / FLUX.2: packed latents, position ids
     kwargs = dict(
         hidden_states=t(rows, n_img, cfg.in_channels),
         encoder_hidden_states=t(rows, n_txt, cfg.joint_attention_dim),
-        timestep=t(rows, dt=torch.float32),
+        timestep=timestep,
         img_ids=t(n_img, ids, dt=torch.float32),
         txt_ids=t(n_txt, ids, dt=torch.float32),
         guidance=t(rows, dt=torch.float32) if cfg.guidance_embeds else None,
         return_dict=False,
     )
-    if spec.transformer_class == "FluxTransformer2DModel":
+    if kind == "FluxTransformer2DModel":
         kwargs["pooled_projections"] = t(rows, cfg.pooled_projection_dim)
     return kwargs
+
+
+def output_bytes(out) -> int:
+    """Bytes of a denoiser's output: a tensor, or Z-Image's list of per-row tensors."""
+    if torch.is_tensor(out):
+        return out.numel() * out.element_size()
+    return sum(output_bytes(o) for o in out)
 
 
 # ---------------------------------------------------------------------------------------------------- activations
@@ -337,9 +677,16 @@ class ActivationProfile:
 
 
 def activation_profile(
-    model: torch.nn.Module, spec: ModelSpec, rows: int, px: int, device: str = "meta", dtype=torch.bfloat16
+    model: torch.nn.Module,
+    spec: ModelSpec,
+    rows: int,
+    px,
+    device: str = "meta",
+    dtype=torch.bfloat16,
+    num_frames: Optional[int] = None,
 ) -> ActivationProfile:
-    """Count the saved-for-backward bytes of one forward of `model` (LoRA or full: as its `requires_grad` says)."""
+    """Count the saved-for-backward bytes of one forward of `model` (LoRA or full: as its `requires_grad` says) at
+    `px` (side or `(height, width)`; video: `num_frames` frames, default `spec.num_frames`)."""
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     blocks = block_modules(model, spec)
     seen: dict[int, int] = {}
@@ -381,11 +728,11 @@ def activation_profile(
     for i, b in enumerate(blocks):
         handles.append(b.register_forward_pre_hook(pre_hook(i), with_kwargs=True))
         handles.append(b.register_forward_hook(post_hook))
-    kwargs = dummy_inputs(spec, model, rows, px, device, dtype)
+    kwargs = dummy_inputs(spec, model, rows, px, device, dtype, num_frames)
     try:
         with _flash_attention_counting(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = model(**kwargs)[0]
-        out_bytes = out.numel() * out.element_size()
+        out_bytes = output_bytes(out)
     finally:
         for h in handles:
             h.remove()
@@ -409,14 +756,23 @@ class ModelCounts:
     lora_rank: int
     text_encoder_params: dict
     vae_params: int
-    # activation bytes per image (all cfg rows), keyed "{px}:{lora|full}:{gc|nogc}"
+    # activation bytes per image (all cfg rows), keyed "{size_label(px)}:{lora|full}:{gc|nogc}"
     activations: dict = field(default_factory=dict)
+    num_frames: int = 1  # frames per sample the activations were counted at (video families)
 
 
 def count_model(
-    spec: ModelSpec, lora_rank: int = 32, resolutions: Iterable[int] = RESOLUTIONS, activations: bool = True
+    spec: ModelSpec,
+    lora_rank: int = 32,
+    resolutions: Iterable = RESOLUTIONS,
+    activations: bool = True,
+    num_frames: Optional[int] = None,
 ) -> ModelCounts:
+    """Parameters of `spec`'s denoiser, text encoders, VAE and a rank-`lora_rank` LoRA, and the activation bytes of
+    one sample (`spec.cfg_rows` rows) at each of `resolutions` (sides or `(height, width)`; video: `num_frames`
+    frames, default `spec.num_frames`), LoRA and full fine-tune, with and without gradient checkpointing."""
     model = build_transformer(spec)
+    num_frames = sample_frames(spec, num_frames)
     blocks = block_modules(model, spec)
     counts = ModelCounts(
         name=spec.name,
@@ -429,19 +785,20 @@ def count_model(
             for name, (cls, cfg) in spec.text_encoders.items()
         },
         vae_params=count_parameters(_build_module("diffusers", spec.vae_class, spec.vae_config)),
+        num_frames=num_frames,
     )
     if activations:
         model.requires_grad_(True)
         for px in resolutions:
-            prof = activation_profile(model, spec, spec.cfg_rows, px)
-            counts.activations[f"{px}:full:nogc"] = prof.total
-            counts.activations[f"{px}:full:gc"] = prof.checkpointed
+            prof = activation_profile(model, spec, spec.cfg_rows, px, num_frames=num_frames)
+            counts.activations[f"{size_label(px)}:full:nogc"] = prof.total
+            counts.activations[f"{size_label(px)}:full:gc"] = prof.checkpointed
     counts.lora_params = add_lora(model, spec.lora_targets, lora_rank)
     if activations:
         for px in resolutions:
-            prof = activation_profile(model, spec, spec.cfg_rows, px)
-            counts.activations[f"{px}:lora:nogc"] = prof.total
-            counts.activations[f"{px}:lora:gc"] = prof.checkpointed
+            prof = activation_profile(model, spec, spec.cfg_rows, px, num_frames=num_frames)
+            counts.activations[f"{size_label(px)}:lora:nogc"] = prof.total
+            counts.activations[f"{size_label(px)}:lora:gc"] = prof.checkpointed
     return counts
 
 
@@ -469,7 +826,7 @@ def per_gpu(
     mode: str,
     strategy: str,
     num_gpus: int,
-    px: int,
+    px,
     gradient_checkpointing: bool = True,
     micro_batch: int = 1,
     optimizer: str = "adamw",
@@ -500,7 +857,7 @@ def per_gpu(
     else:  # fsdp2, zero3: everything sharded; one block computed while the next is prefetched (bf16)
         weights, state = (frozen + trained_weights) / n, grads_and_moments / n
         gathered = 2 * counts.largest_block_params * 2 if n > 1 else 0
-    key = f"{px}:{mode}:{'gc' if gradient_checkpointing else 'nogc'}"
+    key = f"{size_label(px)}:{mode}:{'gc' if gradient_checkpointing else 'nogc'}"
     if key not in counts.activations:
         raise ValueError(f"No activation count for {key}; count_model(resolutions=...) must include {px}.")
     text = 0 if free_text_encoders else 2 * sum(counts.text_encoder_params.values())
@@ -518,9 +875,11 @@ def per_gpu(
 # ---------------------------------------------------------------------------------------------------- shipped configs
 # Parameters of the registered reward models (docs/rewards.md): HPS v2.1 and PickScore are open_clip / CLIP ViT-H-14
 # (986 M), ImageReward BLIP ViT-L/16 + BERT (~450 M), clipscore CLIP ViT-L/14 (428 M), aesthetic its vision tower
-# (304 M) + a small MLP; unifiedreward and remote run on another machine.
+# (304 M) + a small MLP; unifiedreward and remote run on another machine. Video: temporal_consistency has no weights;
+# frame_mean holds the image reward it averages over the frames (`reward_kwargs: frame_mean: image_reward`).
 REWARD_PARAMS = {"hpsv2.1": 986_000_000, "pickscore": 986_000_000, "imagereward": 450_000_000}
 REWARD_PARAMS.update(clipscore=428_000_000, aesthetic=305_000_000, unifiedreward=0, remote=0)
+REWARD_PARAMS.update(temporal_consistency=0)
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # The Hub ids of the shipped configs -> the plan's model keys.
 HUB_MODELS = {
@@ -528,12 +887,27 @@ HUB_MODELS = {
     "stabilityai/stable-diffusion-3.5-medium": "sd3.5-medium",
     "stabilityai/stable-diffusion-3.5-large": "sd3.5-large",
     "black-forest-labs/FLUX.2-klein-base-4B": "flux2-klein-4b",
+    "black-forest-labs/FLUX.2-dev": "flux2-dev",
+    "Qwen/Qwen-Image": "qwen-image",
+    "Efficient-Large-Model/Sana_1600M_1024px_diffusers": "sana-1600m",
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "wan2.1-t2v-1.3b",
+    "Tongyi-MAI/Z-Image": "z-image",
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd1.5",
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
 }
 
 
-def reward_bytes(rewards: Iterable[str], dtype: str = "float32") -> int:
-    """Bytes of the registered reward models `rewards` in `dtype` (an unknown reward raises KeyError)."""
-    return sum(REWARD_PARAMS[name] for name in rewards) * _DTYPE_BYTES[dtype]
+def reward_bytes(rewards: Iterable[str], dtype: str = "float32", reward_kwargs: Optional[dict] = None) -> int:
+    """Bytes of the registered reward models `rewards` in `dtype` (an unknown reward raises KeyError); `frame_mean`
+    counts the image reward its `reward_kwargs` name."""
+    reward_kwargs = reward_kwargs or {}
+
+    def params(name: str) -> int:
+        if name == "frame_mean":
+            return REWARD_PARAMS[reward_kwargs[name]["image_reward"]]
+        return REWARD_PARAMS[name]
+
+    return sum(params(name) for name in rewards) * _DTYPE_BYTES[dtype]
 
 
 def launch_topology(launch_config: Optional[str]) -> tuple[str, int]:
@@ -563,9 +937,8 @@ def config_plan(
     from diffusers_mixgrpo.training.config import GRPOConfig
 
     cfg = GRPOConfig.from_yaml(config_path, **overrides)
-    key = HUB_MODELS[cfg.pretrained_model_name_or_path]
-    px = int(cfg.height or cfg.resolution or 512)
-    counts = counts or count_model(MODELS[key], resolutions=(px,))
+    key, px, num_frames, lora_rank = config_counts_key(cfg)
+    counts = counts or count_model(MODELS[key], lora_rank, resolutions=(px,), num_frames=num_frames)
     strategy, n = launch_topology(launch_config)
     micro = cfg.train_batch_size or cfg.sample_max_batch_size or cfg.rollouts_per_device
     on_gpu = cfg.reward_device is None  # None: the training device; "cpu" or another GPU ("cuda:1"): off it
@@ -579,8 +952,18 @@ def config_plan(
         micro_batch=int(min(micro, cfg.rollouts_per_device)),
         optimizer=cfg.optimizer,
         free_text_encoders=cfg.offload_text_encoders in ("cpu", "free"),
-        reward_bytes=reward_bytes(cfg.rewards or {}, cfg.reward_dtype) if on_gpu else 0,
+        reward_bytes=reward_bytes(cfg.rewards or {}, cfg.reward_dtype, cfg.reward_kwargs) if on_gpu else 0,
     )
+
+
+def config_counts_key(cfg) -> tuple[str, Any, int, int]:
+    """What `count_model` needs of a training config: `(model key, size, frames, LoRA rank)`; the size is the square
+    side, or `(height, width)` when they differ (512 when the config sets neither)."""
+    key = HUB_MODELS[cfg.pretrained_model_name_or_path]
+    height = int(cfg.height or cfg.resolution or 512)
+    width = int(cfg.width or height)
+    px = height if height == width else (height, width)
+    return key, px, sample_frames(MODELS[key], cfg.num_frames), int(cfg.lora_rank)
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -597,19 +980,20 @@ def shipped_table() -> list[dict]:
     rows, cache = [], {}
     for path in sorted(glob.glob(os.path.join(_ROOT, "examples", "configs", "*.yaml"))):
         cfg = GRPOConfig.from_yaml(path)
-        key = HUB_MODELS.get(cfg.pretrained_model_name_or_path)
-        if key is None:
+        if cfg.pretrained_model_name_or_path not in HUB_MODELS:
             continue
-        px = int(cfg.height or cfg.resolution or 512)
-        if (key, px) not in cache:
-            cache[key, px] = count_model(MODELS[key], resolutions=(px,))
+        what = config_counts_key(cfg)
+        key, px, num_frames, lora_rank = what
+        if what not in cache:
+            cache[what] = count_model(MODELS[key], lora_rank, resolutions=(px,), num_frames=num_frames)
+        size = f"{size_label(px)} px" + (f", {num_frames} frames" if num_frames > 1 else "")
         for use_lora in (True, False):
-            row = {"config": os.path.relpath(path, _ROOT), "model": MODELS[key].name, "px": px, "lora": use_lora}
+            row = {"config": os.path.relpath(path, _ROOT), "model": MODELS[key].name, "size": size, "lora": use_lora}
             for launch in SHIPPED_LAUNCHES:
                 launch_path = os.path.join(_ROOT, "examples", "accelerate", f"{launch}.yaml")
-                plan = config_plan(path, launch_path, cache[key, px], use_lora=use_lora)
+                plan = config_plan(path, launch_path, cache[what], use_lora=use_lora)
                 row[launch] = plan.total / GiB
-            row["parts"] = asdict(config_plan(path, None, cache[key, px], use_lora=use_lora))
+            row["parts"] = asdict(config_plan(path, None, cache[what], use_lora=use_lora))
             rows.append(row)
     return rows
 
@@ -623,7 +1007,7 @@ def format_shipped_table(rows: list[dict]) -> str:
             next((lc for lc in SHIPPED_LAUNCHES if fits(r[lc] * GiB, g)), "none") for g in GPU_SIZES_GB
         )
         gibs = " | ".join(f"{r[lc]:.1f}" for lc in SHIPPED_LAUNCHES)
-        lines.append(f"`{r['config']}` ({r['px']} px) | {'LoRA' if r['lora'] else 'full'} | {gibs} | {cheapest}")
+        lines.append(f"`{r['config']}` ({r['size']}) | {'LoRA' if r['lora'] else 'full'} | {gibs} | {cheapest}")
     return "\n".join(lines)
 
 
@@ -744,10 +1128,10 @@ def format_counts(c: ModelCounts) -> str:
         + ", ".join(f"{k} {v / 1e9:.3f} B" for k, v in c.text_encoder_params.items())
         + f"; VAE {c.vae_params / 1e6:.0f} M",
         "",
-        "activations per image (GiB, bf16) | "
-        + " | ".join(f"{px} px" for px in sorted({int(k.split(":")[0]) for k in c.activations})),
+        f"activations per {'image' if c.num_frames == 1 else f'{c.num_frames}-frame video'} (GiB, bf16) | "
+        + " | ".join(f"{px} px" for px in dict.fromkeys(k.split(":")[0] for k in c.activations)),
     ]
-    pxs = sorted({int(k.split(":")[0]) for k in c.activations})
+    pxs = list(dict.fromkeys(k.split(":")[0] for k in c.activations))  # the size labels, in counting order
     for mode in ("lora", "full"):
         for gc in ("nogc", "gc"):
             label = f"{mode}, {'gradient checkpointing' if gc == 'gc' else 'no checkpointing'}"
