@@ -372,6 +372,28 @@ def test_command_line_booleans_none_and_several_values():
     assert c.rewards == {"a": 1.0, "b": 2.0} and c.reward_kwargs == {"a": {"scale": 2, "name": "x"}}
 
 
+def test_the_command_line_and_the_config_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffusers_mixgrpo.training.{} as m; "
+        "assert 'diffusers_mixgrpo.training.{}' not in sys.modules, 'import cycle'"
+    )
+    for module, other in (("arguments", "config"), ("config", "arguments")):
+        result = subprocess.run([sys.executable, "-c", code.format(module, other)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_an_unknown_key_in_a_yaml_file_names_the_file_and_the_closest_field(tmp_path):
+    from diffusers_mixgrpo.training.errors import ConfigError
+
+    path = tmp_path / "old.yaml"
+    path.write_text("num_train_timesteps: 4\n")  # a name GRPOConfig never had as a field
+    with pytest.raises(ConfigError, match="'num_train_timesteps' is not a GRPOConfig field"):
+        GRPOConfig.from_yaml(path)
+
+
 def test_the_command_line_remembers_what_was_given(tmp_path):
     from diffusers_mixgrpo.training.arguments import parse_command_line
 

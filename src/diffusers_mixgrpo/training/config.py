@@ -171,9 +171,8 @@ class GRPOConfig:
     model_family: Optional[str] = field(
         default=None,
         metadata={
-            "help": "`'flux'`, `'sd3'`, `'sd15'`, `'sdxl'`, `'sana'`, `'wan'`, `'qwenimage'`, `'flux2'`, "
-            "`'flux2_klein'` or `'zimage'`. `None`: inferred from the pipeline class by the trainer. Selects "
-            "the default `lora_target_modules`.",
+            "help": "The model family (one of `MODEL_FAMILIES`). `None`: inferred from the pipeline class by the "
+            "trainer. Selects the default `lora_target_modules`.",
             "choices": MODEL_FAMILIES,
         },
     )
