@@ -14,7 +14,7 @@ LABELS = {
     "flash": "MixGRPO-Flash",
     "flash_star": "MixGRPO-Flash*",
 }
-# What the presets of `GRPOConfig` set (training/config.py, METHOD_PRESETS), repeated here so that the expected
+# What the presets of `GRPOConfig` set (training/presets.py, METHOD_PRESETS), repeated here so that the expected
 # values are computed independently of the code under test.
 TAIL_RATIO = {"dancegrpo": None, "mixgrpo": None, "flash": 0.4, "flash_star": 0.2}
 SHIFT_INTERVAL = {"dancegrpo": 25, "mixgrpo": 25, "flash": 20, "flash_star": 20}

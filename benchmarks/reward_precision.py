@@ -45,7 +45,7 @@ def measure(
         write_tiny_imagereward,
     )
 
-    from diffusers_mixgrpo.rewards.multi import group_advantages
+    from diffusers_mixgrpo.training.advantages import group_advantages
 
     images = sample_images(n_images, size=(40, 48), seed=seed)
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n_images)]

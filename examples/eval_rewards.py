@@ -88,8 +88,8 @@ def parse_args(argv=None):
 
 
 def _reward_options(args):
-    from diffusers_mixgrpo.training.config import parse_reward_kwargs
     from diffusers_mixgrpo.training.errors import ConfigError
+    from diffusers_mixgrpo.training.reward_spec import parse_reward_kwargs
 
     try:
         options = json.loads(args.reward_kwargs)

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from diffusers_mixgrpo.rewards import group_advantages as rewards_group_advantages
+import diffusers_mixgrpo.rewards as rewards_package
 from diffusers_mixgrpo.training.advantages import compute_advantages, finite_group_mask, group_advantages, mix_rewards
 
 
-def test_group_advantages_is_the_rewards_implementation():
-    assert group_advantages is rewards_group_advantages
+def test_group_advantages_has_one_home():
+    assert not hasattr(rewards_package, "group_advantages")  # training.advantages is the only implementation
 
 
 def test_hand_computed_group_advantages():
@@ -113,3 +113,57 @@ def test_finite_group_mask_drops_whole_groups():
     assert finite_group_mask(a, ["p", "p", "q", "q", "r", "r"]).tolist() == [False, False, True, True, True, True]
     adv, _ = compute_advantages(a[mask], groups[mask])
     assert torch.isfinite(adv).all()
+
+
+def test_group_advantages_normalise_within_each_group():
+    r = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0, 30.0])
+    adv = group_advantages(r, [0, 0, 0, 1, 1, 1])
+    expected = torch.tensor([-1.0, 0.0, 1.0, -1.0, 0.0, 1.0])  # (r - mean) / std (Bessel), both groups
+    torch.testing.assert_close(adv, expected)
+    assert adv.dtype == torch.float32
+
+
+def test_group_members_need_not_be_contiguous():
+    r = torch.tensor([1.0, 10.0, 2.0, 20.0, 3.0, 30.0])
+    adv = group_advantages(r, torch.tensor([7, 3, 7, 3, 7, 3]))
+    torch.testing.assert_close(adv, torch.tensor([-1.0, -1.0, 0.0, 0.0, 1.0, 1.0]))
+
+
+def test_global_std_uses_the_std_of_the_whole_batch():
+    r = torch.tensor([1.0, 3.0, 10.0, 14.0])
+    adv = group_advantages(r, [0, 0, 1, 1], std="global")
+    expected = torch.tensor([-1.0, 1.0, -2.0, 2.0]) / (r.std() + 1e-8)
+    torch.testing.assert_close(adv, expected)
+
+
+def test_equal_rewards_give_zero_advantage_and_clip_applies():
+    adv = group_advantages(torch.tensor([5.0, 5.0, 5.0]), [0, 0, 0])
+    assert torch.equal(adv, torch.zeros(3))
+    adv = group_advantages(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]), [0] * 10, clip=2.0)
+    assert adv.max() == 2.0
+
+
+def test_trim_drops_outliers_from_the_statistics():
+    r = torch.tensor([1.0, 2.0, 3.0, 100.0])
+    adv = group_advantages(r, [0] * 4, trim=0.25, clip=None)
+    kept = torch.tensor([2.0, 3.0])  # lowest and highest quarter left out
+    torch.testing.assert_close(adv, (r - kept.mean()) / (kept.std() + 1e-8))
+
+
+def test_invalid_arguments_are_refused():
+    with pytest.raises(ValueError, match="std"):
+        group_advantages(torch.ones(2), [0, 0], std="batch")
+    with pytest.raises(ValueError, match="trim"):
+        group_advantages(torch.ones(2), [0, 0], trim=0.5)
+    with pytest.raises(ValueError, match="group_ids"):
+        group_advantages(torch.ones(2), [0])
+    with pytest.raises(ValueError, match="NaN"):
+        group_advantages(torch.tensor([1.0, float("nan")]), [0, 0])
+
+
+def test_huge_finite_rewards_give_finite_advantages():
+    """float32 rewards near its maximum overflow a float32 mean or std; the statistics are float64."""
+    rewards = torch.tensor([3.0e38, -3.0e38, 1.0e38, 2.0e38], dtype=torch.float32)
+    adv = group_advantages(rewards, torch.tensor([0, 0, 1, 1]), clip=None)
+    assert adv.dtype == torch.float32 and torch.isfinite(adv).all()
+    torch.testing.assert_close(adv, torch.tensor([0.7071, -0.7071, -0.7071, 0.7071]), atol=1e-4, rtol=0)

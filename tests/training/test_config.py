@@ -9,14 +9,9 @@ import pytest
 import yaml
 
 from diffusers_mixgrpo.schedulers.sliding_window import SlidingWindowSchedule
-from diffusers_mixgrpo.training.config import (
-    DEFAULT_LORA_TARGET_MODULES,
-    METHOD_PRESETS,
-    GRPOConfig,
-    infer_model_family,
-    parse_args,
-    parse_reward_weights,
-)
+from diffusers_mixgrpo.training.config import DEFAULT_LORA_TARGET_MODULES, GRPOConfig, infer_model_family, parse_args
+from diffusers_mixgrpo.training.presets import METHOD_PRESETS
+from diffusers_mixgrpo.training.reward_spec import parse_reward_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "examples", "configs")
@@ -30,10 +25,25 @@ def test_every_field_has_type_default_and_help():
     assert set(hints) >= {f.name for f in dataclasses.fields(GRPOConfig)}
 
 
-def test_every_field_is_documented_in_the_docstring():
-    doc = GRPOConfig.__doc__
-    missing = [f.name for f in dataclasses.fields(GRPOConfig) if f"{f.name} (" not in doc]
+def test_every_field_is_documented_in_a_section_of_the_command_line_help():
+    from diffusers_mixgrpo.training.arguments import build_parser
+
+    parser = build_parser((GRPOConfig,))
+    help_text = parser.format_help()
+    missing = [f.name for f in dataclasses.fields(GRPOConfig) if f"--{f.name} " not in help_text]
     assert not missing
+    sections = {g.title: [a.dest for a in g._group_actions] for g in parser._action_groups}
+    assert not sections.get("GRPOConfig")  # the first field opens a titled section: none is left outside one
+    assert len([t for t, dests in sections.items() if dests and t not in ("options", "optional arguments")]) == 11
+
+
+def _trained_steps_per_rollout(config):
+    """K, as the trainer draws it: the window steps each rollout trains."""
+    from types import SimpleNamespace
+
+    from diffusers_mixgrpo.training.trainer import GRPOTrainer
+
+    return GRPOTrainer._num_train_steps(SimpleNamespace(config=config), config.window_size)
 
 
 def test_defaults_are_the_mixgrpo_paper_values():
@@ -46,7 +56,7 @@ def test_defaults_are_the_mixgrpo_paper_values():
     assert (c.learning_rate, c.weight_decay, c.max_grad_norm, c.gradient_accumulation_steps) == (1e-5, 1e-4, 1.0, 3)
     assert c.use_lora and c.kl_type == "none" and c.kl_coeff == 0.0
     assert c.reward_mix == "advantage_aggr"
-    assert c.train_timestep_fraction == 1.0 and c.num_train_timesteps == 4
+    assert c.train_timestep_fraction == 1.0 and _trained_steps_per_rollout(c) == 4
 
 
 @pytest.mark.parametrize(
@@ -71,7 +81,7 @@ def test_presets_use_the_gaussian_cps_log_prob(method):
 
 def test_dancegrpo_trains_14_of_24_steps_at_n25():
     c = GRPOConfig(method="dancegrpo")
-    assert c.window_size == 24 and c.num_train_timesteps == 14  # algorithm notes section 7
+    assert c.window_size == 24 and _trained_steps_per_rollout(c) == 14  # algorithm notes section 7
 
 
 def test_explicit_values_win_over_the_preset():
@@ -342,7 +352,7 @@ def test_wrong_types_fail_in_one_sentence(kwargs, fragment):
 
 
 def test_reward_kwargs_forms():
-    from diffusers_mixgrpo.training.config import parse_reward_kwargs
+    from diffusers_mixgrpo.training.reward_spec import parse_reward_kwargs
 
     expected = {"unifiedreward": {"base_url": "http://h:8000/v1", "timeout": 30}, "hpsv2.1": {"checkpoint": "/m.pt"}}
     items = ["unifiedreward.base_url=http://h:8000/v1", "unifiedreward.timeout=30", "hpsv2.1.checkpoint=/m.pt"]
@@ -360,6 +370,28 @@ def test_command_line_booleans_none_and_several_values():
     )
     assert c.use_lora is False and c.tail_ratio is None and c.gradient_checkpointing is True
     assert c.rewards == {"a": 1.0, "b": 2.0} and c.reward_kwargs == {"a": {"scale": 2, "name": "x"}}
+
+
+def test_the_command_line_and_the_config_do_not_import_each_other():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, diffusers_mixgrpo.training.{} as m; "
+        "assert 'diffusers_mixgrpo.training.{}' not in sys.modules, 'import cycle'"
+    )
+    for module, other in (("arguments", "config"), ("config", "arguments")):
+        result = subprocess.run([sys.executable, "-c", code.format(module, other)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+
+def test_an_unknown_key_in_a_yaml_file_names_the_file_and_the_closest_field(tmp_path):
+    from diffusers_mixgrpo.training.errors import ConfigError
+
+    path = tmp_path / "old.yaml"
+    path.write_text("num_train_timesteps: 4\n")  # a name GRPOConfig never had as a field
+    with pytest.raises(ConfigError, match="'num_train_timesteps' is not a GRPOConfig field"):
+        GRPOConfig.from_yaml(path)
 
 
 def test_the_command_line_remembers_what_was_given(tmp_path):

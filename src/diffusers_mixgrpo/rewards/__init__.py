@@ -1,4 +1,5 @@
-"""Reward models for GRPO: the `Reward` protocol, a registry of built-ins (`load_reward`), and `MultiReward` mixing.
+"""Reward models for GRPO: the `Reward` protocol, a registry of built-ins (`load_reward`), and `MultiReward`, a weighted
+set of rewards (its advantages: `diffusers_mixgrpo.training.advantages`).
 
 Nothing heavy is imported here: each built-in reward's module (and its model libraries) loads on `load_reward(name)`,
 and the names below load on first access, so `available_rewards()` (e.g. for a script's `--help`) imports no torch.
@@ -11,7 +12,6 @@ from .registry import available_rewards, get_reward_factory, load_reward, regist
 
 _LAZY = {
     "MultiReward": "multi",
-    "group_advantages": "multi",
     "Reward": "base",
 }
 
@@ -20,7 +20,6 @@ __all__ = [
     "Reward",
     "available_rewards",
     "get_reward_factory",
-    "group_advantages",
     "load_reward",
     "register_reward",
     "unregister_reward",

@@ -45,8 +45,7 @@ class AestheticMLP(torch.nn.Module):
 class AestheticReward(ModelReward):
     """LAION aesthetic score (about 1-10) of each image.
 
-    Args:
-        device (`str` or `torch.device`, *optional*): where the model runs and scores are returned (CPU if `None`).
+    Args (and `device`, `batch_size` as in `ModelReward`):
         dtype (`torch.dtype`, *optional*, defaults to float32): the CLIP backbone's dtype (the head runs in float32).
         clip_model (`str`, defaults to `"openai/clip-vit-large-patch14"`): Hub id or local directory of the CLIP model
             and processor.
@@ -55,7 +54,6 @@ class AestheticReward(ModelReward):
         head_filename (`str`, defaults to `"aesthetic-model.pth"`): the file name inside `head` when it is a directory
             or a Hub id.
         weights_only (`bool`, defaults to `True`): load the `.pth` with `torch.load(weights_only=True)`.
-        batch_size (`int`, defaults to 16): images per forward pass.
     """
 
     name = "aesthetic"
@@ -70,10 +68,9 @@ class AestheticReward(ModelReward):
         weights_only: bool = True,
         batch_size: int = 16,
     ):
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device, batch_size=batch_size, dtype=dtype)
         from transformers import CLIPConfig, CLIPVisionModelWithProjection
 
-        self.dtype = dtype or torch.float32
         self.image_processor = load_pil_image_processor(clip_model, "aesthetic CLIP processor")  # sizes, constants
         self.resize_size = int(self.image_processor.size["shortest_edge"])
         crop = self.image_processor.crop_size

@@ -92,14 +92,26 @@ class ModelReward(torch.nn.Module):
 
     Subclasses implement `score_batch(images: list[PIL.Image], prompts: list[str]) -> torch.Tensor` for one
     mini-batch of at most `batch_size` items.
+
+    Args (shared by every model reward):
+        device (`str` or `torch.device`, *optional*): where the model runs and scores are returned (CPU if `None`).
+        batch_size (`int`, defaults to 16): images per forward pass.
+        dtype (`torch.dtype`, *optional*, defaults to float32): the model's dtype, as `self.dtype` (each reward says
+            which of its parts use it).
     """
 
-    def __init__(self, device: Optional[Union[str, torch.device]] = None, batch_size: int = 16):
+    def __init__(
+        self,
+        device: Optional[Union[str, torch.device]] = None,
+        batch_size: int = 16,
+        dtype: Optional[torch.dtype] = None,
+    ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         self.device_ = resolve_device(device)
         self.batch_size = int(batch_size)
+        self.dtype = dtype or torch.float32
         self.training = False
 
     def train(self, mode: bool = True) -> "ModelReward":

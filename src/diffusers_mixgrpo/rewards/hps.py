@@ -153,8 +153,7 @@ def convert_open_clip_state_dict(
 class HPSv21Reward(ModelReward):
     """Human Preference Score v2.1: ``cos(image_embedding, text_embedding)`` (about 0.2-0.35 for typical images).
 
-    Args:
-        device (`str` or `torch.device`, *optional*): where the model runs and scores are returned (CPU if `None`).
+    Args (and `device`, `batch_size` as in `ModelReward`):
         dtype (`torch.dtype`, *optional*, defaults to float32): the model's dtype (the authors score under fp16 AMP).
         checkpoint (`str`, defaults to `"xswu/HPSv2"`): the open_clip checkpoint: a `.pt`/`.safetensors` file, a
             directory holding `filename`, or a Hub repository id.
@@ -164,7 +163,6 @@ class HPSv21Reward(ModelReward):
         image_size (`int`, *optional*): input resolution; by default the checkpoint's (224 for ViT-H-14).
         vision_head_width / text_head_width (`int`): attention head widths of the open_clip model (80 / 64).
         weights_only (`bool`, defaults to `True`): load the `.pt` with `torch.load(weights_only=True)`.
-        batch_size (`int`, defaults to 16): images per forward pass.
     """
 
     name = "hpsv2.1"
@@ -181,10 +179,9 @@ class HPSv21Reward(ModelReward):
         weights_only: bool = True,
         batch_size: int = 16,
     ):
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device, batch_size=batch_size, dtype=dtype)
         from transformers import AutoTokenizer, CLIPModel
 
-        self.dtype = dtype or torch.float32
         state = torch_load_weights(hf_hub_file(checkpoint, filename, "HPS v2.1"), weights_only=weights_only)
         state = state.get("state_dict", state)
         config, converted = convert_open_clip_state_dict(state, vision_head_width, text_head_width, dtype=self.dtype)

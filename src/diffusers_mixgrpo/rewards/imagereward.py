@@ -126,8 +126,7 @@ def _blip_configs(vision_sd: dict, med_config: dict, vision_head_width: int = 64
 class ImageRewardReward(ModelReward):
     """ImageReward v1.0 score (standardised: about N(0, 1) over the authors' data).
 
-    Args:
-        device (`str` or `torch.device`, *optional*): where the model runs and scores are returned (CPU if `None`).
+    Args (and `device`, `batch_size` as in `ModelReward`):
         dtype (`torch.dtype`, *optional*, defaults to float32): BLIP's dtype (the head runs in float32).
         checkpoint (`str`, defaults to `"THUDM/ImageReward"`): a `.pt`/`.safetensors` file, a directory holding
             `filename` and ``med_config.json``, or a Hub repository id.
@@ -138,7 +137,6 @@ class ImageRewardReward(ModelReward):
             tokenizer.
         vision_head_width (`int`, defaults to 64): attention head width of BLIP's ViT (ViT-L/16: 16 heads of 64).
         weights_only (`bool`, defaults to `True`): load the `.pt` with `torch.load(weights_only=True)`.
-        batch_size (`int`, defaults to 16): images per forward pass.
     """
 
     name = "imagereward"
@@ -156,10 +154,9 @@ class ImageRewardReward(ModelReward):
         weights_only: bool = True,
         batch_size: int = 16,
     ):
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device, batch_size=batch_size, dtype=dtype)
         from transformers import AutoTokenizer, BlipTextModel, BlipVisionModel
 
-        self.dtype = dtype or torch.float32
         ckpt_path = hf_hub_file(checkpoint, filename, "ImageReward")
         if med_config is None:
             base = os.path.dirname(ckpt_path) if os.path.isfile(checkpoint) else checkpoint

@@ -15,14 +15,12 @@ PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 class PickScoreReward(ModelReward):
     """``logit_scale.exp() * cos(text, image)`` of PickScore_v1 (about 18-24 for typical images).
 
-    Args:
-        device (`str` or `torch.device`, *optional*): where the model runs and scores are returned (CPU if `None`).
+    Args (and `device`, `batch_size` as in `ModelReward`):
         dtype (`torch.dtype`, *optional*, defaults to float32): the model's dtype.
         checkpoint (`str`, defaults to `"yuvalkirstain/PickScore_v1"`): Hub id or local directory of the
             transformers `CLIPModel` (safetensors preferred when the repository has them).
         processor (`str`, defaults to `"laion/CLIP-ViT-H-14-laion2B-s32B-b79K"`): Hub id or local directory of the
             `CLIPProcessor` (the authors' choice: the CLIP-H processor, not PickScore's own repository).
-        batch_size (`int`, defaults to 16): images per forward pass.
     """
 
     name = "pickscore"
@@ -35,10 +33,9 @@ class PickScoreReward(ModelReward):
         processor: str = PICKSCORE_PROCESSOR,
         batch_size: int = 16,
     ):
-        super().__init__(device=device, batch_size=batch_size)
+        super().__init__(device=device, batch_size=batch_size, dtype=dtype)
         from transformers import AutoTokenizer, CLIPModel
 
-        self.dtype = dtype or torch.float32
         # The PIL processor whatever is installed (the model card's AutoProcessor predates torchvision processors).
         self.image_processor = load_pil_image_processor(processor, "PickScore processor")
         self.tokenizer = from_pretrained_or_explain(AutoTokenizer, processor, "PickScore tokenizer")

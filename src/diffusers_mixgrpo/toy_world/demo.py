@@ -21,8 +21,9 @@ from typing import Any, Optional
 import torch
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
-from ..training.config import METHODS, GRPOConfig
+from ..training.config import GRPOConfig
 from ..training.logging_utils import make_image_grid
+from ..training.presets import METHODS
 from ..training.trainer import GRPOTrainer
 from .base_model import (
     TOY_GUIDANCE_SCALE,

@@ -6,7 +6,7 @@ from typing import Any
 # Public names and their modules, imported lazily (the Hub and plotting helpers pull in heavier libraries).
 _LAZY = {
     "GRPOConfig": "config",
-    "METHOD_PRESETS": "config",
+    "METHOD_PRESETS": "presets",
     "parse_args": "config",
     "default_lora_target_modules": "config",
     "compute_advantages": "advantages",

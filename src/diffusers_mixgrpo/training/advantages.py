@@ -1,10 +1,17 @@
-"""GRPO advantages for the trainer: group normalisation, multi-reward mixing and the non-finite reward policy.
+"""GRPO advantages: group normalisation, multi-reward mixing and the non-finite reward policy (one implementation).
 
-The group-normalised advantage itself, ``A_j = (r_j - mean_group) / (std + 1e-8)`` clipped to
-``[-adv_clip_max, adv_clip_max]`` (group / global / no std, optional trimmed statistics), has a single implementation:
-`diffusers_mixgrpo.rewards.group_advantages`, re-exported here. This module adds what the training loop needs around
-it, on flat tensors: in a multi-process run the trainer gathers the rewards and group ids of every process first (a
-group may be spread over processes), calls these functions, then keeps its own slice.
+MixGRPO (section 6 of the algorithm notes): per prompt a group of G rollouts is scored; the advantage of rollout j is
+``A_j = (r_j - mean_group) / (std + eps)``, clipped to ``[-clip, clip]`` (group / global / no std, optional trimmed
+statistics: `group_advantages`). With several reward models (`compute_advantages`):
+
+- ``"reward_aggr"``: ``r = sum_k w_k r_k``, then one advantage;
+- ``"advantage_aggr"`` (the paper's default, all weights 1.0): ``A = sum_k w_k A_k / sum_k |w_k|`` with one advantage
+  per model, so rewards on very different scales (HPS ~0.3, ImageReward ~N(0, 1)) contribute equally. Dividing by the
+  total weight is what the official MixGRPO `train_grpo_flux.py` does: it keeps the mixed advantage on the scale of one
+  reward's, so the [-clip, clip] clip binds as often with three rewards as with one (the plain sum is 3x larger).
+
+Everything works on flat tensors with group ids: in a multi-process run the trainer gathers the rewards and group ids
+of every process first (a group may be spread over processes), calls these functions, then keeps its own slice.
 """
 
 from collections.abc import Mapping, Sequence
@@ -12,13 +19,12 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from ..rewards.multi import group_advantages, weighted_mean_advantage
-
 __all__ = [
     "compute_advantages",
     "finite_group_mask",
     "group_advantages",
     "mix_rewards",
+    "weighted_mean_advantage",
 ]
 
 GroupIds = Union[torch.Tensor, Sequence[Any]]
@@ -37,6 +43,88 @@ def _group_index(group_ids: GroupIds, n: int, device: torch.device) -> torch.Ten
     if ids.numel() != n:
         raise ValueError(f"group_ids has {ids.numel()} entries for {n} rewards.")
     return torch.unique(ids, return_inverse=True)[1]
+
+
+def _trimmed(values: torch.Tensor, trim: float) -> torch.Tensor:
+    k = int(trim * values.numel())
+    if k == 0 or values.numel() - 2 * k < 1:
+        return values
+    return values.sort().values[k : values.numel() - k]
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_ids: GroupIds,
+    std: Literal["group", "global", "none"] = "group",
+    trim: float = 0.0,
+    eps: float = 1e-8,
+    clip: Optional[float] = 5.0,
+) -> torch.Tensor:
+    """GRPO advantages ``(r - mean_group) / (std + eps)``, clipped to ``[-clip, clip]``; float32, same order as `rewards`.
+
+    Args:
+        rewards (`torch.Tensor`): (B,) rewards, any float dtype.
+        group_ids (`torch.Tensor` or sequence): (B,) group label of each reward (one group per prompt); integer tensor
+            or any hashable labels. Members of a group need not be contiguous.
+        std (`str`, defaults to `"group"`): the denominator. `"group"`: each group's own std; `"global"`: the std of
+            all B rewards (Flow-GRPO's option; robust to groups whose rewards are all equal); `"none"`: mean-centred
+            only. Stds use Bessel's correction (like `torch.std`); a one-member group has std 0.
+        trim (`float`, defaults to 0.0): fraction in [0, 0.5) of the lowest and of the highest rewards of each group
+            (of the batch, for the global std) left out of the mean/std statistics (a trimmed mean/std, robust to
+            outlier rewards). The advantage is still computed for every sample.
+        eps (`float`, defaults to 1e-8): added to the std.
+        clip (`float`, *optional*, defaults to 5.0): advantages are clamped to [-clip, clip]; `None` disables.
+
+    Returns:
+        `torch.Tensor`: (B,) float32 advantages on the device of `rewards`. A group whose rewards are all equal gets
+        advantage 0 (with `std="group"`: 0 / eps). The statistics are computed in float64, so any finite float32
+        rewards (even ~1e38, whose float32 sum or square overflows) give finite advantages.
+    """
+    if std not in ("group", "global", "none"):
+        raise ValueError(f"std must be 'group', 'global' or 'none', got {std!r}.")
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5), got {trim}.")
+    if clip is not None and clip <= 0:
+        raise ValueError(f"clip must be positive or None, got {clip}.")
+    r = _flat(rewards)
+    if not torch.isfinite(r).all():
+        raise ValueError("rewards contain NaN or inf; fix the reward model (or drop those samples) before GRPO.")
+    out_device = r.device
+    r = r.to("cpu" if r.device.type == "mps" else r.device, torch.float64)  # MPS has no float64
+    index = _group_index(group_ids, r.numel(), r.device)
+
+    def _std(v: torch.Tensor) -> torch.Tensor:
+        return v.std() if v.numel() > 1 else v.new_zeros(())
+
+    global_std = _std(_trimmed(r, trim)) if std == "global" else None
+    adv = torch.empty_like(r)
+    for g in torch.unique(index):
+        members = index == g
+        stats = _trimmed(r[members], trim)
+        centred = r[members] - stats.mean()
+        if std == "none":
+            adv[members] = centred
+        else:
+            denom = _std(stats) if std == "group" else global_std
+            adv[members] = centred / (denom + eps)
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    return adv.to(out_device, torch.float32)
+
+
+def weighted_mean_advantage(
+    per_reward: Mapping[str, torch.Tensor], weights: Mapping[str, float], clip: Optional[float] = None
+) -> torch.Tensor:
+    """``sum_k w_k A_k / sum_k |w_k|`` over the rewards named in `weights`, clamped to ``[-clip, clip]`` when given.
+
+    The total weight is ``sum_k w_k`` for the usual non-negative weights (the official MixGRPO code divides by it);
+    absolute values keep a penalty (a negative weight) from shrinking the denominator. One reward of weight 1: its own
+    advantage, unchanged."""
+    total = sum(abs(float(w)) for w in weights.values())
+    if total == 0:
+        raise ValueError(f"The reward weights {dict(weights)} sum to 0 in absolute value; give a reward a weight.")
+    mixed = sum(float(w) * per_reward[name] for name, w in weights.items()) / total
+    return mixed.clamp(-clip, clip) if clip is not None else mixed
 
 
 def finite_group_mask(rewards: Union[torch.Tensor, Mapping[str, torch.Tensor]], group_ids: GroupIds) -> torch.Tensor:

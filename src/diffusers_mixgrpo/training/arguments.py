@@ -1,7 +1,7 @@
 """The command line of a `GRPOConfig`: an argparse parser built from the dataclass fields, plus `--config file.yaml`.
 
 Only the standard library is imported here (no torch, transformers or diffusers), so `train_*.py --help` answers at
-once. Every field becomes a flag with its `metadata["help"]`, grouped as in the class docstring (`> Sampling` ...).
+once. Every field becomes a flag with its `metadata["help"]`, in the sections its `metadata["group"]` starts.
 Booleans take `--flag`, `--flag true|false` or `--no_flag`; lists take several values; an optional field takes
 `none` to unset it. Unlike `HfArgumentParser`, the parser remembers which values were *given* (in the YAML file or as
 flags) as opposed to left at their defaults, which is what lets a model folder's sampling defaults and a resumed run's
@@ -10,29 +10,16 @@ saved config fill in everything else.
 
 import argparse
 import dataclasses
-import difflib
-import os
-import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import ConfigError
+from .fields import field_kind, load_yaml_values, str_to_bool
 
-__all__ = ["CommandLine", "build_parser", "load_yaml_values", "parse_command_line", "str_to_bool"]
+__all__ = ["CommandLine", "build_parser", "parse_command_line"]
 
 _NONE_STRINGS = ("none", "null")
-
-
-def str_to_bool(value: str) -> bool:
-    """`"true"`/`"yes"`/`"1"` -> True, `"false"`/`"no"`/`"0"` -> False; anything else is an argparse error."""
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "yes", "y", "on", "1"):
-        return True
-    if lowered in ("false", "no", "n", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r} is not a boolean; use true or false.")
 
 
 def _optional(convert):
@@ -43,24 +30,8 @@ def _optional(convert):
     return parse
 
 
-def _groups_from_docstring(cls: type) -> dict[str, str]:
-    """`{field name: group title}` from the `> Title` lines of the class docstring's Parameters section."""
-    groups, title = {}, None
-    for line in (cls.__doc__ or "").splitlines():
-        stripped = line.strip()
-        if stripped.startswith("> "):
-            title = stripped[2:].strip()
-            continue
-        match = re.match(r"^(\w+) \(`", stripped)
-        if match and title is not None:
-            groups.setdefault(match.group(1), title)
-    return groups
-
-
 def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, annotation: Any) -> None:
-    from .config import _field_kind
-
-    kind, optional = _field_kind(annotation)
+    kind, optional = field_kind(annotation)
     help_text = f.metadata.get("help", "")
     if f.default is not dataclasses.MISSING and f.default is not None:
         help_text += f" (default: {f.default})"
@@ -72,6 +43,11 @@ def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, annotation:
         group.add_argument(flag, nargs="?", const=True, type=convert, metavar="{true,false}", **common)
         group.add_argument(f"--no_{f.name}", action="store_false", dest=f.name, default=argparse.SUPPRESS,
                            help=argparse.SUPPRESS)  # fmt: skip
+        return
+    choices = f.metadata.get("choices")
+    if kind == "str" and isinstance(choices, tuple):
+        metavar = "{" + ",".join(map(str, choices)) + "}"
+        group.add_argument(flag, type=_optional(str) if optional else str, metavar=metavar, **common)
         return
     if kind in ("int", "float", "str"):
         convert = {"int": int, "float": float, "str": str}[kind]
@@ -105,54 +81,19 @@ def build_parser(
     )
     for cls in dataclass_types:
         hints = typing.get_type_hints(cls)
-        titles = _groups_from_docstring(cls)
-        groups: dict[str, argparse._ArgumentGroup] = {}
+        group = parser.add_argument_group(cls.__name__)
         for f in dataclasses.fields(cls):
             if not f.init:
                 continue
-            title = titles.get(f.name, cls.__name__)
-            if title not in groups:
-                groups[title] = parser.add_argument_group(title)
-            _add_field(groups[title], f, hints[f.name])
+            if "group" in f.metadata:  # the first field of a section
+                group = parser.add_argument_group(f.metadata["group"])
+            _add_field(group, f, hints[f.name])
     return parser
-
-
-def load_yaml_values(path: str, dataclass_types: Sequence[type]) -> dict[str, Any]:
-    """The `field: value` pairs of a YAML file; a missing file, a non-mapping or an unknown key fails in one
-    sentence (with a suggestion for a misspelt key)."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise ConfigError(f"--config {path!r} does not exist or is not a file.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config {path!r} is not a readable YAML file ({describe_yaml_error(err)}).") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path!r} must hold a mapping of field: value pairs, got {type(values).__name__}.")
-    known = {f.name for cls in dataclass_types for f in dataclasses.fields(cls) if f.init}
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"{path}: {key!r} is not a known field.{hint}")
-    return values
-
-
-def describe_yaml_error(err: Exception) -> str:
-    """One line for a YAML or decoding error: `line 3, column 7: mapping values are not allowed here`."""
-    mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-    if mark is not None and problem:
-        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
-    return " ".join(str(err).split()).rstrip(".")
 
 
 def _unwrap(name: str, value: Any, annotation: Any) -> Any:
     """argparse gives `nargs="+"` values as lists; a mapping-or-string field given one value gets the string."""
-    from .config import _field_kind
-
-    kind, _ = _field_kind(annotation)
+    kind, _ = field_kind(annotation)
     if kind == "other" and isinstance(value, list) and len(value) == 1:
         return value[0]
     return value
@@ -181,7 +122,7 @@ def parse_command_line(
     namespace = parser.parse_args(list(argv))
     given = vars(namespace)
     config_file = given.pop("config", None)
-    values = load_yaml_values(config_file, dataclass_types) if config_file else {}
+    values = load_yaml_values(config_file, dataclass_types, label="--config") if config_file else {}
     hints = {}
     for cls in dataclass_types:
         hints.update(typing.get_type_hints(cls))

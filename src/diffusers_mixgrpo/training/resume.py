@@ -93,7 +93,7 @@ def load_saved_run_config(output_dir: str) -> Optional[dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             values = yaml.safe_load(f) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        from .arguments import describe_yaml_error
+        from .fields import describe_yaml_error
 
         raise ConfigError(
             f"{path} cannot be read ({describe_yaml_error(err)}); resume with the run's flags instead."
