@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import torch
 
-from diffusers_mixgrpo.training.config import DEFAULT_LORA_TARGET_MODULES
+from diffusers_mixgrpo.pipelines.families import default_lora_target_modules
 
 GiB = 1024**3
 RESOLUTIONS = (512, 720, 1024)
@@ -53,8 +53,8 @@ def fits(total_bytes: float, card_gb: int) -> bool:
 
 
 # The LoRA targets the trainer uses by default (GRPOConfig.lora_target_modules=None).
-_FLUX_LORA = DEFAULT_LORA_TARGET_MODULES["flux"]
-_SD3_LORA = DEFAULT_LORA_TARGET_MODULES["sd3"]
+_FLUX_LORA = default_lora_target_modules("flux")
+_SD3_LORA = default_lora_target_modules("sd3")
 # FLUX.2: the double blocks' attention as for FLUX.1, the single blocks' fused projections (a regex: in the double
 # blocks `attn.to_out` is a ModuleList, in the single blocks a Linear).
 _FLUX2_LORA = (

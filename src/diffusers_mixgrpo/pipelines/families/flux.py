@@ -1,19 +1,17 @@
-"""FLUX.1 adapter: packed latents, embedded guidance, dynamic shifting (`mu`)."""
+"""FLUX.1 family: packed latents, embedded guidance, dynamic shifting (`mu`)."""
 
 import numpy as np
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class FluxAdapter(ModelFamilyAdapter):
+class FluxFamily(ModelFamily):
     name = "flux"
-    stock_pipeline_class = "FluxPipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
-    default_guidance_scale = 3.5
     max_sequence_length = 512
 
     @property

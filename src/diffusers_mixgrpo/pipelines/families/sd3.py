@@ -1,14 +1,13 @@
-"""Stable Diffusion 3 / 3.5 adapter: three text encoders, true classifier-free guidance."""
+"""Stable Diffusion 3 / 3.5 family: three text encoders, true classifier-free guidance."""
 
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class SD3Adapter(ModelFamilyAdapter):
+class SD3Family(ModelFamily):
     name = "sd3"
-    stock_pipeline_class = "StableDiffusion3Pipeline"
     component_names = (
         "scheduler",
         "vae",
@@ -22,7 +21,6 @@ class SD3Adapter(ModelFamilyAdapter):
     )
     denoiser_name = "transformer"
     scheduler_kind = "flow"
-    default_guidance_scale = 4.5
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0

@@ -1,14 +1,14 @@
-"""Qwen-Image adapter: Qwen2.5-VL prompts in the pipeline's chat template, packed latents, true CFG with norm rescale."""
+"""Qwen-Image family: Qwen2.5-VL prompts in the pipeline's chat template, packed latents, true CFG with norm rescale."""
 
 import numpy as np
 import torch
 
 from ..rollout_batch import PromptEmbeds
 from ._text import concat_padded
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class QwenImageAdapter(ModelFamilyAdapter):
+class QwenImageFamily(ModelFamily):
     """`QwenImagePipeline` as a GRPO family.
 
     - Prompts: the stock `encode_prompt` (its system prompt in the ChatML template, the Qwen2.5-VL last hidden state,
@@ -25,13 +25,10 @@ class QwenImageAdapter(ModelFamilyAdapter):
     """
 
     name = "qwenimage"
-    stock_pipeline_class = "QwenImagePipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
     lora_legacy_keys = False
-    default_guidance_scale = 4.0
-    default_negative_prompt = " "
     max_sequence_length = 512
 
     @property
@@ -55,7 +52,7 @@ class QwenImageAdapter(ModelFamilyAdapter):
         embeds, mask = self._encode(prompts, device, max_len)
         tensors = {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
         if self.uses_cfg(guidance_scale):
-            negative = self.default_negative_prompt if negative_prompt is None else negative_prompt
+            negative = self.spec.default_negative_prompt if negative_prompt is None else negative_prompt
             neg, neg_mask = self._encode([negative] * len(prompts), device, max_len)
             tensors.update(negative_prompt_embeds=neg, negative_prompt_embeds_mask=neg_mask)
         return PromptEmbeds(tensors)

@@ -1,4 +1,4 @@
-"""FLUX.2 adapters: FLUX.2 [dev] (Mistral-3 prompts, embedded guidance) and FLUX.2 [klein] (Qwen3 prompts, true CFG)."""
+"""FLUX.2 families: FLUX.2 [dev] (Mistral-3 prompts, embedded guidance) and FLUX.2 [klein] (Qwen3 prompts, true CFG)."""
 
 import inspect
 
@@ -6,10 +6,10 @@ import numpy as np
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class Flux2Adapter(ModelFamilyAdapter):
+class Flux2Family(ModelFamily):
     """`Flux2Pipeline` (FLUX.2 [dev]) as a GRPO family.
 
     - Prompts: the stock `encode_prompt` (the Mistral-3 chat template with FLUX.2's system message, hidden states of
@@ -22,12 +22,10 @@ class Flux2Adapter(ModelFamilyAdapter):
     """
 
     name = "flux2"
-    stock_pipeline_class = "Flux2Pipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
     lora_legacy_keys = False
-    default_guidance_scale = 4.0
     max_sequence_length = 512
 
     @property
@@ -106,7 +104,7 @@ class Flux2Adapter(ModelFamilyAdapter):
         return self._postprocess(image)
 
 
-class Flux2KleinAdapter(Flux2Adapter):
+class Flux2KleinFamily(Flux2Family):
     """`Flux2KleinPipeline` (FLUX.2 [klein]) as a GRPO family.
 
     As FLUX.2 [dev] (same transformer class, latents, ids, grid and decoding), except:
@@ -120,7 +118,6 @@ class Flux2KleinAdapter(Flux2Adapter):
     """
 
     name = "flux2_klein"
-    stock_pipeline_class = "Flux2KleinPipeline"
 
     def extra_stock_kwargs(self) -> dict:
         return {"is_distilled": self.is_distilled}
