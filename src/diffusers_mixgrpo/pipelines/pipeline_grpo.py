@@ -1,6 +1,7 @@
 """`GRPOTrainingPipeline`: grouped rollouts with window log-probs and prefix sharing, and the log-prob recomputation."""
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -480,23 +481,15 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             for c in chunks
         )
         with self.progress_bar(total=total_calls) as bar:
-
-            def denoise(sched, x, embeds, first, last, generators=None, record=None):
-                return self._denoise(
-                    sched,
-                    x,
-                    embeds,
-                    first,
-                    last,
-                    guidance_scale,
-                    height,
-                    width,
-                    generators,
-                    autocast_dtype,
-                    bar,
-                    record,
-                    step_callback,
-                )
+            denoise = functools.partial(
+                self._denoise,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                autocast_dtype=autocast_dtype,
+                bar=bar,
+                step_callback=step_callback,
+            )
 
             for ci, sample_ids in enumerate(chunks):
                 sample_groups = group_of_sample[sample_ids]
@@ -592,13 +585,14 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         embeds,
         first,
         last,
+        generators=None,
+        record=None,
+        *,
         guidance_scale,
         height,
         width,
-        generators,
         autocast_dtype,
         bar,
-        record=None,
         step_callback=None,
     ) -> torch.Tensor:
         """Steps `[first, last)` of `sched`'s grid on `x` (one generator per row for SDE noise); with `record`,

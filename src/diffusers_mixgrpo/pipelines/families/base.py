@@ -102,11 +102,14 @@ class ModelFamily(ABC):
     # Z-Image: 1024 x 1024, Wan: its `__call__` defaults 480 x 832; SANA computes it from the transformer config).
     default_image_size: Optional[tuple[int, int]] = None
 
+    # The side of the latent patches packed into one token before the denoiser (FLUX-style 2x2 packing: 2).
+    latent_patch: int = 1
+
     @property
     def size_multiple(self) -> int:
-        """What height and width must be multiples of (the VAE factor, times the patch packing: 2 for FLUX-style 2x2
-        packing, the transformer's `patch_size` for SANA / Wan)."""
-        return self.vae_scale_factor
+        """What height and width must be multiples of (the VAE factor, times the patch packing: `latent_patch`, or
+        the transformer's `patch_size` for SANA / Wan)."""
+        return self.latent_patch * self.vae_scale_factor
 
     def concat_prompt_embeds(self, parts: list[PromptEmbeds]) -> PromptEmbeds:
         """Join the `encode_prompts` batches (a family with variable-length text pads them here)."""

@@ -2,10 +2,10 @@
 
 import inspect
 
-import numpy as np
 import torch
 
 from ..rollout_batch import PromptEmbeds
+from ._grid import linear_sigmas
 from .base import ModelFamily
 
 
@@ -25,12 +25,9 @@ class Flux2Family(ModelFamily):
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
+    latent_patch = 2
     lora_legacy_keys = False
     max_sequence_length = 512
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 * self.vae_scale_factor
 
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
         f = self.vae_scale_factor
@@ -59,8 +56,7 @@ class Flux2Family(ModelFamily):
         from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
         mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=num_inference_steps)
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        return {"num_inference_steps": num_inference_steps, "sigmas": sigmas, "mu": mu}
+        return {"num_inference_steps": num_inference_steps, "sigmas": linear_sigmas(num_inference_steps), "mu": mu}
 
     def _call(self, latents, t, enc, text_ids, img_ids, guidance):
         b = latents.shape[0]

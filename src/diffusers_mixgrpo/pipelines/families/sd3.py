@@ -3,6 +3,7 @@
 import torch
 
 from ..rollout_batch import PromptEmbeds
+from ._grid import shift_mu
 from .base import ModelFamily
 
 
@@ -54,13 +55,7 @@ class SD3Family(ModelFamily):
 
             p = self.denoiser.config.patch_size
             seq_len = (latents.shape[2] // p) * (latents.shape[3] // p)
-            kwargs["mu"] = calculate_shift(
-                seq_len,
-                cfg.get("base_image_seq_len", 256),
-                cfg.get("max_image_seq_len", 4096),
-                cfg.get("base_shift", 0.5),
-                cfg.get("max_shift", 1.16),
-            )
+            kwargs["mu"] = shift_mu(cfg, seq_len, calculate_shift, max_shift=1.16)
         return kwargs
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:

@@ -3,6 +3,7 @@
 import torch
 
 from ..rollout_batch import PromptEmbeds
+from ._grid import shift_mu
 from ._text import concat_padded
 from .base import ModelFamily
 
@@ -27,15 +28,12 @@ class ZImageFamily(ModelFamily):
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
+    latent_patch = 2
     lora_legacy_keys = False
     default_image_size = (1024, 1024)
     max_sequence_length = 512
     cfg_normalization: float = 0.0
     cfg_truncation: float = 1.0
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 * self.vae_scale_factor
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 0.0
@@ -77,14 +75,8 @@ class ZImageFamily(ModelFamily):
     def timestep_kwargs(self, latents, num_inference_steps) -> dict:
         from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
 
-        cfg = self.pipeline.scheduler.config
-        mu = calculate_shift(
-            (latents.shape[2] // 2) * (latents.shape[3] // 2),
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
+        seq_len = (latents.shape[2] // 2) * (latents.shape[3] // 2)
+        mu = shift_mu(self.pipeline.scheduler.config, seq_len, calculate_shift)
         sigmas = get_default_z_image_sigmas(num_inference_steps)
         return {"num_inference_steps": num_inference_steps, "sigmas": sigmas, "mu": mu}
 
