@@ -17,10 +17,10 @@ class TestFlux2Contract(FamilyContract):
     # the last double-stream block's text output is discarded (single-stream blocks follow), and in the tiny model
     # there is one double-stream block, so its text-output LoRA gets no gradient
     lora_unused = ("transformer_blocks.0.attn.to_add_out",)
-    stock_atol = 1e-5
-    lora_atol = 1e-5
-    prefix_atol = 1e-5
-    prefix_logp_atol = 1e-4
+    stock_atol = 1e-6  # measured 0 ([dev]; [klein] with CFG 4 and none)
+    lora_atol = 1e-6  # measured 0 (both)
+    prefix_atol = 1e-6  # measured 0 (both)
+    prefix_logp_atol = 2e-6  # measured 6e-8 ([dev]), 1.2e-7 ([klein])
 
     def build_stock(self, seed=0):
         return build_tiny_flux2_pipeline(seed=seed)

@@ -14,10 +14,12 @@ class TestSD15EpsilonContract(FamilyContract):
     lora_targets = ["to_q", "to_k", "to_v", "to_out.0"]
     mix_scheduler = MixDDIMSDEScheduler
     prediction_type = "epsilon"
-    stock_atol = 1e-6
-    lora_atol = 1e-5
-    prefix_atol = 1e-4
-    prefix_logp_atol = 1e-4
+    stock_atol = 1e-6  # measured 0 (CFG 5 and none; v-prediction too)
+    lora_atol = 1e-6  # measured 0
+    prefix_atol = (
+        1e-4  # measured 0 here; up to 2.9e-5 on the 2-core Intel Xeon CI (the UNet convolutions' thread split)
+    )
+    prefix_logp_atol = 1e-4  # measured 0 here; kept with the latents' margin above (CI Xeon rounding)
 
     def build_stock(self, seed=0):
         return build_tiny_sd_pipeline(seed=seed, prediction_type=self.prediction_type)

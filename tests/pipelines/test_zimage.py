@@ -16,10 +16,10 @@ class TestZImageContract(FamilyContract):
     guidance = CFG
     stock_guidances = (CFG, 0.0)
     lora_targets = TARGETS
-    stock_atol = 1e-5
-    lora_atol = 1e-5
-    prefix_atol = 1e-5
-    prefix_logp_atol = 1e-4
+    stock_atol = 1e-6  # measured 0 (CFG 5 and 0)
+    lora_atol = 1e-6  # measured 0
+    prefix_atol = 3e-5  # measured 2.9e-6 (latents; images 7.2e-7)
+    prefix_logp_atol = 1e-6  # measured 6e-8
 
     def build_stock(self, seed=0):
         return build_tiny_zimage_pipeline(seed=seed)
