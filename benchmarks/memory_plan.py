@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 import torch
 
-from diffusers_mixgrpo.training.config import DEFAULT_LORA_TARGET_MODULES
+from diffusers_mixgrpo.pipelines.families import default_lora_target_modules
 
 GiB = 1024**3
 RESOLUTIONS = (512, 720, 1024)
@@ -59,8 +59,8 @@ def fits(total_bytes: float, card_gb: int) -> bool:
 
 
 # The LoRA targets the trainer uses by default (GRPOConfig.lora_target_modules=None).
-_FLUX_LORA = DEFAULT_LORA_TARGET_MODULES["flux"]
-_SD3_LORA = DEFAULT_LORA_TARGET_MODULES["sd3"]
+_FLUX_LORA = default_lora_target_modules("flux")
+_SD3_LORA = default_lora_target_modules("sd3")
 # FLUX.2: the double blocks' attention as for FLUX.1, the single blocks' fused projections (a regex: in the double
 # blocks `attn.to_out` is a ModuleList, in the single blocks a Linear).
 _FLUX2_LORA = (
@@ -276,7 +276,7 @@ MODELS: dict[str, ModelSpec] = {
             guidance_embeds=False,
             axes_dims_rope=[16, 56, 56],
         ),
-        lora_targets=DEFAULT_LORA_TARGET_MODULES["qwenimage"],
+        lora_targets=default_lora_target_modules("qwenimage"),
         text_tokens=512,  # the prompt's own length, at most max_sequence_length 512: counted at the maximum
         cfg_rows=2,  # true CFG (true_cfg_scale)
         text_encoders={"qwen2.5-vl-7b": ("Qwen2_5_VLForConditionalGeneration", _QWEN25_VL_7B)},
@@ -306,7 +306,7 @@ MODELS: dict[str, ModelSpec] = {
             norm_elementwise_affine=False,
             norm_eps=1e-6,
         ),
-        lora_targets=DEFAULT_LORA_TARGET_MODULES["sana"],
+        lora_targets=default_lora_target_modules("sana"),
         text_tokens=300,  # SanaPipeline's max_sequence_length
         cfg_rows=2,
         text_encoders={"gemma-2-2b": ("Gemma2Model", _GEMMA2_2B)},
@@ -351,7 +351,7 @@ MODELS: dict[str, ModelSpec] = {
             eps=1e-6,
             rope_max_seq_len=1024,
         ),
-        lora_targets=DEFAULT_LORA_TARGET_MODULES["wan"],
+        lora_targets=default_lora_target_modules("wan"),
         text_tokens=512,  # WanPipeline's max_sequence_length (padded to it)
         cfg_rows=2,
         text_encoders={"umt5-xxl": ("UMT5EncoderModel", _UMT5_XXL)},
@@ -382,7 +382,7 @@ MODELS: dict[str, ModelSpec] = {
             axes_dims=[32, 48, 48],
             axes_lens=[1536, 512, 512],
         ),
-        lora_targets=DEFAULT_LORA_TARGET_MODULES["zimage"],
+        lora_targets=default_lora_target_modules("zimage"),
         text_tokens=512,  # the prompt's own length (padded to a multiple of 32), at most 512: counted at the maximum
         cfg_rows=2,  # CFG: the conditional and unconditional rows in one forward
         text_encoders={"qwen3-4b": ("Qwen3ForCausalLM", _QWEN3_4B)},
@@ -404,7 +404,7 @@ MODELS: dict[str, ModelSpec] = {
             cross_attention_dim=768,
             norm_num_groups=32,
         ),
-        lora_targets=DEFAULT_LORA_TARGET_MODULES["sd15"],
+        lora_targets=default_lora_target_modules("sd15"),
         text_tokens=77,
         cfg_rows=2,
         text_encoders={"clip-l": ("CLIPTextModel", _CLIP_L)},
@@ -433,7 +433,7 @@ MODELS: dict[str, ModelSpec] = {
             projection_class_embeddings_input_dim=2816,  # pooled bigG (1280) + 6 size / crop ids x 256
             norm_num_groups=32,
         ),
-        lora_targets=DEFAULT_LORA_TARGET_MODULES["sdxl"],
+        lora_targets=default_lora_target_modules("sdxl"),
         text_tokens=77,
         cfg_rows=2,
         text_encoders={

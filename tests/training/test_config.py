@@ -8,8 +8,9 @@ import typing
 import pytest
 import yaml
 
+from diffusers_mixgrpo.pipelines.families import default_lora_target_modules, infer_model_family
 from diffusers_mixgrpo.schedulers.sliding_window import SlidingWindowSchedule
-from diffusers_mixgrpo.training.config import DEFAULT_LORA_TARGET_MODULES, GRPOConfig, infer_model_family, parse_args
+from diffusers_mixgrpo.training.config import GRPOConfig, parse_args
 from diffusers_mixgrpo.training.presets import METHOD_PRESETS
 from diffusers_mixgrpo.training.reward_spec import parse_reward_weights
 
@@ -105,9 +106,9 @@ def test_resolution_fills_height_and_width_unless_given():
 
 def test_model_family_selects_default_lora_targets():
     c = GRPOConfig(model_family="flux")
-    assert c.lora_target_modules == DEFAULT_LORA_TARGET_MODULES["flux"]
-    c.lora_target_modules.append("x")  # a copy, not the module-level default
-    assert "x" not in DEFAULT_LORA_TARGET_MODULES["flux"]
+    assert c.lora_target_modules == default_lora_target_modules("flux")
+    c.lora_target_modules.append("x")  # a copy, not the registry's default
+    assert "x" not in default_lora_target_modules("flux")
     assert GRPOConfig(model_family="sd15", lora_target_modules=["to_q"]).lora_target_modules == ["to_q"]
 
 

@@ -1,6 +1,7 @@
 """`GRPOTrainingPipeline`: grouped rollouts with window log-probs and prefix sharing, and the log-prob recomputation."""
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -13,7 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..schedulers.scheduling_mix_ddim_sde import MixDDIMSDEScheduler
 from ..schedulers.scheduling_mix_ode_sde import MixODESDEScheduler
-from .adapters import ADAPTERS, SUPPORTED_PIPELINES, ModelFamilyAdapter, detect_family
+from .families import SUPPORTED_PIPELINES, detect_family, family_class
+from .families.base import ModelFamily
 from .rollout_batch import PromptEmbeds, RolloutBatch
 
 _MIX_SCHEDULERS = {"flow": MixODESDEScheduler, "vp": MixDDIMSDEScheduler}
@@ -68,9 +70,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         # FLUX.2 [klein]'s stock-pipeline flag (a step-distilled checkpoint runs no CFG); `from_pipe` carries it over.
         self.register_to_config(is_distilled=bool(is_distilled))
         family = detect_family(transformer, unet, text_encoder=text_encoder)
-        scheduler_cls = _MIX_SCHEDULERS[ADAPTERS[family].scheduler_kind]
+        implementation = family_class(family)
+        scheduler_cls = _MIX_SCHEDULERS[implementation.scheduler_kind]
         if not isinstance(scheduler, scheduler_cls):
-            overrides = ADAPTERS[family].mix_scheduler_overrides(scheduler)
+            overrides = implementation.mix_scheduler_overrides(scheduler)
             scheduler = scheduler_cls.from_config(scheduler.config, **overrides)
         self.register_modules(
             scheduler=scheduler,
@@ -85,7 +88,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             unet=unet,
         )
         self.model_family = family
-        self.adapter: ModelFamilyAdapter = ADAPTERS[family](self)
+        self.family: ModelFamily = implementation(self)
         self.nfe_counter = 0
         # T5 prompt length (FLUX, SD3); None = the stock pipeline's default (512 / 256). Must match the base model's
         # training for small models; it is part of the prompt encoding, so cached embeddings carry it.
@@ -95,7 +98,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
     @classmethod
     def from_pipe(cls, pipeline: DiffusionPipeline, **kwargs) -> "GRPOTrainingPipeline":
         """Wrap a stock pipeline of a supported family (`FluxPipeline`, `QwenImagePipeline`, ...; see
-        `adapters.SUPPORTED_PIPELINES`), sharing its modules."""
+        `families.SUPPORTED_PIPELINES`), sharing its modules."""
         if isinstance(pipeline, GRPOTrainingPipeline):
             return super().from_pipe(pipeline, **kwargs)
         supported = [c for c in type(pipeline).__mro__ if c.__name__ in SUPPORTED_PIPELINES]
@@ -119,13 +122,13 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         if denoiser is not None and "dtype" not in kwargs and "torch_dtype" not in kwargs:
             kwargs["dtype"] = denoiser.dtype
         pipe = super().from_pipe(pipeline, **kwargs)
-        pipe.adapter.adopt_stock_config(pipeline)
+        pipe.family.adopt_stock_config(pipeline)
         return pipe
 
     @property
     def denoiser(self) -> torch.nn.Module:
         """The trained network: `transformer` (FLUX, SD3) or `unet` (SD1.5)."""
-        return self.adapter.denoiser
+        return self.family.denoiser
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the denoiser's activations in the backward pass of `log_prob` (memory for compute)."""
@@ -137,20 +140,20 @@ class GRPOTrainingPipeline(DiffusionPipeline):
     # LoRA: the family's own loader mixin, on the shared modules, so the files are the stock pipelines' format.
     def load_lora_weights(self, *args, **kwargs):
         """`FluxPipeline.load_lora_weights` / `StableDiffusion3Pipeline...` / `StableDiffusionPipeline...`."""
-        return self.adapter.stock.load_lora_weights(*args, **kwargs)
+        return self.family.stock.load_lora_weights(*args, **kwargs)
 
     def unload_lora_weights(self, *args, **kwargs):
-        return self.adapter.stock.unload_lora_weights(*args, **kwargs)
+        return self.family.stock.unload_lora_weights(*args, **kwargs)
 
     def fuse_lora(self, *args, **kwargs):
-        return self.adapter.stock.fuse_lora(*args, **kwargs)
+        return self.family.stock.fuse_lora(*args, **kwargs)
 
     def set_adapters(self, *args, **kwargs):
-        return self.adapter.stock.set_adapters(*args, **kwargs)
+        return self.family.stock.set_adapters(*args, **kwargs)
 
     def save_lora_weights(self, save_directory: str, **kwargs):
         """The family's `save_lora_weights` (e.g. `transformer_lora_layers=` for FLUX/SD3, `unet_lora_layers=`)."""
-        return type(self.adapter.stock).save_lora_weights(save_directory, **kwargs)
+        return type(self.family.stock).save_lora_weights(save_directory, **kwargs)
 
     # ------------------------------------------------------------------ memory of the frozen modules
     TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2", "text_encoder_3")
@@ -211,8 +214,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         for name in self.TEXT_ENCODER_NAMES:
             if getattr(self, name, None) is not None:
                 self.register_modules(**{name: None})
-                if getattr(self.adapter.stock, name, None) is not None:
-                    setattr(self.adapter.stock, name, None)
+                if getattr(self.family.stock, name, None) is not None:
+                    setattr(self.family.stock, name, None)
         if getattr(self, "_cpu_offload", None):
             self._cpu_offload["modules"] -= set(self.TEXT_ENCODER_NAMES)
         self._text_encoders_freed = True
@@ -267,20 +270,20 @@ class GRPOTrainingPipeline(DiffusionPipeline):
     @property
     def stock_pipeline(self) -> DiffusionPipeline:
         """The stock pipeline of the family built on these components (for plain inference)."""
-        return self.adapter.stock
+        return self.family.stock
 
     # ------------------------------------------------------------------ prompts
     def default_guidance_scale(self) -> float:
-        return self.adapter.default_guidance_scale
+        return self.family.default_guidance_scale
 
     def default_image_size(self) -> tuple[int, int]:
-        if self.adapter.default_image_size is not None:
-            return self.adapter.default_image_size
-        stock = self.adapter.stock
+        if self.family.default_image_size is not None:
+            return self.family.default_image_size
+        stock = self.family.stock
         size = getattr(stock, "default_sample_size", None)
         if size is None and self.unet is not None:
             size = self.unet.config.sample_size
-        size = int(size) * self.adapter.vae_scale_factor
+        size = int(size) * self.family.vae_scale_factor
         return size, size
 
     @torch.no_grad()
@@ -308,10 +311,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         device = device or self._execution_device
         with self.onloaded(self.TEXT_ENCODER_NAMES):
             parts = [
-                self.adapter.encode_prompts(list(prompts[i : i + batch_size]), guidance_scale, device, negative_prompt)
+                self.family.encode_prompts(list(prompts[i : i + batch_size]), guidance_scale, device, negative_prompt)
                 for i in range(0, len(prompts), batch_size)
             ]
-        return self.adapter.concat_prompt_embeds(parts)
+        return self.family.concat_prompt_embeds(parts)
 
     @staticmethod
     def _check_prompts(prompts) -> list[str]:
@@ -323,7 +326,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
 
     def _check_guidance(self, guidance_scale: Optional[float]) -> float:
         if guidance_scale is None:
-            return self.adapter.default_guidance_scale
+            return self.family.default_guidance_scale
         if not math.isfinite(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}.")
         return float(guidance_scale)
@@ -413,11 +416,11 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         dtype = self.denoiser.dtype
         default_h, default_w = self.default_image_size()
         height, width = int(height or default_h), int(width or default_w)
-        multiple = self.adapter.size_multiple
+        multiple = self.family.size_multiple
         if height % multiple or width % multiple or height <= 0 or width <= 0:
             raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}x{width}.")
 
-        noise_kwargs = self.adapter.noise_kwargs(num_frames)  # {} for image families, {"num_frames": F} for video
+        noise_kwargs = self.family.noise_kwargs(num_frames)  # {} for image families, {"num_frames": F} for video
 
         if prompt_embeds is None:
             prompt_embeds = self.encode_prompts(prompts, guidance_scale, negative_prompt, device=device)
@@ -433,10 +436,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         if latents is None and per_prompt:
             rows = 1 if same_initial_noise else group
             noise = torch.cat(
-                [self.adapter.prepare_noise(rows, height, width, g, device, dtype, **noise_kwargs) for g in generator]
+                [self.family.prepare_noise(rows, height, width, g, device, dtype, **noise_kwargs) for g in generator]
             )
         elif latents is None:
-            noise = self.adapter.prepare_noise(noise_rows, height, width, generator, device, dtype, **noise_kwargs)
+            noise = self.family.prepare_noise(noise_rows, height, width, generator, device, dtype, **noise_kwargs)
         else:
             if latents.shape[0] != noise_rows:
                 raise ValueError(
@@ -478,23 +481,15 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             for c in chunks
         )
         with self.progress_bar(total=total_calls) as bar:
-
-            def denoise(sched, x, embeds, first, last, generators=None, record=None):
-                return self._denoise(
-                    sched,
-                    x,
-                    embeds,
-                    first,
-                    last,
-                    guidance_scale,
-                    height,
-                    width,
-                    generators,
-                    autocast_dtype,
-                    bar,
-                    record,
-                    step_callback,
-                )
+            denoise = functools.partial(
+                self._denoise,
+                guidance_scale=guidance_scale,
+                height=height,
+                width=width,
+                autocast_dtype=autocast_dtype,
+                bar=bar,
+                step_callback=step_callback,
+            )
 
             for ci, sample_ids in enumerate(chunks):
                 sample_groups = group_of_sample[sample_ids]
@@ -519,7 +514,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 generators = [sample_generators[b] for b in sample_ids.tolist()]
                 x = denoise(sched, x, embeds, start, num_steps, generators, (recorded, log_probs, sample_ids, start))
                 with self.onloaded(("vae",)):
-                    images[ci] = self.adapter.decode(x, height, width)
+                    images[ci] = self.family.decode(x, height, width)
 
         image_tensor = torch.empty((batch, *images[0].shape[1:]), dtype=torch.float32, device=images[0].device)
         for sample_ids, img in zip(chunks, images):
@@ -578,7 +573,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     f"0 <= start <= {num_inference_steps - 1} and 0 <= size <= {num_inference_steps}."
                 )
             scheduler.set_sde_window(start, size)
-        kwargs = self.adapter.timestep_kwargs(noise, num_inference_steps)
+        kwargs = self.family.timestep_kwargs(noise, num_inference_steps)
         scheduler.set_timesteps(device=device, **kwargs)
         scheduler.set_begin_index(0)
         return scheduler, kwargs
@@ -590,13 +585,14 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         embeds,
         first,
         last,
+        generators=None,
+        record=None,
+        *,
         guidance_scale,
         height,
         width,
-        generators,
         autocast_dtype,
         bar,
-        record=None,
         step_callback=None,
     ) -> torch.Tensor:
         """Steps `[first, last)` of `sched`'s grid on `x` (one generator per row for SDE noise); with `record`,
@@ -627,7 +623,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
     def _predict(self, x, t, embeds, guidance_scale, height, width, autocast_dtype) -> torch.Tensor:
         ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
         with ctx:
-            out = self.adapter.predict(x, t, embeds, guidance_scale, height, width)
+            out = self.family.predict(x, t, embeds, guidance_scale, height, width)
         self.nfe_counter += x.shape[0]
         return out.float()
 

@@ -115,7 +115,7 @@ class PromptEmbedsCache:
         self.guidance_scale = pipeline._check_guidance(guidance_scale)
         self.negative_prompt = negative_prompt
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.concat = pipeline.adapter.concat_prompt_embeds
+        self.concat = pipeline.family.concat_prompt_embeds
         self._memory: Optional[list[PromptEmbeds]] = None
         self._shards: Optional[list[Path]] = None
         self._shared: tuple[str, ...] = ()

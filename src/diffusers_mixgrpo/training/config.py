@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from ..pipelines.families.registry import MODEL_FAMILIES, default_lora_target_modules
 from .choices import (
     ADV_STDS,
     CPS_LOG_PROBS,
@@ -49,90 +50,9 @@ from .reward_spec import (
 
 logger = logging.getLogger(__name__)
 
-MODEL_FAMILIES = ("flux", "sd3", "sd15", "sdxl", "sana", "wan", "qwenimage", "flux2", "flux2_klein", "zimage")
-
-
-# LoRA targets per model family (module-name suffixes, as peft matches them).
-# FLUX: diffusers' train_dreambooth_lora_flux.py defaults; SD3: Flow-GRPO's SD3 LoRA; SD1.5: the UNet attention.
-# The attention projections of both streams of a dual-stream (MM-DiT) block, as diffusers names them.
-_DUAL_STREAM_ATTENTION = (
-    "attn.to_k",
-    "attn.to_q",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_k_proj",
-    "attn.add_q_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-)
-DEFAULT_LORA_TARGET_MODULES: dict[str, list[str]] = {
-    "flux": [*_DUAL_STREAM_ATTENTION, "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"],
-    "sd3": [
-        "attn.add_k_proj",
-        "attn.add_q_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-        "attn.to_k",
-        "attn.to_out.0",
-        "attn.to_q",
-        "attn.to_v",
-    ],
-    "sd15": ["to_k", "to_q", "to_v", "to_out.0"],
-    # SDXL: the UNet attention, as diffusers' train_dreambooth_lora_sdxl.py
-    "sdxl": ["to_k", "to_q", "to_v", "to_out.0"],
-    # Wan: self- and cross-attention projections of the transformer blocks (Flow-Factory's / Flow-GRPO's Wan LoRA)
-    "wan": ["to_k", "to_q", "to_v", "to_out.0"],
-    # SANA: the linear self-attention and the cross-attention projections of its blocks
-    "sana": ["to_k", "to_q", "to_v", "to_out.0"],
-    # Qwen-Image / FLUX.2: the attention of both streams of the dual-stream blocks (FLUX.2 also the fused
-    # single-stream projections); Z-Image: the attention of its single-stream blocks and refiners.
-    "qwenimage": list(_DUAL_STREAM_ATTENTION),
-    "flux2": [*_DUAL_STREAM_ATTENTION, "attn.to_qkv_mlp_proj"],
-    "zimage": ["attention.to_k", "attention.to_q", "attention.to_v", "attention.to_out.0"],
-}
-DEFAULT_LORA_TARGET_MODULES["flux2_klein"] = list(DEFAULT_LORA_TARGET_MODULES["flux2"])
 
 #: Validation prompts taken from the training prompts when `validation_prompts` is unset.
 DEFAULT_NUM_VALIDATION_PROMPTS = 4
-
-
-def default_lora_target_modules(model_family: str) -> list[str]:
-    """The default LoRA target modules of a model family (one of `MODEL_FAMILIES`); a fresh list."""
-    if model_family not in DEFAULT_LORA_TARGET_MODULES:
-        raise ValueError(f"model_family must be one of {MODEL_FAMILIES}, got {model_family!r}.")
-    return list(DEFAULT_LORA_TARGET_MODULES[model_family])
-
-
-def infer_model_family(pipeline_or_class: Any) -> str:
-    """The model family (a name in `MODEL_FAMILIES`: `"flux"`, `"sd3"`, `"sd15"`, `"sdxl"`, `"sana"`, `"wan"`,
-    `"qwenimage"`, `"flux2"`, `"flux2_klein"`, `"zimage"`) of a diffusers pipeline, pipeline class or class name."""
-    if isinstance(pipeline_or_class, str):
-        name = pipeline_or_class
-    else:
-        cls = pipeline_or_class if isinstance(pipeline_or_class, type) else type(pipeline_or_class)
-        name = cls.__name__
-    # by class-name prefix, without importing the pipelines (the command line checks this before loading torch)
-    if name.startswith("Flux2Klein"):
-        return "flux2_klein"
-    if name.startswith("Flux2"):
-        return "flux2"
-    if name.startswith("Flux"):
-        return "flux"
-    if name.startswith("QwenImage"):
-        return "qwenimage"
-    if name.startswith("ZImage"):
-        return "zimage"
-    if name.startswith("StableDiffusion3"):
-        return "sd3"
-    if name.startswith("StableDiffusionXL"):
-        return "sdxl"
-    if name.startswith("Wan"):
-        return "wan"
-    if name.startswith("Sana"):
-        return "sana"
-    if name.startswith("StableDiffusion"):
-        return "sd15"
-    raise ValueError(f"Cannot infer the model family of {name!r}; set model_family to one of {MODEL_FAMILIES}.")
 
 
 @dataclass
@@ -625,7 +545,7 @@ class GRPOConfig:
     lora_target_modules: Optional[list[str]] = field(
         default=None,
         metadata={
-            "help": "Module-name suffixes to adapt. `None`: `DEFAULT_LORA_TARGET_MODULES[model_family]`.",
+            "help": "Module-name suffixes to adapt. `None`: the family's default targets (`pipelines.families.registry`).",
             "if_empty": "adapts nothing; list module-name suffixes or leave it unset",
         },
     )

@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 
 from huggingface_hub import HfApi, ModelCardData, get_token
 
+from ..pipelines.families.registry import FAMILIES
 from .logging_utils import RewardHistory, normalize_reward_history, plot_reward_curve
 from .public_config import base_model_hub_id, is_hub_id, public_config_dict
 
@@ -185,7 +186,9 @@ def write_model_card(
     # Metadata
     license_meta = {"license": license} if license else _license_for(base_model)
     family = _config_value(config, "model_family")
-    task = "text-to-video" if family == "wan" else "text-to-image"
+    spec = FAMILIES.get(family) if isinstance(family, str) else None
+    is_video = spec is not None and spec.is_video
+    task = "text-to-video" if is_video else "text-to-image"
     card_tags = [task, "diffusers", "diffusers-training", "mixgrpo", "grpo"]
     if use_lora:
         card_tags.append("lora")
@@ -227,11 +230,12 @@ def write_model_card(
     steps = config_values.get("num_inference_steps", 25)
     guidance = config_values.get("guidance_scale", 3.5)
     base_for_code = base_model or "<Hub id or folder of the base model>"
-    family_name = _FAMILY_NAMES.get(family, family)
-    # Qwen-Image's stock pipeline calls its CFG scale `true_cfg_scale` and runs CFG only with a negative prompt
-    guidance_arg = (
-        f'true_cfg_scale={guidance}, negative_prompt=" "' if family == "qwenimage" else f"guidance_scale={guidance}"
-    )
+    family_name = spec.display_name if spec is not None else family
+    # the stock pipeline's guidance argument (Qwen-Image: `true_cfg_scale`, with CFG only when a negative prompt is set)
+    guidance_arg = f"{spec.guidance_argument if spec is not None else 'guidance_scale'}={guidance}"
+    if spec is not None and spec.default_negative_prompt is not None:
+        guidance_arg += f', negative_prompt="{spec.default_negative_prompt}"'
+
     base_text = (
         f"[{base_model}](https://huggingface.co/{base_model})"
         if base_model
@@ -243,11 +247,11 @@ def write_model_card(
         f'image = pipe("{example_prompt}", num_inference_steps={steps}, {guidance_arg}).images[0]\n'
         'image.save("sample.png")\n```'
     )
-    if family == "wan":  # a video pipeline: `.frames`, written with diffusers' export_to_video
+    if is_video:  # a video pipeline: `.frames`, written with diffusers' export_to_video
         frames = config_values.get("num_frames") or 81
         sample_code = (
             f'video = pipe("{example_prompt}", num_frames={frames}, num_inference_steps={steps}, '
-            f"guidance_scale={guidance}).frames[0]\n"
+            f"{guidance_arg}).frames[0]\n"
             'from diffusers.utils import export_to_video\n\nexport_to_video(video, "sample.mp4", fps=16)\n```'
         )
     if use_lora:
@@ -282,19 +286,6 @@ def write_model_card(
         f.write(content)
     return path
 
-
-_FAMILY_NAMES = {
-    "flux": "FLUX.1",
-    "sd3": "Stable Diffusion 3",
-    "sd15": "Stable Diffusion 1.5",
-    "sdxl": "Stable Diffusion XL",
-    "sana": "SANA",
-    "wan": "Wan",
-    "qwenimage": "Qwen-Image",
-    "flux2": "FLUX.2 [dev]",
-    "flux2_klein": "FLUX.2 [klein]",
-    "zimage": "Z-Image",
-}
 
 #: Files of a run's output folder that describe the local run (paths, prompts) and are never uploaded as they are.
 LOCAL_ONLY_FILES = ("training_config.yaml", "training_summary.json", "train_prompts.txt", MODEL_CARD_NAME)

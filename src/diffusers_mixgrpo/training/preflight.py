@@ -220,7 +220,7 @@ def model_family_of(path_or_id: Optional[str]) -> Optional[str]:
     without loading the model: a Hub id, an unknown pipeline class)."""
     import json
 
-    from .config import infer_model_family
+    from ..pipelines.families.registry import infer_model_family
 
     if not path_or_id or not os.path.isdir(path_or_id):
         return None

@@ -348,7 +348,7 @@ class GRPOTrainer:
         if not self.accelerator.is_main_process:
             return
         prompts = list(dict.fromkeys(self.train_prompts + self.eval_prompts))
-        limit = self.pipeline.max_sequence_length or getattr(self.pipeline.adapter, "max_sequence_length", None)
+        limit = self.pipeline.max_sequence_length or getattr(self.pipeline.family, "max_sequence_length", None)
         for slot, max_len, n, example in count_truncated_prompts(self.pipeline, prompts, limit):
             logger.warning(
                 "%d of %d prompts are longer than the %d tokens of %s and are truncated (e.g. %r).",
@@ -419,7 +419,7 @@ class GRPOTrainer:
             "eta": cfg.eta,
             "log_prob_reduction": cfg.log_prob_reduction,
         }
-        if pipe.adapter.scheduler_kind == "flow":
+        if pipe.family.scheduler_kind == "flow":
             # The paper's grid: a fixed shift s (no resolution-dependent `mu`), Flash tail per the method preset.
             if cfg.shift is not None and pipe.scheduler.config.get("use_flow_sigmas", False):
                 scheduler_overrides.update(flow_shift=cfg.shift)  # SANA / Wan: the DPM-Solver / UniPC grid's shift
@@ -432,7 +432,7 @@ class GRPOTrainer:
                 tail_ratio=cfg.tail_ratio,
             )
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, **scheduler_overrides)
-        pipe.adapter.stock.scheduler = pipe.scheduler
+        pipe.family.stock.scheduler = pipe.scheduler
 
         for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             module = getattr(pipe, name, None)
@@ -510,7 +510,7 @@ class GRPOTrainer:
             acc.register_load_state_pre_hook(self._load_sharded_hook)
         else:
             wrapped, self.optimizer, self.lr_scheduler = acc.prepare(denoiser, optimizer, lr_scheduler)
-        pipe.adapter.forward_module = wrapped if wrapped is not denoiser else None
+        pipe.family.forward_module = wrapped if wrapped is not denoiser else None
         self.model = wrapped
         self.ema = (
             ParameterEMA(self.trainable, decay=cfg.ema_decay, update_interval=cfg.ema_update_interval)
@@ -693,7 +693,7 @@ class GRPOTrainer:
 
     def _video_kwargs(self) -> dict:
         """`num_frames` for a video family's rollouts (image families take none)."""
-        if self.pipeline.adapter.is_video:
+        if self.pipeline.family.is_video:
             return {"num_frames": self.config.num_frames}
         if self.config.num_frames is not None:
             raise ConfigError(
@@ -1510,9 +1510,9 @@ class GRPOTrainer:
                 from peft.utils import get_peft_model_state_dict
 
                 layers = get_peft_model_state_dict(denoiser, state_dict=gathered)
-                if self.pipeline.adapter.lora_legacy_keys:
+                if self.pipeline.family.lora_legacy_keys:
                     layers = convert_state_dict_to_diffusers(layers)
-                key = self.pipeline.adapter.denoiser_name  # "unet" or "transformer"
+                key = self.pipeline.family.denoiser_name  # "unet" or "transformer"
                 kwargs = {f"{key}_lora_layers": layers}
                 # The adapter's config (rank, lora_alpha, targets) goes into the file: without it a stock pipeline
                 # loads the LoRA with lora_alpha = rank, i.e. at rank / lora_alpha of its trained strength.

@@ -1,4 +1,4 @@
-"""The model-family adapter: the four things the GRPO logic needs from a text-to-image model family."""
+"""`ModelFamily`: the four things the GRPO logic needs from a text-to-image (or text-to-video) model family."""
 
 from abc import ABC, abstractmethod
 from typing import Any, Optional
@@ -6,31 +6,47 @@ from typing import Any, Optional
 import torch
 
 from ..rollout_batch import PromptEmbeds
+from .registry import FamilySpec, family_spec
 
 
-class ModelFamilyAdapter(ABC):
+class ModelFamily(ABC):
     """Encode prompts, make initial noise, evaluate the denoiser once (guidance included), decode latents.
 
-    An adapter wraps the *stock* diffusers pipeline of its family, built on the training pipeline's own components
+    A family wraps the *stock* diffusers pipeline of its family, built on the training pipeline's own components
     (module references, no copies), and calls that pipeline's helpers (`encode_prompt`, `prepare_latents`, ...)
-    instead of re-implementing them. Adding a family (SDXL, Qwen-Image, ...) means writing one subclass and
-    registering it in `adapters/__init__.py`; the rollout, log-prob and training code does not change.
+    instead of re-implementing them (`GRPOTrainingPipeline.family` is the instance). Adding a family (SDXL,
+    Qwen-Image, ...) means writing one subclass and adding its row to the registry (`families/registry.py`); the
+    rollout, log-prob and training code does not change.
 
-    Class attributes:
-        name: the family name stored in the pipeline config (`"flux"`, `"sd3"`, `"sd15"`).
-        stock_pipeline_class: name of the diffusers pipeline class this family comes from.
-        component_names: the components of that pipeline this adapter passes on.
+    Class attributes set by the subclass:
+        name: the family name, the key of its registry row (`"flux"`, `"sd3"`, `"sd15"`).
+        component_names: the components of the stock pipeline this family passes on.
         denoiser_name: `"transformer"` or `"unet"`.
         scheduler_kind: `"flow"` (MixODESDEScheduler) or `"vp"` (MixDDIMSDEScheduler).
+
+    Class attributes taken from the registry row (`spec`) when the subclass is defined:
+        stock_pipeline_class: name of the diffusers pipeline class this family comes from.
         default_guidance_scale: guidance used when the caller passes none.
+        is_video: a video family (Wan): latents `(B, C, F, H, W)`, decoded to `(B, F, 3, H, W)`,
+            `rollout(num_frames=...)`.
     """
 
     name: str
-    stock_pipeline_class: str
     component_names: tuple[str, ...]
     denoiser_name: str
     scheduler_kind: str
+    spec: FamilySpec
+    stock_pipeline_class: str
     default_guidance_scale: float
+    is_video: bool
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:  # a concrete family: its registry row supplies the rest
+            cls.spec = family_spec(cls.name)
+            cls.stock_pipeline_class = cls.spec.pipeline_class
+            cls.default_guidance_scale = cls.spec.default_guidance_scale
+            cls.is_video = cls.spec.is_video
 
     def __init__(self, pipeline: Any):
         import diffusers
@@ -51,11 +67,8 @@ class ModelFamilyAdapter(ABC):
 
     def adopt_stock_config(self, pipeline) -> None:
         """Take over settings of the wrapped stock `pipeline`'s own config (called by `from_pipe`); may refuse a
-        pipeline whose settings the adapter does not support, with a ValueError."""
+        pipeline whose settings the family does not support, with a ValueError."""
         return None
-
-    # Video families (Wan): latents `(B, C, F, H, W)`, decoded to `(B, F, 3, H, W)`; `rollout(num_frames=...)`.
-    is_video: bool = False
 
     def noise_kwargs(self, num_frames: Optional[int]) -> dict:
         """Extra `prepare_noise` arguments of a rollout: `{}` for image families (which refuse `num_frames`)."""
@@ -89,11 +102,14 @@ class ModelFamilyAdapter(ABC):
     # Z-Image: 1024 x 1024, Wan: its `__call__` defaults 480 x 832; SANA computes it from the transformer config).
     default_image_size: Optional[tuple[int, int]] = None
 
+    # The side of the latent patches packed into one token before the denoiser (FLUX-style 2x2 packing: 2).
+    latent_patch: int = 1
+
     @property
     def size_multiple(self) -> int:
-        """What height and width must be multiples of (the VAE factor, times the patch packing: 2 for FLUX-style 2x2
-        packing, the transformer's `patch_size` for SANA / Wan)."""
-        return self.vae_scale_factor
+        """What height and width must be multiples of (the VAE factor, times the patch packing: `latent_patch`, or
+        the transformer's `patch_size` for SANA / Wan)."""
+        return self.latent_patch * self.vae_scale_factor
 
     def concat_prompt_embeds(self, parts: list[PromptEmbeds]) -> PromptEmbeds:
         """Join the `encode_prompts` batches (a family with variable-length text pads them here)."""

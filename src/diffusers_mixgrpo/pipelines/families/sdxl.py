@@ -1,11 +1,11 @@
-"""Stable Diffusion XL adapter: two CLIP text encoders, pooled embeddings, added time ids, true CFG."""
+"""Stable Diffusion XL family: two CLIP text encoders, pooled embeddings, added time ids, true CFG."""
 
 import logging
 
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 logger = logging.getLogger(__name__)
 
@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 _ZERO_FINAL_SIGMA_SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 
 
-class StableDiffusionXLAdapter(ModelFamilyAdapter):
+class StableDiffusionXLFamily(ModelFamily):
     """`StableDiffusionXLPipeline` on `MixDDIMSDEScheduler`.
 
     The conditioning is the stock pipeline's: `encode_prompt` (both encoders, the pooled projection of the second,
@@ -27,11 +27,9 @@ class StableDiffusionXLAdapter(ModelFamilyAdapter):
     """
 
     name = "sdxl"
-    stock_pipeline_class = "StableDiffusionXLPipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "unet")
     denoiser_name = "unet"
     scheduler_kind = "vp"
-    default_guidance_scale = 5.0
 
     def extra_stock_kwargs(self) -> dict:
         return {"add_watermarker": False, "force_zeros_for_empty_prompt": True}

@@ -1,14 +1,14 @@
-"""Qwen-Image adapter: Qwen2.5-VL prompts in the pipeline's chat template, packed latents, true CFG with norm rescale."""
+"""Qwen-Image family: Qwen2.5-VL prompts in the pipeline's chat template, packed latents, true CFG with norm rescale."""
 
-import numpy as np
 import torch
 
 from ..rollout_batch import PromptEmbeds
+from ._grid import linear_sigmas, shift_mu
 from ._text import concat_padded
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class QwenImageAdapter(ModelFamilyAdapter):
+class QwenImageFamily(ModelFamily):
     """`QwenImagePipeline` as a GRPO family.
 
     - Prompts: the stock `encode_prompt` (its system prompt in the ChatML template, the Qwen2.5-VL last hidden state,
@@ -25,18 +25,12 @@ class QwenImageAdapter(ModelFamilyAdapter):
     """
 
     name = "qwenimage"
-    stock_pipeline_class = "QwenImagePipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
+    latent_patch = 2
     lora_legacy_keys = False
-    default_guidance_scale = 4.0
-    default_negative_prompt = " "
     max_sequence_length = 512
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 * self.vae_scale_factor
 
     def _embedded_guidance(self) -> bool:
         return bool(self.denoiser.config.guidance_embeds)
@@ -55,7 +49,7 @@ class QwenImageAdapter(ModelFamilyAdapter):
         embeds, mask = self._encode(prompts, device, max_len)
         tensors = {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
         if self.uses_cfg(guidance_scale):
-            negative = self.default_negative_prompt if negative_prompt is None else negative_prompt
+            negative = self.spec.default_negative_prompt if negative_prompt is None else negative_prompt
             neg, neg_mask = self._encode([negative] * len(prompts), device, max_len)
             tensors.update(negative_prompt_embeds=neg, negative_prompt_embeds_mask=neg_mask)
         return PromptEmbeds(tensors)
@@ -70,16 +64,8 @@ class QwenImageAdapter(ModelFamilyAdapter):
     def timestep_kwargs(self, latents, num_inference_steps) -> dict:
         from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 
-        cfg = self.pipeline.scheduler.config
-        mu = calculate_shift(
-            latents.shape[1],
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        return {"num_inference_steps": num_inference_steps, "sigmas": sigmas, "mu": mu}
+        mu = shift_mu(self.pipeline.scheduler.config, latents.shape[1], calculate_shift)
+        return {"num_inference_steps": num_inference_steps, "sigmas": linear_sigmas(num_inference_steps), "mu": mu}
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:
         b = latents.shape[0]

@@ -1,15 +1,15 @@
-"""FLUX.2 adapters: FLUX.2 [dev] (Mistral-3 prompts, embedded guidance) and FLUX.2 [klein] (Qwen3 prompts, true CFG)."""
+"""FLUX.2 families: FLUX.2 [dev] (Mistral-3 prompts, embedded guidance) and FLUX.2 [klein] (Qwen3 prompts, true CFG)."""
 
 import inspect
 
-import numpy as np
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from ._grid import linear_sigmas
+from .base import ModelFamily
 
 
-class Flux2Adapter(ModelFamilyAdapter):
+class Flux2Family(ModelFamily):
     """`Flux2Pipeline` (FLUX.2 [dev]) as a GRPO family.
 
     - Prompts: the stock `encode_prompt` (the Mistral-3 chat template with FLUX.2's system message, hidden states of
@@ -22,17 +22,12 @@ class Flux2Adapter(ModelFamilyAdapter):
     """
 
     name = "flux2"
-    stock_pipeline_class = "Flux2Pipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
+    latent_patch = 2
     lora_legacy_keys = False
-    default_guidance_scale = 4.0
     max_sequence_length = 512
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 * self.vae_scale_factor
 
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
         f = self.vae_scale_factor
@@ -61,8 +56,7 @@ class Flux2Adapter(ModelFamilyAdapter):
         from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu
 
         mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=num_inference_steps)
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        return {"num_inference_steps": num_inference_steps, "sigmas": sigmas, "mu": mu}
+        return {"num_inference_steps": num_inference_steps, "sigmas": linear_sigmas(num_inference_steps), "mu": mu}
 
     def _call(self, latents, t, enc, text_ids, img_ids, guidance):
         b = latents.shape[0]
@@ -106,7 +100,7 @@ class Flux2Adapter(ModelFamilyAdapter):
         return self._postprocess(image)
 
 
-class Flux2KleinAdapter(Flux2Adapter):
+class Flux2KleinFamily(Flux2Family):
     """`Flux2KleinPipeline` (FLUX.2 [klein]) as a GRPO family.
 
     As FLUX.2 [dev] (same transformer class, latents, ids, grid and decoding), except:
@@ -120,7 +114,6 @@ class Flux2KleinAdapter(Flux2Adapter):
     """
 
     name = "flux2_klein"
-    stock_pipeline_class = "Flux2KleinPipeline"
 
     def extra_stock_kwargs(self) -> dict:
         return {"is_distilled": self.is_distilled}

@@ -1,13 +1,14 @@
-"""Z-Image adapter: Qwen3 prompts (chat template, thinking on), variable-length captions, its own CFG and time sign."""
+"""Z-Image family: Qwen3 prompts (chat template, thinking on), variable-length captions, its own CFG and time sign."""
 
 import torch
 
 from ..rollout_batch import PromptEmbeds
+from ._grid import shift_mu
 from ._text import concat_padded
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class ZImageAdapter(ModelFamilyAdapter):
+class ZImageFamily(ModelFamily):
     """`ZImagePipeline` as a GRPO family.
 
     - Prompts: the stock `encode_prompt` (Qwen3 chat template with `enable_thinking=True`, second-to-last hidden
@@ -16,7 +17,7 @@ class ZImageAdapter(ModelFamilyAdapter):
     - Time: the transformer takes `(1000 - t) / 1000` and predicts the negated velocity; `predict` returns `-out`.
     - Guidance: Z-Image's CFG `cond + s * (cond - uncond)` runs when `guidance_scale > 0` (stock default 5.0;
       Z-Image-Turbo samples with 0), the unconditional branch on `""` (or `negative_prompt`). `cfg_normalization`
-      and `cfg_truncation` are the stock pipeline's options (defaults off: `False`, `1.0`); set them on the adapter.
+      and `cfg_truncation` are the stock pipeline's options (defaults off: `False`, `1.0`); set them on `pipe.family`.
     - Grid: `sigmas = get_default_z_image_sigmas(N)` (a float32 linspace) and `mu` from `calculate_shift`, which
       the scheduler uses only when its config has `use_dynamic_shifting=True` (Z-Image's released config: static
       shift 3.0).
@@ -24,20 +25,15 @@ class ZImageAdapter(ModelFamilyAdapter):
     """
 
     name = "zimage"
-    stock_pipeline_class = "ZImagePipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
+    latent_patch = 2
     lora_legacy_keys = False
-    default_guidance_scale = 5.0
     default_image_size = (1024, 1024)
     max_sequence_length = 512
     cfg_normalization: float = 0.0
     cfg_truncation: float = 1.0
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 * self.vae_scale_factor
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 0.0
@@ -79,14 +75,8 @@ class ZImageAdapter(ModelFamilyAdapter):
     def timestep_kwargs(self, latents, num_inference_steps) -> dict:
         from diffusers.pipelines.z_image.pipeline_z_image import calculate_shift, get_default_z_image_sigmas
 
-        cfg = self.pipeline.scheduler.config
-        mu = calculate_shift(
-            (latents.shape[2] // 2) * (latents.shape[3] // 2),
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
+        seq_len = (latents.shape[2] // 2) * (latents.shape[3] // 2)
+        mu = shift_mu(self.pipeline.scheduler.config, seq_len, calculate_shift)
         sigmas = get_default_z_image_sigmas(num_inference_steps)
         return {"num_inference_steps": num_inference_steps, "sigmas": sigmas, "mu": mu}
 

@@ -1,14 +1,14 @@
-"""Wan 2.1 / Wan 2.2 TI2V-5B text-to-video adapter: UMT5 prompts, `AutoencoderKLWan` video latents, true CFG."""
+"""Wan 2.1 / Wan 2.2 TI2V-5B text-to-video family: UMT5 prompts, `AutoencoderKLWan` video latents, true CFG."""
 
 from typing import Optional
 
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class WanAdapter(ModelFamilyAdapter):
+class WanFamily(ModelFamily):
     """`WanPipeline` (text-to-video) on `MixODESDEScheduler`.
 
     Latents are the stock `(B, 16, F', H/8, W/8)` video latents with `F' = (F - 1) / 4 + 1`; a rollout's SDE step and
@@ -26,13 +26,10 @@ class WanAdapter(ModelFamilyAdapter):
     """
 
     name = "wan"
-    stock_pipeline_class = "WanPipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
-    default_guidance_scale = 5.0
     max_sequence_length = 512  # WanPipeline.__call__'s default
-    is_video = True
     default_image_size = (480, 832)  # WanPipeline.__call__'s defaults
     default_num_frames = 81
 

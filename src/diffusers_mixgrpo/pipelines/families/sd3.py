@@ -1,14 +1,14 @@
-"""Stable Diffusion 3 / 3.5 adapter: three text encoders, true classifier-free guidance."""
+"""Stable Diffusion 3 / 3.5 family: three text encoders, true classifier-free guidance."""
 
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from ._grid import shift_mu
+from .base import ModelFamily
 
 
-class SD3Adapter(ModelFamilyAdapter):
+class SD3Family(ModelFamily):
     name = "sd3"
-    stock_pipeline_class = "StableDiffusion3Pipeline"
     component_names = (
         "scheduler",
         "vae",
@@ -22,7 +22,6 @@ class SD3Adapter(ModelFamilyAdapter):
     )
     denoiser_name = "transformer"
     scheduler_kind = "flow"
-    default_guidance_scale = 4.5
 
     def uses_cfg(self, guidance_scale: float) -> bool:
         return guidance_scale > 1.0
@@ -56,13 +55,7 @@ class SD3Adapter(ModelFamilyAdapter):
 
             p = self.denoiser.config.patch_size
             seq_len = (latents.shape[2] // p) * (latents.shape[3] // p)
-            kwargs["mu"] = calculate_shift(
-                seq_len,
-                cfg.get("base_image_seq_len", 256),
-                cfg.get("max_image_seq_len", 4096),
-                cfg.get("base_shift", 0.5),
-                cfg.get("max_shift", 1.16),
-            )
+            kwargs["mu"] = shift_mu(cfg, seq_len, calculate_shift, max_shift=1.16)
         return kwargs
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:

@@ -1,18 +1,16 @@
-"""Stable Diffusion 1.x / 2.x adapter: UNet, epsilon or v-prediction, true classifier-free guidance."""
+"""Stable Diffusion 1.x / 2.x family: UNet, epsilon or v-prediction, true classifier-free guidance."""
 
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
-class StableDiffusionAdapter(ModelFamilyAdapter):
+class StableDiffusionFamily(ModelFamily):
     name = "sd15"
-    stock_pipeline_class = "StableDiffusionPipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "unet")
     denoiser_name = "unet"
     scheduler_kind = "vp"
-    default_guidance_scale = 7.5
 
     def extra_stock_kwargs(self) -> dict:
         return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}

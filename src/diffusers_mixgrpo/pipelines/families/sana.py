@@ -1,4 +1,4 @@
-"""SANA adapter: Gemma-2 prompts with the stock complex human instruction, DC-AE latents, true CFG, flow matching."""
+"""SANA family: Gemma-2 prompts with the stock complex human instruction, DC-AE latents, true CFG, flow matching."""
 
 import inspect
 from typing import Optional
@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from .base import ModelFamily
 
 
 def stock_complex_human_instruction() -> list[str]:
@@ -17,13 +17,13 @@ def stock_complex_human_instruction() -> list[str]:
     return list(inspect.signature(SanaPipeline.__call__).parameters["complex_human_instruction"].default)
 
 
-class SanaAdapter(ModelFamilyAdapter):
+class SanaFamily(ModelFamily):
     """`SanaPipeline` on `MixODESDEScheduler`.
 
     Prompts go through the stock `encode_prompt` with the stock default `complex_human_instruction` (the instruction
     text is prepended, the sequence is tokenized to `instruction tokens + max_sequence_length - 2` and the first token
     plus the last `max_sequence_length - 1` states are kept); the negative prompt (default `""`) is encoded without
-    it, as the stock pipeline does. Set `adapter.complex_human_instruction` to a list of lines to change it, or to
+    it, as the stock pipeline does. Set `pipe.family.complex_human_instruction` to a list of lines to change it, or to
     `[]` for none (the embeddings carry it: re-encode cached prompts after a change). Each row carries its attention
     mask (`prompt_attention_mask`).
 
@@ -34,11 +34,9 @@ class SanaAdapter(ModelFamilyAdapter):
     """
 
     name = "sana"
-    stock_pipeline_class = "SanaPipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
-    default_guidance_scale = 4.5
     max_sequence_length = 300  # SanaPipeline.__call__'s default
 
     def __init__(self, pipeline):

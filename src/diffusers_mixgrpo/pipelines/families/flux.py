@@ -1,24 +1,19 @@
-"""FLUX.1 adapter: packed latents, embedded guidance, dynamic shifting (`mu`)."""
+"""FLUX.1 family: packed latents, embedded guidance, dynamic shifting (`mu`)."""
 
-import numpy as np
 import torch
 
 from ..rollout_batch import PromptEmbeds
-from .base import ModelFamilyAdapter
+from ._grid import linear_sigmas, shift_mu
+from .base import ModelFamily
 
 
-class FluxAdapter(ModelFamilyAdapter):
+class FluxFamily(ModelFamily):
     name = "flux"
-    stock_pipeline_class = "FluxPipeline"
     component_names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
     denoiser_name = "transformer"
     scheduler_kind = "flow"
-    default_guidance_scale = 3.5
+    latent_patch = 2
     max_sequence_length = 512
-
-    @property
-    def size_multiple(self) -> int:
-        return 2 * self.vae_scale_factor
 
     def encode_prompts(self, prompts, guidance_scale, device, negative_prompt=None) -> PromptEmbeds:
         max_len = self.pipeline.max_sequence_length or self.max_sequence_length
@@ -42,16 +37,8 @@ class FluxAdapter(ModelFamilyAdapter):
     def timestep_kwargs(self, latents, num_inference_steps) -> dict:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        cfg = self.pipeline.scheduler.config
-        mu = calculate_shift(
-            latents.shape[1],
-            cfg.get("base_image_seq_len", 256),
-            cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5),
-            cfg.get("max_shift", 1.15),
-        )
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
-        return {"num_inference_steps": num_inference_steps, "sigmas": sigmas, "mu": mu}
+        mu = shift_mu(self.pipeline.scheduler.config, latents.shape[1], calculate_shift)
+        return {"num_inference_steps": num_inference_steps, "sigmas": linear_sigmas(num_inference_steps), "mu": mu}
 
     def predict(self, latents, timestep, embeds, guidance_scale, height, width) -> torch.Tensor:
         b = latents.shape[0]
