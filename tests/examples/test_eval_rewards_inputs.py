@@ -1,32 +1,22 @@
 """examples/eval_rewards.py refuses bad inputs in one line before any model loads or image is generated (issue 13,
 item 10): the model, the LoRA, the output paths and the reward options."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "eval_rewards.py"
 
-
-@pytest.fixture(scope="module")
-def eval_script():
-    spec = importlib.util.spec_from_file_location("eval_rewards_inputs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _fails(eval_script, argv, capsys):
+def _fails(eval_rewards_script, argv, capsys):
     with pytest.raises(SystemExit) as info:
-        eval_script.main(argv)
+        eval_rewards_script.main(argv)
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the libraries' loading bars, if any
     assert info.value.code == 1 and last.startswith("error: "), last
     return last
 
 
-def test_bad_model_lora_and_output_paths_fail_before_the_model_loads(eval_script, tmp_path, monkeypatch, capsys):
+def test_bad_model_lora_and_output_paths_fail_before_the_model_loads(
+    eval_rewards_script, tmp_path, monkeypatch, capsys
+):
     import diffusers
 
     def no_model(*args, **kwargs):
@@ -57,11 +47,11 @@ def test_bad_model_lora_and_output_paths_fail_before_the_model_loads(eval_script
     ]
     for extra, fragment in cases:
         argv = ["--model", str(model), "--prompts", str(tmp_path / "p.txt"), "--rewards", "jpeg_compressibility"]
-        err = _fails(eval_script, [*argv, *extra], capsys)
+        err = _fails(eval_rewards_script, [*argv, *extra], capsys)
         assert fragment in err, (extra, err)
 
 
-def test_a_lora_that_does_not_load_is_one_line(eval_script, tmp_path, capsys):
+def test_a_lora_that_does_not_load_is_one_line(eval_rewards_script, tmp_path, capsys):
     from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
 
     build_tiny_flux_pipeline().save_pretrained(tmp_path / "model")
@@ -72,5 +62,5 @@ def test_a_lora_that_does_not_load_is_one_line(eval_script, tmp_path, capsys):
         "--model", str(tmp_path / "model"), "--prompts", str(tmp_path / "p.txt"), "--rewards", "jpeg_compressibility",
         "--lora", str(tmp_path / "lora"), "--device", "cpu", "--steps", "1", "--height", "16", "--width", "16",
     ]  # fmt: skip
-    err = _fails(eval_script, argv, capsys)
+    err = _fails(eval_rewards_script, argv, capsys)
     assert "Could not load the LoRA" in err and "into FluxPipeline" in err, err

@@ -3,7 +3,6 @@ for any batch size and under `accelerate launch` with two processes, the protoco
 paper's preset, whose prompt file is named for download when it is missing."""
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -14,17 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffusers_mixgrpo.training import eval_cli
 from diffusers_mixgrpo.training.evaluation import EVAL_PRESETS, eval_seed
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "eval_rewards.py"
-
-
-@pytest.fixture(scope="module")
-def eval_script():
-    spec = importlib.util.spec_from_file_location("eval_rewards_protocol", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +38,8 @@ def _argv(prompts, out, *extra):
     ]  # fmt: skip
 
 
-def test_the_json_records_the_protocol_and_each_images_seed(eval_script, toy_prompts, tmp_path):
-    eval_script.main(_argv(toy_prompts, tmp_path / "a.json", "--batch-size", "4"))
+def test_the_json_records_the_protocol_and_each_images_seed(toy_prompts, tmp_path):
+    eval_cli.main(_argv(toy_prompts, tmp_path / "a.json", "--batch-size", "4"))
     report = json.loads((tmp_path / "a.json").read_text())
     protocol = report["protocol"]
     assert protocol["num_inference_steps"] == 4 and protocol["guidance_scale"] == 3.5  # flag; the model's default
@@ -66,15 +58,15 @@ def test_the_json_records_the_protocol_and_each_images_seed(eval_script, toy_pro
     toy = torch.tensor(per_image["toy_world"])
     assert toy[0] != toy[1]  # two images of one prompt: two noises
     # another batch size: the same images, the same scores
-    eval_script.main(_argv(toy_prompts, tmp_path / "b.json", "--batch-size", "1"))
+    eval_cli.main(_argv(toy_prompts, tmp_path / "b.json", "--batch-size", "1"))
     assert json.loads((tmp_path / "b.json").read_text())["per_image"] == per_image
 
 
-def test_accelerate_launch_with_two_processes_gives_the_single_process_scores(eval_script, toy_prompts, tmp_path):
+def test_accelerate_launch_with_two_processes_gives_the_single_process_scores(toy_prompts, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` on the CPU (torchrun + gloo; accelerate's `--cpu` launcher
     starts one process): the items are split 3 + 3, gathered, and only the main process writes. Measured difference
     to one process: 0.0 for every image; the tolerance is 1e-6."""
-    eval_script.main(_argv(toy_prompts, tmp_path / "one.json", "--batch-size", "2"))
+    eval_cli.main(_argv(toy_prompts, tmp_path / "one.json", "--batch-size", "2"))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += [
@@ -103,7 +95,7 @@ def test_accelerate_launch_with_two_processes_gives_the_single_process_scores(ev
         )
 
 
-def test_the_paper_preset_sets_the_protocol_and_names_the_prompt_file_to_download(eval_script, tmp_path, capsys):
+def test_the_paper_preset_sets_the_protocol_and_names_the_prompt_file_to_download(tmp_path, capsys):
     preset = EVAL_PRESETS["mixgrpo-paper"]
     assert (preset.num_inference_steps, preset.height, preset.width, preset.guidance_scale) == (50, 1024, 1024, 3.5)
     assert (preset.images_per_prompt, preset.seed, preset.max_sequence_length) == (1, 617, 512)
@@ -111,29 +103,29 @@ def test_the_paper_preset_sets_the_protocol_and_names_the_prompt_file_to_downloa
     model.mkdir()
     (model / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     with pytest.raises(SystemExit):
-        eval_script.main(["--preset", "mixgrpo-paper", "--model", str(model)])
+        eval_cli.main(["--preset", "mixgrpo-paper", "--model", str(model)])
     err = capsys.readouterr().err
     assert "error: The evaluation preset 'mixgrpo-paper' runs on the 400 HPDv2 test prompts" in err
     assert "download data/prompts_test.txt of https://github.com/Tencent-Hunyuan/MixGRPO" in err
     assert "pass the file as --prompts" in err
 
-    args = eval_script.parse_args(["--preset", "mixgrpo-paper", "--model", str(model), "--steps", "20"])
-    found = eval_script._resolve_protocol(args)
+    args = eval_cli.parse_args(["--preset", "mixgrpo-paper", "--model", str(model), "--steps", "20"])
+    found = eval_cli._resolve_protocol(args)
     assert args.rewards == ["hpsv2.1", "pickscore", "imagereward"]
     assert (args.num_images_per_prompt, args.seed) == (1, 617)
-    assert eval_script._sampling(args, found) == {
+    assert eval_cli._sampling(args, found) == {
         "num_inference_steps": 20, "height": 1024, "width": 1024, "guidance_scale": 3.5, "max_sequence_length": 512
     }  # fmt: skip
     with pytest.raises(SystemExit):
-        eval_script.main(["--preset", "no-such-preset", "--model", str(model)])
+        eval_cli.main(["--preset", "no-such-preset", "--model", str(model)])
     assert "Unknown evaluation preset 'no-such-preset'; known: mixgrpo-paper" in capsys.readouterr().err
 
 
-def test_a_prompt_file_other_than_the_presets_is_used_with_a_warning(eval_script, tmp_path, caplog):
+def test_a_prompt_file_other_than_the_presets_is_used_with_a_warning(tmp_path, caplog):
     (tmp_path / "p.txt").write_text("a cat\n")
-    args = eval_script.parse_args(["--preset", "mixgrpo-paper", "--model", "m", "--prompts", str(tmp_path / "p.txt")])
-    preset = eval_script._resolve_protocol(args)
+    args = eval_cli.parse_args(["--preset", "mixgrpo-paper", "--model", "m", "--prompts", str(tmp_path / "p.txt")])
+    preset = eval_cli._resolve_protocol(args)
     with caplog.at_level(logging.WARNING):
-        prompts, source = eval_script._read_prompts(args, preset)
+        prompts, source = eval_cli._read_prompts(args, preset)
     assert prompts == ["a cat"] and source["matches_preset"] is False
     assert "is not the prompt file of the preset 'mixgrpo-paper'" in caplog.text

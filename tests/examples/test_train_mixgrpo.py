@@ -1,7 +1,5 @@
 """The generic `examples/train_mixgrpo.py` detects the family from the model folder and trains the 2026 families."""
 
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from diffusers_mixgrpo.utils.tiny_family_models import (
     build_tiny_qwenimage_pipeline,
     build_tiny_zimage_pipeline,
 )
+from testing_utils import run_example
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDERS = {
@@ -31,12 +30,7 @@ TINY_FLAGS = (
 
 
 def run_generic(argv):
-    old = sys.argv
-    sys.argv = ["train_mixgrpo.py", *argv]
-    try:
-        runpy.run_path(str(ROOT / "examples" / "train_mixgrpo.py"), run_name="__main__")
-    finally:
-        sys.argv = old
+    run_example("train_mixgrpo.py", argv)
 
 
 def prepare(family, tmp_path):

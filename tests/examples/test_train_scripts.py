@@ -1,6 +1,6 @@
-"""The example training scripts run end to end on tiny local models, with the shipped YAML configs."""
+"""`examples/train_mixgrpo.py` (the `mixgrpo-train` command) runs end to end on tiny local FLUX.1 / SD3 / SD1.5 models
+with the shipped YAML configs, whose `model_family` pins the family."""
 
-import runpy
 import sys
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from diffusers_mixgrpo.utils.tiny_models import (
     build_tiny_sd3_pipeline,
     build_tiny_sd_pipeline,
 )
+from testing_utils import run_example, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDERS = {"flux": build_tiny_flux_pipeline, "sd3": build_tiny_sd3_pipeline, "sd15": build_tiny_sd_pipeline}
@@ -46,13 +47,11 @@ TINY_FLAGS = [
 ]
 
 
-def run_script(family, argv):
-    old = sys.argv
-    sys.argv = [f"train_{family}_mixgrpo.py", *argv]
-    try:
-        runpy.run_path(str(ROOT / "examples" / f"train_{family}_mixgrpo.py"), run_name="__main__")
-    finally:
-        sys.argv = old
+SCRIPT = ROOT / "examples" / "train_mixgrpo.py"
+
+
+def run_script(argv):
+    run_example(SCRIPT.name, argv)
 
 
 @pytest.mark.parametrize("family", ["flux", "sd3", "sd15"])
@@ -74,7 +73,7 @@ def test_training_script_trains_and_writes_a_lora_a_stock_pipeline_loads(family,
         str(out),
         *TINY_FLAGS,
     ]
-    run_script(family, argv)
+    run_script(argv)
     assert (out / "pytorch_lora_weights.safetensors").is_file()
     assert (out / "checkpoint-1").is_dir()
     fresh = type(stock).from_pretrained(model)
@@ -85,18 +84,19 @@ def test_training_script_trains_and_writes_a_lora_a_stock_pipeline_loads(family,
     assert (loaded.r, loaded.lora_alpha) == (4, 8)  # the trained scale alpha / r = 2, not 1
 
     # --resume_from_checkpoint latest picks the checkpoint up and trains one more step
-    run_script(family, [*argv, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])  # last flag wins
+    run_script([*argv, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])  # last flag wins
     assert (out / "checkpoint-2").is_dir()
 
 
-def test_a_flux_script_refuses_an_sd3_model_in_one_line_before_loading_it(tmp_path, capsys):
+def test_the_flux_config_refuses_an_sd3_model_in_one_line_before_loading_it(tmp_path, capsys):
     model = tmp_path / "model"
     build_tiny_sd3_pipeline().save_pretrained(model)
     (tmp_path / "p.txt").write_text("a cat\n")
     with pytest.raises(SystemExit) as exit_info:
         run_script(
-            "flux",
             [
+                "--config",
+                str(ROOT / "examples" / "configs" / CONFIGS["flux"]),
                 "--pretrained_model_name_or_path",
                 str(model),
                 "--prompt_file",
@@ -119,7 +119,6 @@ def test_missing_weights_fail_with_a_clear_message(tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a cat\n")
     with pytest.raises(SystemExit) as exit_info:
         run_script(
-            "flux",
             [
                 "--pretrained_model_name_or_path",
                 str(tmp_path / "nowhere"),
@@ -140,9 +139,8 @@ def test_missing_weights_fail_with_a_clear_message(tmp_path, capsys):
 
 
 def test_sigterm_to_a_training_process_saves_a_complete_checkpoint_that_resumes(tmp_path):
-    """A real `train_flux_mixgrpo.py` process gets a real SIGTERM mid-run: it finishes its step, writes a complete
+    """A real `train_mixgrpo.py` process gets a real SIGTERM mid-run: it finishes its step, writes a complete
     checkpoint, prints one line and exits with 143; the checkpoint verifies against its manifest and resumes."""
-    import os
     import signal
     import subprocess
     import time
@@ -159,9 +157,9 @@ def test_sigterm_to_a_training_process_saves_a_complete_checkpoint_that_resumes(
         "--output_dir", str(out), "--max_train_steps", "1000", "--checkpointing_steps", "0",
         *TINY_FLAGS[2:-2],  # without its --max_train_steps and --checkpointing_steps
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = subprocess_env(OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "train_flux_mixgrpo.py"), *args],
+        [sys.executable, str(SCRIPT), *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

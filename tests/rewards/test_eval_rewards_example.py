@@ -1,24 +1,12 @@
 """examples/eval_rewards.py end to end on a tiny FLUX pipeline (+ a LoRA), with the weight-free JPEG rewards."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 from diffusers_mixgrpo.rewards.evaluation import format_table, summarize
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "eval_rewards.py"
-
-
-@pytest.fixture(scope="module")
-def eval_script():
-    spec = importlib.util.spec_from_file_location("eval_rewards", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +27,12 @@ def tiny_flux(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def base_run(eval_script, tiny_flux, tmp_path_factory):
+def base_run(eval_rewards_script, tiny_flux, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("eval")
-    return _run(eval_script, tiny_flux, tmp_path, "--save-images", str(tmp_path / "images")), tmp_path
+    return _run(eval_rewards_script, tiny_flux, tmp_path, "--save-images", str(tmp_path / "images")), tmp_path
 
 
-def _run(eval_script, tiny_flux, tmp_path, *extra):
+def _run(eval_rewards_script, tiny_flux, tmp_path, *extra):
     out = tmp_path / "eval.json"
     argv = [
         "--model", str(tiny_flux / "model"), "--prompts", str(tiny_flux / "prompts.txt"),
@@ -52,7 +40,7 @@ def _run(eval_script, tiny_flux, tmp_path, *extra):
         "--steps", "2", "--height", "32", "--width", "32", "--guidance-scale", "3.5", "--batch-size", "1",
         "--device", "cpu", "--dtype", "float32", "--output-json", str(out), *extra,
     ]  # fmt: skip
-    summary = eval_script.main(argv)
+    summary = eval_rewards_script.main(argv)
     return summary, json.loads(out.read_text())
 
 
@@ -69,17 +57,17 @@ def test_reports_mean_and_standard_error_of_every_reward(base_run):
     assert len(list((tmp_path / "images").glob("*.png"))) == 4
 
 
-def test_prints_a_table_of_every_reward(eval_script, tiny_flux, tmp_path, capsys):
-    _run(eval_script, tiny_flux, tmp_path, "--rewards", "jpeg_incompressibility", "--steps", "1")
+def test_prints_a_table_of_every_reward(eval_rewards_script, tiny_flux, tmp_path, capsys):
+    _run(eval_rewards_script, tiny_flux, tmp_path, "--rewards", "jpeg_incompressibility", "--steps", "1")
     table = capsys.readouterr().out
     assert table.splitlines()[0] == "| reward | mean | s.e.m. | n |"
     assert "| jpeg_incompressibility |" in table
 
 
-def test_lora_changes_the_images_and_is_reproducible(eval_script, tiny_flux, tmp_path, base_run):
+def test_lora_changes_the_images_and_is_reproducible(eval_rewards_script, tiny_flux, tmp_path, base_run):
     (_, base), _ = base_run
-    _, base_again = _run(eval_script, tiny_flux, tmp_path)
-    _, lora = _run(eval_script, tiny_flux, tmp_path, "--lora", str(tiny_flux / "lora"))
+    _, base_again = _run(eval_rewards_script, tiny_flux, tmp_path)
+    _, lora = _run(eval_rewards_script, tiny_flux, tmp_path, "--lora", str(tiny_flux / "lora"))
     assert base["per_image"] == base_again["per_image"]
     assert lora["per_image"]["jpeg_incompressibility"] != base["per_image"]["jpeg_incompressibility"]
 
@@ -91,7 +79,7 @@ def test_summary_and_table_helpers():
     assert math.isnan(summarize({"r": torch.tensor([1.0])})["r"]["sem"])
 
 
-def test_the_toy_model_is_sampled_with_its_own_defaults(eval_script, tmp_path):
+def test_the_toy_model_is_sampled_with_its_own_defaults(eval_rewards_script, tmp_path):
     """Without flags, the toy model's sampling_defaults.json sets 16 prompt tokens, 10 steps, 32 px: real images (at
     FLUX's 512 tokens they were black and every score 0)."""
     from diffusers_mixgrpo.toy_world import heldout_prompts
@@ -99,7 +87,7 @@ def test_the_toy_model_is_sampled_with_its_own_defaults(eval_script, tmp_path):
 
     (tmp_path / "p.txt").write_text("\n".join(heldout_prompts(1)[:2]) + "\n")
     out = tmp_path / "eval.json"
-    eval_script.main(
+    eval_rewards_script.main(
         ["--model", str(ASSETS_DIR), "--prompts", str(tmp_path / "p.txt"), "--rewards", "toy_world",
          "--device", "cpu", "--output-json", str(out)]
     )  # fmt: skip
@@ -110,7 +98,7 @@ def test_the_toy_model_is_sampled_with_its_own_defaults(eval_script, tmp_path):
     assert report["rewards"]["toy_world"]["mean"] > 0.3
 
 
-def test_bad_inputs_are_one_line_before_the_model_loads(eval_script, tmp_path, capsys):
+def test_bad_inputs_are_one_line_before_the_model_loads(eval_rewards_script, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("a cat\n")
     cases = [
         (["--rewards", "hpsv3"], "rewards names 'hpsv3', which is not a registered reward"),
@@ -120,6 +108,6 @@ def test_bad_inputs_are_one_line_before_the_model_loads(eval_script, tmp_path, c
     for extra, fragment in cases:
         argv = ["--model", str(tmp_path / "no-model"), "--prompts", str(tmp_path / "p.txt"), *extra]
         with pytest.raises(SystemExit) as info:
-            eval_script.main(argv)
+            eval_rewards_script.main(argv)
         err = capsys.readouterr().err
         assert info.value.code == 1 and fragment in err and "Traceback" not in err, err

@@ -62,7 +62,7 @@ def test_the_empty_window_ode_is_the_first_order_stock_solver(make):
         sigma = float(stock.sigmas[i])
         a = stock.step(velocity(a, sigma), t, a).prev_sample
         b = mix.step(velocity(b, sigma), mix.timesteps[i], b).prev_sample
-    torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b, a, rtol=0, atol=2e-6)  # measured difference: 2.4e-7
 
 
 def test_the_flash_tail_on_the_flow_grid_ends_at_zero_with_integer_timesteps():

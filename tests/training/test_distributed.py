@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from testing_utils import run_ranks
+
 SCRIPT = Path(__file__).with_name("fsdp2_equivalence_script.py")
 CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -21,9 +23,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 ATOL = 1e-5
 
 
-def _torchrun(*args, nproc=2, port=29561, extra=()):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
-    subprocess.run([*cmd, *extra, str(SCRIPT), *map(str, args)], check=True, env=ENV, timeout=600)
+def _torchrun(*args, port=29561):
+    run_ranks(SCRIPT, *args, port=port, env=ENV)
 
 
 def _deepspeed(*args, stage, port, config=None):
@@ -125,9 +126,8 @@ def test_fsdp2_setup_never_holds_a_full_float32_copy_per_rank(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from memory_plan import MEASURE_ENV
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29641"]
     script = Path(__file__).with_name("fsdp2_setup_memory_script.py")
-    subprocess.run([*cmd, str(script), str(tmp_path)], check=True, env={**ENV, **MEASURE_ENV}, timeout=600)
+    run_ranks(script, tmp_path, port=29641, env={**ENV, **MEASURE_ENV})
     for rank in (0, 1):
         r = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert r["all_sharded"] and r["trainable_dtypes"] == ["torch.float32"]
@@ -220,15 +220,7 @@ SKIP_LAUNCHES = {
 def _bounded_torchrun(*args, port: int, timeout: float = SKIP_TIMEOUT) -> None:
     """torchrun with 2 ranks that must finish within `timeout` s: a hang fails the test (the whole process group,
     torchrun and its ranks, is killed) instead of blocking the suite."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    proc = subprocess.Popen([*cmd, str(SCRIPT), *map(str, args)], env=ENV, start_new_session=True)
-    try:
-        rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-        pytest.fail(f"the 2-rank run {args[0]} did not finish within {timeout} s (a rank waits for the other)")
-    assert rc == 0, f"the 2-rank run {args[0]} failed with exit code {rc}"
+    run_ranks(SCRIPT, *args, port=port, env=ENV, timeout=timeout)
 
 
 @pytest.fixture(scope="module", params=list(SKIP_LAUNCHES))

@@ -10,10 +10,10 @@ from diffusers_mixgrpo.training.config import GRPOConfig
 from diffusers_mixgrpo.training.logging_utils import (
     init_trackers,
     log_image_grid,
-    make_image_grid,
     normalize_reward_history,
     plot_reward_curve,
     resolve_report_to,
+    tile_images,
     tracker_config,
 )
 
@@ -44,17 +44,17 @@ def test_image_grid_layout_and_inputs():
     blue[2] = 1.0
     green = np.zeros((6, 8, 3), dtype=np.uint8)
     green[..., 1] = 255
-    grid = make_image_grid([red, blue, green], padding=1)
+    grid = tile_images([red, blue, green], padding=1)
     assert grid.size == (2 * 8 + 3, 2 * 6 + 3)  # ceil(sqrt(3)) = 2 columns, 2 rows
     assert grid.getpixel((1, 1)) == (255, 0, 0)
     assert grid.getpixel((1 + 8 + 1, 1)) == (0, 0, 255)
     assert grid.getpixel((1, 1 + 6 + 1)) == (0, 255, 0)
     assert grid.getpixel((1 + 8 + 1, 1 + 6 + 1)) == (255, 255, 255)  # empty cell: background
-    assert make_image_grid([red] * 4, cols=4, padding=0).size == (32, 6)
-    captioned = make_image_grid([red, red], captions=["a", "b"], padding=0)
+    assert tile_images([red] * 4, cols=4, padding=0).size == (32, 6)
+    captioned = tile_images([red, red], captions=["a", "b"], padding=0)
     assert captioned.size == (16, 6 + 12)
     with pytest.raises(ValueError, match="captions"):
-        make_image_grid([red], captions=["a", "b"])
+        tile_images([red], captions=["a", "b"])
 
 
 class _FakeWriter:

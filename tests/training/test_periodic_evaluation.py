@@ -13,7 +13,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffusers_mixgrpo import GRPOTrainingPipeline
 from diffusers_mixgrpo.training import trainer as trainer_module
 from diffusers_mixgrpo.training.config import GRPOConfig
 from diffusers_mixgrpo.training.errors import ConfigError
@@ -21,39 +20,19 @@ from diffusers_mixgrpo.training.evaluation import eval_items, eval_seed, shard_i
 from diffusers_mixgrpo.training.logging_utils import log_table
 from diffusers_mixgrpo.training.preflight import check_run_inputs
 from diffusers_mixgrpo.training.trainer import GRPOTrainer
-from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
+from testing_utils import brightness, run_ranks, tiny_config, tiny_flux_trainer
 
 SCRIPT = Path(__file__).with_name("eval_equivalence_script.py")
 TRAIN = ["a red circle on the left", "a blue square on the right", "a green cross on the top", "a cat", "a dog"]
 HELD_OUT = ["a yellow circle", "a purple square on the left", "a cat on the right"]
 
 
-def brightness(images, prompts):
-    return images.float().mean(dim=(1, 2, 3))
-
-
 def make_config(tmp_path, **overrides) -> GRPOConfig:
-    values = dict(
-        output_dir=str(tmp_path / "run"),
-        num_inference_steps=4,
-        num_generations=2,
-        resolution=32,
-        window_size=2,
-        max_train_steps=1,
-        report_to="none",
-        lora_rank=4,
-        lora_alpha=4,
-        gradient_accumulation_steps=1,
-        checkpointing_steps=0,
-        validation_steps=1,
-    )
-    values.update(overrides)
-    return GRPOConfig(**values)
+    return tiny_config(tmp_path / "run", **{"max_train_steps": 1, "validation_steps": 1, **overrides})
 
 
 def make_trainer(config, **kwargs) -> GRPOTrainer:
-    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
-    return GRPOTrainer(config, pipe, rewards={brightness: 1.0}, train_prompts=TRAIN, **kwargs)
+    return tiny_flux_trainer(config, TRAIN, **kwargs)
 
 
 def test_each_item_has_its_own_seed_and_every_process_gets_an_equal_share():
@@ -99,8 +78,7 @@ def test_one_and_two_processes_give_the_same_per_image_scores(tmp_path, mode, po
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "a"), str(one)], check=True, env=env, timeout=600)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    subprocess.run([*cmd, str(SCRIPT), str(tmp_path / "b"), str(two), mode], check=True, env=env, timeout=600)
+    run_ranks(SCRIPT, tmp_path / "b", two, mode, port=port, env=env)
     single, double = json.loads(one.read_text()), json.loads(two.read_text())
     assert (single["num_processes"], double["num_processes"]) == (1, 2)
     assert single["seeds"] == double["seeds"] and double["num_images"] == 15

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,51 +15,30 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from diffusers_mixgrpo import GRPOTrainingPipeline
 from diffusers_mixgrpo.training.checkpointing import COMPLETE_MARKER, CheckpointManager
 from diffusers_mixgrpo.training.config import GRPOConfig
 from diffusers_mixgrpo.training.interrupts import RestorePoint
 from diffusers_mixgrpo.training.trainer import GRPOTrainer
-from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
+from testing_utils import lora_weights, start_ranks, tiny_config, tiny_flux_trainer, wait_ranks
 
 PROMPTS = ["a red circle on the left", "a blue square on the right", "a green cross on the top", "a cat"]
-
-
-def brightness(images, prompts):
-    return images.float().mean(dim=(1, 2, 3))
 
 
 def make_config(output_dir, **overrides) -> GRPOConfig:
     """4 samples per iteration trained one by one over 2 window steps: 8 forwards and 4 optimiser steps."""
     values = dict(
-        output_dir=str(output_dir),
-        num_inference_steps=4,
         num_generations=4,
         sample_prompts_per_device=1,
-        resolution=32,
-        window_size=2,
         learning_rate=1e-3,
         max_train_steps=3,
         train_batch_size=1,
-        gradient_accumulation_steps=1,
-        report_to="none",
-        lora_rank=4,
-        lora_alpha=4,
-        checkpointing_steps=0,
-        validation_steps=0,
         seed=3,
     )
-    values.update(overrides)
-    return GRPOConfig(**values)
+    return tiny_config(output_dir, **{**values, **overrides})
 
 
 def make_trainer(config) -> GRPOTrainer:
-    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
-    return GRPOTrainer(config, pipe, rewards={brightness: 1.0}, train_prompts=PROMPTS)
-
-
-def lora_weights(trainer) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in trainer.pipeline.denoiser.named_parameters() if "lora" in n}
+    return tiny_flux_trainer(config, PROMPTS)
 
 
 def signal_at(trainer, where: str, step: int, call: int, signum=signal.SIGTERM) -> None:
@@ -183,22 +161,8 @@ GRACE = 8.0
 
 
 def _torchrun(out: Path, *args, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     out.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        return subprocess.Popen(
-            [*cmd, str(SCRIPT), str(out), *map(str, args)], env=ENV, stdout=f, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-
-def _finish(proc: subprocess.Popen, timeout: float, log: Path) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
-        proc.wait()
-        pytest.fail(f"torchrun did not finish within {timeout:.0f} s; its log ends:\n{log.read_text()[-3000:]}")
+    return start_ranks(SCRIPT, out, *args, port=port, env=ENV, log=log)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +176,7 @@ def two_rank_reference(tmp_path_factory):
             log = out.parent / f"{out.name}.log"
             extra = ["--fsdp2"] if launch == "fsdp2" else []
             port = 29661 if launch == "ddp" else 29671
-            assert _finish(_torchrun(out, *extra, port=port, log=log), 600, log) == 0, log.read_text()[-3000:]
+            assert wait_ranks(_torchrun(out, *extra, port=port, log=log), 600, log) == 0, log.read_text()[-3000:]
             done[launch] = load_file(out / "pytorch_lora_weights.safetensors")
         return done[launch]
 
@@ -266,7 +230,7 @@ def test_two_ranks_stop_within_a_grace_period_shorter_than_an_iteration_and_resu
 
     log = tmp_path / "resumed.log"
     proc = _torchrun(out, *extra, "--resume", port=port + 20, log=log)
-    assert _finish(proc, 600, log) == 0, log.read_text()[-3000:]
+    assert wait_ranks(proc, 600, log) == 0, log.read_text()[-3000:]
     got, reference = load_file(out / "pytorch_lora_weights.safetensors"), two_rank_reference(launch)
     assert got.keys() == reference.keys()
     assert all(torch.equal(got[k], reference[k]) for k in got)  # bit-identical

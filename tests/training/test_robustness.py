@@ -21,42 +21,18 @@ from diffusers_mixgrpo.training.errors import CheckpointError, DiskFullError, Tr
 from diffusers_mixgrpo.training.interrupts import GracefulInterrupt
 from diffusers_mixgrpo.training.trainer import GRPOTrainer, load_training_pipeline
 from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
+from testing_utils import brightness, lora_weights, tiny_config, tiny_flux_trainer
 
 PROMPTS = ["a red circle on the left", "a blue square on the right", "a green cross on the top", "a cat", "a dog"]
 
 
-def brightness(images, prompts):
-    return images.float().mean(dim=(1, 2, 3))
-
-
 def make_config(output_dir, **overrides) -> GRPOConfig:
-    values = dict(
-        output_dir=str(output_dir),
-        num_inference_steps=4,
-        num_generations=2,
-        resolution=32,
-        window_size=2,
-        learning_rate=1e-3,
-        max_train_steps=2,
-        report_to="none",
-        lora_rank=4,
-        lora_alpha=4,
-        gradient_accumulation_steps=1,
-        checkpointing_steps=1,
-        validation_steps=0,
-        seed=3,
-    )
-    values.update(overrides)
-    return GRPOConfig(**values)
+    values = dict(learning_rate=1e-3, max_train_steps=2, checkpointing_steps=1, seed=3)
+    return tiny_config(output_dir, **{**values, **overrides})
 
 
 def make_trainer(config, rewards=None, **kwargs) -> GRPOTrainer:
-    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
-    return GRPOTrainer(config, pipe, rewards=rewards or {brightness: 1.0}, train_prompts=PROMPTS, **kwargs)
-
-
-def lora_weights(trainer):
-    return {n: p.detach().clone() for n, p in trainer.pipeline.denoiser.named_parameters() if "lora" in n}
+    return tiny_flux_trainer(config, PROMPTS, rewards=rewards, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -302,13 +278,16 @@ def test_sigint_stops_the_step_writes_a_checkpoint_of_its_start_and_returns(tmp_
 
     interrupting.calls = 0
     trainer = make_trainer(make_config(tmp_path, max_train_steps=50, checkpointing_steps=0), {interrupting: 1.0})
+    # The handler before the run: Python's default_int_handler, or SIG_IGN when the suite was started in the
+    # background (a shell's `cmd &` starts it with SIGINT ignored).
+    handler_before = signal.getsignal(signal.SIGINT)
     out = trainer.train()
     # The second step stops after its rewards (no update): the checkpoint holds the state after the first step.
     assert out.interrupted_by == "SIGINT" and out.global_step == 1 and interrupting.calls == 2
     assert out.checkpoint == str(tmp_path / "checkpoint-1")
     CheckpointManager(tmp_path).verify(out.checkpoint)
     assert not (tmp_path / "pytorch_lora_weights.safetensors").exists()  # an interrupted run saves no final LoRA
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
 
 def test_a_second_signal_stops_at_once():

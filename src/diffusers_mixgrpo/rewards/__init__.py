@@ -5,14 +5,12 @@ Nothing heavy is imported here: each built-in reward's module (and its model lib
 and the names below load on first access, so `available_rewards()` (e.g. for a script's `--help`) imports no torch.
 """
 
-from importlib import import_module
-from typing import Any
-
+from ..utils.lazy import lazy_exports
 from .registry import available_rewards, get_reward_factory, load_reward, register_reward, unregister_reward
 
-_LAZY = {
-    "MultiReward": "multi",
-    "Reward": "base",
+_import_structure = {
+    ".multi": ["MultiReward"],
+    ".base": ["Reward"],
 }
 
 __all__ = [
@@ -25,8 +23,4 @@ __all__ = [
     "unregister_reward",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _import_structure)

@@ -13,9 +13,7 @@ Importing this package registers the "toy_world", "toy_preference" and "toy_cont
 load on `load_reward`).
 """
 
-from importlib import import_module
-from typing import Any
-
+from ..utils.lazy import lazy_exports, lazy_names
 from .world import (
     COLOR_NAMES,
     COLORS,
@@ -38,22 +36,19 @@ from .world import (
 )
 
 # Names whose modules import diffusers/transformers: loaded on first access.
-_LAZY = {
-    "ToyWorldReward": "reward",
-    "toy_world_accuracy": "reward",
-    "make_toy_world_reward": "reward",
-    "ToyPreferenceReward": "preference",
-    "ToyContrastReward": "preference",
-    "toy_contrast": "preference",
-    "load_toy_base_pipeline": "base_model",
-    "build_untrained_toy_pipeline": "base_model",
-    "evaluate_toy_pipeline": "base_model",
-    "TOY_PIPELINE_CALL_KWARGS": "base_model",
-    "TOY_MAX_SEQUENCE_LENGTH": "base_model",
-    "TOY_GUIDANCE_SCALE": "base_model",
-    "TOY_NUM_INFERENCE_STEPS": "base_model",
-    "build_toy_base_pipeline": "train_base",
-    "ToyBaseTrainingConfig": "train_base",
+_import_structure = {
+    ".reward": ["ToyWorldReward", "toy_world_accuracy", "make_toy_world_reward"],
+    ".preference": ["ToyPreferenceReward", "ToyContrastReward", "toy_contrast"],
+    ".base_model": [
+        "load_toy_base_pipeline",
+        "build_untrained_toy_pipeline",
+        "evaluate_toy_pipeline",
+        "TOY_PIPELINE_CALL_KWARGS",
+        "TOY_MAX_SEQUENCE_LENGTH",
+        "TOY_GUIDANCE_SCALE",
+        "TOY_NUM_INFERENCE_STEPS",
+    ],
+    ".train_base": ["build_toy_base_pipeline", "ToyBaseTrainingConfig"],
 }
 
 __all__ = [
@@ -75,14 +70,10 @@ __all__ = [
     "render_objects",
     "train_prompt_pool",
     "train_prompts",
-    *sorted(_LAZY),
+    *lazy_names(_import_structure),
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _import_structure)
 
 
 def _register_reward() -> None:

@@ -20,6 +20,7 @@ from typing import Optional, Union
 
 import torch
 
+from ..utils.tiny_models import _tiny_clip, _tiny_t5
 from .world import DEFAULT_IMAGE_SIZE, VOCABULARY
 
 TOY_MAX_SEQUENCE_LENGTH = 16
@@ -63,42 +64,22 @@ def build_toy_tokenizer(model_max_length: int = TOY_MAX_SEQUENCE_LENGTH):
 
 
 def _clip_text_encoder(vocab_size: int, seed: int):
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(seed)
-    cfg = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=TOY_MAX_SEQUENCE_LENGTH,
-        projection_dim=32,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    return CLIPTextModel(cfg).eval().requires_grad_(False)
+    """The CLIP slot: the tiny models' 2-layer CLIP text encoder of width 32, positions for the toy prompt length."""
+    return _tiny_clip(vocab_size, 32, seed=seed, max_position_embeddings=TOY_MAX_SEQUENCE_LENGTH).requires_grad_(False)
 
 
 def _t5_text_encoder(vocab_size: int, seed: int, d_model: int = 64):
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    cfg = T5Config(
-        vocab_size=vocab_size,
-        d_model=d_model,
+    """The T5 slot: one layer of 4 heads whose attention is a fixed causal window (see the module's docstring)."""
+    model = _tiny_t5(
+        vocab_size,
+        d_model,
+        seed=seed,
         d_kv=16,
-        d_ff=2 * d_model,
         num_layers=1,
         num_heads=4,
         relative_attention_num_buckets=32,
         relative_attention_max_distance=64,
-        pad_token_id=0,
-        eos_token_id=3,
-        decoder_start_token_id=0,
-    )
-    model = T5EncoderModel(cfg).eval().requires_grad_(False)
+    ).requires_grad_(False)
     attn = model.encoder.block[0].layer[0].SelfAttention
     with torch.no_grad():
         # Uniform attention over a causal window: scores are the bias alone. Buckets 0..7 are the exact distances

@@ -1,6 +1,7 @@
 """The README's main command: MixGRPO LoRA training of the toy FLUX base model on the offline toy task.
 
-    python examples/toy_world_demo.py [--method mixgrpo|flash|flash_star|dancegrpo] [--output_dir DIR] [--steps N]
+    mixgrpo-toy-demo [--method mixgrpo|flash|flash_star|dancegrpo] [--output_dir DIR] [--steps N]
+    python examples/toy_world_demo.py ...  (the same command)
 
 Runs the real `GRPOTrainer` on `GRPOTrainingPipeline` (no separate code path): it trains on training prompts and
 measures, before and after, on held-out prompts (object combinations that neither the base model's data nor the
@@ -22,7 +23,7 @@ import torch
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
 from ..training.config import GRPOConfig
-from ..training.logging_utils import make_image_grid
+from ..training.logging_utils import tile_images
 from ..training.presets import METHODS
 from ..training.trainer import GRPOTrainer
 from .base_model import (
@@ -312,7 +313,7 @@ def before_after_grid(before, after, path: str, max_prompts: int = 8, scale: int
     size = 32 * scale
     row = [before.pil_images()[i].resize((size, size), resample=0) for i in idx]
     row += [after.pil_images()[i].resize((size, size), resample=0) for i in idx]
-    grid = make_image_grid(row, cols=len(idx))
+    grid = tile_images(row, cols=len(idx))
     label_h, pad = 58, 2
     out = Image.new("RGB", (grid.width + 60, grid.height + label_h), (255, 255, 255))
     out.paste(grid, (60, 0))

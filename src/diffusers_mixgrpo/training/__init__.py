@@ -1,48 +1,43 @@
-"""Training: `GRPOConfig`, advantages, the GRPO loss, checkpoints, EMA, logging and Hub helpers (and the trainer)."""
+"""Training: the trainer and its config, evaluation presets, the GRPO loss, checkpoints, EMA, Hub and logging helpers.
 
-from importlib import import_module
-from typing import Any
+    from diffusers_mixgrpo.training import GRPOConfig, GRPOTrainer, load_training_pipeline
 
-# Public names and their modules, imported lazily (the Hub and plotting helpers pull in heavier libraries).
-_LAZY = {
-    "GRPOConfig": "config",
-    "METHOD_PRESETS": "presets",
-    "parse_args": "config",
-    "default_lora_target_modules": "config",
-    "compute_advantages": "advantages",
-    "finite_group_mask": "advantages",
-    "group_advantages": "advantages",
-    "mix_rewards": "advantages",
-    "policy_loss": "losses",
-    "grpo_loss": "losses",
-    "rollout_kl": "losses",
-    "reference_kl": "losses",
-    "CheckpointManager": "checkpointing",
-    "ParameterEMA": "ema",
-    "write_model_card": "hub",
-    "push_folder_to_hub": "hub",
-    "make_image_grid": "logging_utils",
-    "plot_reward_curve": "logging_utils",
-    "resolve_report_to": "logging_utils",
-    "init_trackers": "logging_utils",
-    "GRPOTrainer": "trainer",
-    "TrainOutput": "trainer",
-    "load_training_pipeline": "trainer",
-    "MixGRPOError": "errors",
-    "ConfigError": "errors",
-    "CheckpointError": "errors",
-    "DiskFullError": "errors",
-    "TrainingStopped": "errors",
-    "read_sampling_defaults": "model_defaults",
-    "write_sampling_defaults": "model_defaults",
-    "public_config_dict": "public_config",
-    "RunSummary": "run_summary",
+The command line (`mixgrpo-train`, `examples/train_mixgrpo.py`) is `diffusers_mixgrpo.training.cli:main`; internals
+(argument parsing, resume checks, distributed set-up) stay in their modules.
+"""
+
+from ..utils.lazy import lazy_exports, lazy_names
+
+# The modules of the public names, and their names, imported lazily (the trainer, Hub and plotting helpers pull in heavier libraries).
+_import_structure = {
+    # the trainer and its inputs / outputs
+    ".config": ["GRPOConfig"],
+    ".trainer": ["GRPOTrainer", "TrainOutput", "load_training_pipeline"],
+    ".run_summary": ["RunSummary"],
+    ".model_defaults": ["read_sampling_defaults", "write_sampling_defaults"],
+    # evaluation (the fixed-prompt protocol of `mixgrpo-eval` and the trainer's periodic evaluation)
+    ".evaluation": ["EVAL_PRESETS", "EvalPreset", "EvaluationResult", "get_eval_preset"],
+    # building blocks for a custom loop
+    ".advantages": ["compute_advantages"],
+    ".losses": ["policy_loss", "grpo_loss"],
+    ".checkpointing": ["CheckpointManager"],
+    ".ema": ["ParameterEMA"],
+    # Hub and logging
+    ".hub": ["write_model_card", "push_folder_to_hub"],
+    ".logging_utils": ["tile_images", "plot_reward_curve"],
+    # errors a caller may catch
+    ".errors": [
+        "MixGRPOError",
+        "ConfigError",
+        "ModelLoadError",
+        "RewardLoadError",
+        "CheckpointError",
+        "CorruptCheckpointError",
+        "DiskFullError",
+        "TrainingStopped",
+    ],
 }
 
-__all__ = sorted(_LAZY)
+__all__ = lazy_names(_import_structure)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _import_structure)

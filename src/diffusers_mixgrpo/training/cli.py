@@ -1,9 +1,10 @@
-"""The command line behind `examples/train_*.py`: parse, fill in defaults, check, load the model, train, summarise.
+"""The training command (`mixgrpo-train`, `examples/train_mixgrpo.py`): parse, fill in defaults, check, load the model,
+train, summarise.
 
-`main()` is what a script calls (`examples/train_mixgrpo.py`-style scripts need nothing else): it prints the errors a
-user can fix (`MixGRPOError`: a bad value, an unreadable prompt file, a missing model, a full disk, ...) as one line
-without a traceback and exits with status 1; SIGTERM/SIGINT end the run with a checkpoint, one line, and status
-128 + the signal number. `train_from_command_line()` does the same work but raises, for use from Python.
+`main()` is the command (the `mixgrpo-train` console script; `examples/train_mixgrpo.py` calls it): it prints the
+errors a user can fix (`MixGRPOError`: a bad value, an unreadable prompt file, a missing model, a full disk, ...) as
+one line without a traceback and exits with status 1; SIGTERM/SIGINT end the run with a checkpoint, one line, and
+status 128 + the signal number. `train_from_command_line()` does the same work but raises, for use from Python.
 
 Where each value comes from, lowest to highest priority: `GRPOConfig`'s defaults; the model folder's
 `sampling_defaults.json` (`model_defaults`); when resuming, the run's saved `training_config.yaml` (so resuming needs
@@ -23,9 +24,12 @@ logger = logging.getLogger(__name__)
 __all__ = ["main", "train_from_command_line", "resolve_run_values"]
 
 DEFAULT_DESCRIPTION = (
-    "Align a diffusers text-to-image model with MixGRPO (GRPO trained on a sliding window of SDE steps, ODE "
-    "elsewhere) and write a LoRA (or full fine-tune) that a stock pipeline loads with load_lora_weights. Every "
-    "GRPOConfig field is a flag; --config takes a YAML file of them (flags win). See docs/training.md."
+    "Align a diffusers text-to-image model (FLUX.1, SD3, SD1.5, SDXL, SANA, Qwen-Image, FLUX.2 [dev] / [klein], "
+    "Z-Image; or Wan text-to-video; the family is detected from the model folder, and a config's model_family "
+    "refuses another) with MixGRPO: sample groups of images per prompt, score them with the rewards, and train a "
+    "LoRA (or full fine-tune) on the sliding window of SDE steps. The LoRA loads into the stock pipeline with "
+    "load_lora_weights. Every GRPOConfig field is a flag; --config takes a YAML file (flags win). See "
+    "docs/training.md."
 )
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "no": None}
@@ -82,13 +86,12 @@ def resolve_run_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
 
 def train_from_command_line(
     argv: Optional[Sequence[str]] = None,
-    expected_family: Optional[str] = None,
     description: Optional[str] = None,
     prog: Optional[str] = None,
 ):
     """Parse `argv` (default `sys.argv[1:]`), check everything that can be checked, load the model and train.
 
-    `expected_family` (e.g. `"flux"`) makes a family-specific script refuse a model of another family. Frozen
+    The config's `model_family` (the shipped configs set it) refuses a model of another family. Frozen
     components are loaded in the mixed-precision dtype; trainable weights are kept in float32. Returns the
     `TrainOutput`; raises the library's errors.
     """
@@ -110,8 +113,8 @@ def train_from_command_line(
         )
     check_run_inputs(config)
     check_model_source(config.pretrained_model_name_or_path)
-    for family in filter(None, (expected_family, config.model_family)):
-        check_model_family(config.pretrained_model_name_or_path, family)
+    if config.model_family:
+        check_model_family(config.pretrained_model_name_or_path, config.model_family)
 
     import torch  # noqa: F401  (the first heavy import: after every check that needs no model)
 
@@ -122,31 +125,29 @@ def train_from_command_line(
     quiet_prompt_truncation()
     dtype = _DTYPES[config.mixed_precision]
     pipeline = load_training_pipeline(config, dtype=getattr(torch, dtype) if dtype else None)
-    for family in filter(None, (expected_family, config.model_family)):
-        if pipeline.model_family != family:
-            raise ConfigError(family_mismatch(config.pretrained_model_name_or_path, pipeline.model_family, family))
+    if config.model_family and pipeline.model_family != config.model_family:
+        raise ConfigError(
+            family_mismatch(config.pretrained_model_name_or_path, pipeline.model_family, config.model_family)
+        )
     return GRPOTrainer(config, pipeline).train()
 
 
 def _resume_hint(output: Any) -> str:
-    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "examples/train_mixgrpo.py"
-    return f"resume with: python {script} --output_dir {output.output_dir} --resume_from_checkpoint latest"
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    command = f"python {script}" if script.endswith(".py") else "mixgrpo-train"
+    return f"resume with: {command} --output_dir {output.output_dir} --resume_from_checkpoint latest"
 
 
-def main(
-    argv: Optional[Sequence[str]] = None,
-    expected_family: Optional[str] = None,
-    description: Optional[str] = None,
-):
-    """The scripts' entry point: `train_from_command_line`, with the library's errors printed as one line (status 1)
+def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None):
+    """The `mixgrpo-train` command: `train_from_command_line`, with the library's errors printed as one line (status 1)
     and a signal-stopped run ending with one line and status 128 + signal number. Returns the `TrainOutput`."""
     from .errors import MixGRPOError
     from .logging_utils import setup_script_logging
 
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "train_mixgrpo.py"
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mixgrpo-train"
     setup_script_logging()
     try:
-        output = train_from_command_line(argv, expected_family, description, prog=prog)
+        output = train_from_command_line(argv, description, prog=prog)
     except MixGRPOError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

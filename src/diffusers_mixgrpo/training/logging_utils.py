@@ -1,7 +1,7 @@
 """Logging helpers for the trainer: accelerate trackers (tensorboard by default), sample-image grids, reward curves.
 
 `resolve_report_to` gives the `log_with` argument of `Accelerator`; `init_trackers` starts the trackers with a config
-safe to log (no secrets, no local paths, flat scalars); `make_image_grid` / `log_image_grid` log validation samples;
+safe to log (no secrets, no local paths, flat scalars); `tile_images` / `log_image_grid` log validation samples;
 `log_table` logs the evaluation's per-prompt table; `plot_reward_curve` draws the reward curve used in the logs and in
 the model card (`hub.py`). `setup_script_logging`
 is the scripts' logging (this package at INFO, other libraries at WARNING), and `quiet_prompt_truncation` replaces the
@@ -28,7 +28,7 @@ __all__ = [
     "log_image_grid",
     "log_table",
     "markdown_table",
-    "make_image_grid",
+    "tile_images",
     "normalize_reward_history",
     "plot_reward_curve",
     "resolve_report_to",
@@ -148,14 +148,17 @@ def _to_pil(image: Any) -> "Image.Image":
     return Image.fromarray(array).convert("RGB")
 
 
-def make_image_grid(
+def tile_images(
     images: Sequence[Any],
     cols: Optional[int] = None,
     captions: Optional[Sequence[str]] = None,
     padding: int = 2,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> "Image.Image":
-    """Tile images into one PIL image, row by row.
+    """Tile images into one PIL image, row by row (with optional captions).
+
+    Not `make_image_grid`: diffusers has a `diffusers.utils.make_image_grid(images, rows, cols, resize)` of another
+    signature, which users of both libraries would otherwise confuse.
 
     Args:
         images: PIL images, `(C, H, W)`/`(H, W, C)` tensors or arrays (floats in [0, 1] or uint8). Cells take the
@@ -169,7 +172,7 @@ def make_image_grid(
 
     pil = [_to_pil(im) for im in images]
     if not pil:
-        raise ValueError("make_image_grid needs at least one image.")
+        raise ValueError("tile_images needs at least one image.")
     if captions is not None and len(captions) != len(pil):
         raise ValueError(f"Got {len(captions)} captions for {len(pil)} images.")
     n = len(pil)
@@ -206,7 +209,7 @@ def log_image_grid(
     """Log `images` as one grid to every tracker of `accelerator` (tensorboard, wandb) and return the grid."""
     import numpy as np
 
-    grid = make_image_grid(images, cols=cols, captions=captions)
+    grid = tile_images(images, cols=cols, captions=captions)
     if not accelerator.is_main_process:
         return grid
     for tracker in getattr(accelerator, "trackers", []):

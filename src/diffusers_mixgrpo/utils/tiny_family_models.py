@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .tiny_models import DEFAULT_VOCAB, _tiny_clip, _tiny_vae, build_word_level_tokenizer
+from .tiny_models import DEFAULT_VOCAB, _tiny_clip, _tiny_t5, _tiny_vae, build_word_level_tokenizer
 
 # Words of the stock pipelines' system prompts / chat templates, so they tokenize to real ids instead of <unk>.
 _TEMPLATE_WORDS = (
@@ -66,11 +66,11 @@ def build_chat_tokenizer(
     return out
 
 
-def _tiny_qwen3(vocab_size: int, hidden: int, layers: int, seed: int):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
+def _tiny_decoder_lm(model_class, config_class, vocab_size: int, hidden: int, layers: int, seed: int, **config):
+    """A decoder-only text encoder (Qwen3, Gemma-2: 2 heads sharing one key/value head), weights from `seed`;
+    `config` adds to / overrides the config values."""
     torch.manual_seed(seed)
-    cfg = Qwen3Config(
+    values = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -78,10 +78,17 @@ def _tiny_qwen3(vocab_size: int, hidden: int, layers: int, seed: int):
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=hidden // 2,
-        max_position_embeddings=256,
         pad_token_id=0,
     )
-    return Qwen3ForCausalLM(cfg).eval()
+    return model_class(config_class(**{**values, **config})).eval()
+
+
+def _tiny_qwen3(vocab_size: int, hidden: int, layers: int, seed: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return _tiny_decoder_lm(
+        Qwen3ForCausalLM, Qwen3Config, vocab_size, hidden, layers, seed, max_position_embeddings=256
+    )
 
 
 def _flow_scheduler(**kwargs):
@@ -337,7 +344,6 @@ def build_tiny_sdxl_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = Non
 def build_tiny_wan_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None, flow_shift: float = 3.0):
     """A tiny `WanPipeline` (text-to-video) with Wan 2.1's stock `UniPCMultistepScheduler` flow-sigma config."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
     tok = build_word_level_tokenizer(vocab)
     torch.manual_seed(seed)
@@ -359,21 +365,7 @@ def build_tiny_wan_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None
     vae = AutoencoderKLWan(
         base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
     )
-    torch.manual_seed(seed + 2)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tok),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=3,
-            decoder_start_token_id=0,
-        )
-    )
+    text_encoder = _tiny_t5(len(tok), 32, seed=seed + 2, umt5=True)
     scheduler = UniPCMultistepScheduler(  # Wan2.1-T2V-1.3B-Diffusers' scheduler_config.json, flow_shift 3 (480p)
         prediction_type="flow_prediction",
         use_flow_sigmas=True,
@@ -384,7 +376,7 @@ def build_tiny_wan_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None
     )
     return WanPipeline(
         tokenizer=tok,
-        text_encoder=text_encoder.eval(),
+        text_encoder=text_encoder,
         vae=vae.eval(),
         transformer=transformer.eval(),
         scheduler=scheduler,
@@ -398,19 +390,11 @@ def build_tiny_sana_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = Non
 
     tok = build_word_level_tokenizer(vocab)
     torch.manual_seed(seed)
-    transformer = SanaTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        out_channels=4,
-        num_layers=2,
-        num_attention_heads=2,
-        attention_head_dim=4,
-        num_cross_attention_heads=2,
-        cross_attention_head_dim=4,
-        cross_attention_dim=8,
-        caption_channels=16,
-        sample_size=16,
-    )
+    transformer = SanaTransformer2DModel(  # latents and patches; self-attention; cross-attention to the text
+        sample_size=16, patch_size=1, in_channels=4, out_channels=4,
+        num_layers=2, num_attention_heads=2, attention_head_dim=4,
+        num_cross_attention_heads=2, cross_attention_head_dim=4, cross_attention_dim=8, caption_channels=16,
+    )  # fmt: skip
     torch.manual_seed(seed + 1)
     vae = AutoencoderDC(
         in_channels=3,
@@ -430,21 +414,16 @@ def build_tiny_sana_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = Non
         decoder_act_fns="silu",
         scaling_factor=0.41407,
     )
-    torch.manual_seed(seed + 2)
-    text_encoder = Gemma2Model(
-        Gemma2Config(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=8,
-            max_position_embeddings=512,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,
-        )
+    text_encoder = _tiny_decoder_lm(
+        Gemma2Model,
+        Gemma2Config,
+        len(tok),
+        16,
+        2,
+        seed + 2,
+        max_position_embeddings=512,
+        bos_token_id=2,
+        eos_token_id=3,
     )
     scheduler = DPMSolverMultistepScheduler(  # Sana_1600M_1024px_diffusers' scheduler_config.json
         algorithm_type="dpmsolver++",
@@ -456,7 +435,7 @@ def build_tiny_sana_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = Non
     )
     return SanaPipeline(
         tokenizer=tok,
-        text_encoder=text_encoder.eval(),
+        text_encoder=text_encoder,
         vae=vae.eval(),
         transformer=transformer.eval(),
         scheduler=scheduler,

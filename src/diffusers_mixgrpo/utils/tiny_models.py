@@ -36,11 +36,13 @@ def build_word_level_tokenizer(vocab: Optional[Iterable[str]] = None, model_max_
     )
 
 
-def _tiny_clip(vocab_size: int, hidden: int, projection: Optional[int] = None, seed: int = 0):
+def _tiny_clip(vocab_size: int, hidden: int, projection: Optional[int] = None, seed: int = 0, **config):
+    """A 2-layer CLIP text encoder (with a text projection when `projection` is given), weights from `seed`; `config`
+    overrides `CLIPTextConfig` values. The special token ids are those of `build_word_level_tokenizer`."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    cfg = CLIPTextConfig(
+    values = dict(
         vocab_size=vocab_size,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
@@ -52,14 +54,22 @@ def _tiny_clip(vocab_size: int, hidden: int, projection: Optional[int] = None, s
         bos_token_id=2,
         eos_token_id=3,
     )
+    cfg = CLIPTextConfig(**{**values, **config})
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
 
 
-def _tiny_t5(vocab_size: int, d_model: int, seed: int = 0):
-    from transformers import T5Config, T5EncoderModel
+def _tiny_t5(vocab_size: int, d_model: int, seed: int = 0, umt5: bool = False, **config):
+    """A 2-layer T5 encoder (UMT5 with `umt5=True`, as Wan uses), weights from `seed`; `config` overrides the
+    `T5Config` / `UMT5Config` values."""
+    if umt5:
+        from transformers import UMT5Config as Config
+        from transformers import UMT5EncoderModel as Model
+    else:
+        from transformers import T5Config as Config
+        from transformers import T5EncoderModel as Model
 
     torch.manual_seed(seed)
-    cfg = T5Config(
+    values = dict(
         vocab_size=vocab_size,
         d_model=d_model,
         d_kv=8,
@@ -71,7 +81,7 @@ def _tiny_t5(vocab_size: int, d_model: int, seed: int = 0):
         eos_token_id=3,
         decoder_start_token_id=0,
     )
-    return T5EncoderModel(cfg).eval()
+    return Model(Config(**{**values, **config})).eval()
 
 
 def _tiny_vae(latent_channels: int, seed: int = 0, **kwargs):
@@ -136,19 +146,11 @@ def build_tiny_sd3_pipeline(seed: int = 0, vocab: Optional[Iterable[str]] = None
 
     tok = build_word_level_tokenizer(vocab)
     torch.manual_seed(seed)
-    transformer = SD3Transformer2DModel(
-        sample_size=16,
-        patch_size=1,
-        in_channels=4,
-        num_layers=2,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        caption_projection_dim=16,
-        pooled_projection_dim=32,
-        out_channels=4,
-        pos_embed_max_size=32,
-    )
+    transformer = SD3Transformer2DModel(  # latents and patches; depth and width; text (T5 / CLIP) widths
+        sample_size=16, patch_size=1, pos_embed_max_size=32, in_channels=4, out_channels=4,
+        num_layers=2, num_attention_heads=2, attention_head_dim=8,
+        joint_attention_dim=32, caption_projection_dim=16, pooled_projection_dim=32,
+    )  # fmt: skip
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_tiny_vae(4, seed + 1, shift_factor=0.0609, scaling_factor=1.5035),
