@@ -182,13 +182,22 @@ class DeepSpeedBackend(TrainingBackend):
         return zero3_full_state_dict(denoiser, trainable_only=trainable_only)
 
 
-def make_backend(
-    accelerator, model, optimizer, lr_scheduler, trainable, config, fsdp2: bool, zero_stage: Optional[int]
-) -> TrainingBackend:
-    """The backend of this run: DeepSpeed when launched with a DeepSpeed config (`zero_stage` set), FSDP2 when the
-    trainer sharded the denoiser, else DDP."""
-    cls = DeepSpeedBackend if zero_stage is not None else FSDP2Backend if fsdp2 else DDPBackend
-    return cls(accelerator, model, optimizer, lr_scheduler, trainable, config.max_grad_norm, config.use_lora)
+def make_backend(accelerator, prepared, config) -> TrainingBackend:
+    """The backend of this run (`prepared`: `model_setup.PreparedModel`): DeepSpeed when launched with a DeepSpeed
+    config, FSDP2 when the trainer sharded the denoiser, else DDP."""
+    if prepared.zero_stage is not None:
+        cls = DeepSpeedBackend
+    else:
+        cls = FSDP2Backend if prepared.fsdp2 is not None else DDPBackend
+    return cls(
+        accelerator,
+        prepared.model,
+        prepared.optimizer,
+        prepared.lr_scheduler,
+        prepared.trainable,
+        config.max_grad_norm,
+        config.use_lora,
+    )
 
 
 def _all_reduce_int(accelerator, value: int, op_name: str) -> int:

@@ -1,5 +1,6 @@
-"""The trained weights as files: the LoRA adapter file of a checkpoint, and the final weights in diffusers' formats (a
-LoRA file a stock pipeline's `load_lora_weights` reads, or the whole pipeline folder of a full fine-tune)."""
+"""The trained weights as files: the LoRA adapter file of a checkpoint, the final weights in diffusers' formats (a LoRA
+file a stock pipeline's `load_lora_weights` reads, or the whole pipeline folder of a full fine-tune), and their upload
+to the Hub with a model card."""
 
 import inspect
 import os
@@ -139,3 +140,30 @@ def export_final_model(
         plot_reward_curve(history, os.path.join(output_dir, "reward_curve.png"))
     apply_umask(output_dir if not config.use_lora else weights)
     return weights
+
+
+def push_run_to_hub(config, history) -> str:
+    """Model card + weights of the run in `config.output_dir` to `hub_model_id` (token from huggingface_hub's usual
+    mechanisms); returns the URL of the commit.
+
+    What is uploaded is staged in `output_dir/.hub-upload` (hard links): the weights, the reward curve and the logs,
+    plus a model card and a `training_config.yaml` without local paths (`public_config_dict`); the run's own config,
+    summary and prompt copy stay local."""
+    import shutil
+
+    from .hub import push_folder_to_hub, stage_upload_folder, write_model_card
+
+    repo_id = config.resolved_hub_model_id()
+    staging = stage_upload_folder(config.output_dir)
+    try:
+        write_model_card(
+            staging,
+            config,
+            base_model=config.pretrained_model_name_or_path,
+            method=config.method,
+            reward_history=history,
+            repo_id=repo_id,
+        )
+        return push_folder_to_hub(staging, repo_id, private=config.hub_private, token=config.hub_token)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

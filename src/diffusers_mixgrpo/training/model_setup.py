@@ -3,6 +3,7 @@ FSDP2), the rollout scheduler configured, the trained parameters chosen (LoRA or
 learning-rate schedule built and prepared by accelerate, and the memory options of the frozen modules."""
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -31,6 +32,33 @@ def apply_tf32(allow: bool, device: Union[str, torch.device]) -> None:
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = bool(allow)
         torch.backends.cudnn.allow_tf32 = bool(allow)
+
+
+def build_accelerator(config: GRPOConfig) -> Any:
+    """The run's `Accelerator` when none is handed over: `mixed_precision`, the trackers of `report_to`, and the
+    logging folder under `output_dir`."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    from .logging_utils import resolve_report_to
+
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=resolve_report_to(config.report_to),
+        project_config=ProjectConfiguration(
+            project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
+        ),
+    )
+
+
+def resolve_fsdp2(config: GRPOConfig, fsdp2: Optional[Union[bool, FSDP2Options]]) -> Optional[FSDP2Options]:
+    """The FSDP2 options of `GRPOTrainer(fsdp2=...)`: as given, `True` for the defaults, and `None` for the config's
+    `fsdp2` settings (`fsdp2_reshard_after_forward`, `fsdp2_cpu_offload`); `None` when not sharding."""
+    if fsdp2 is None and config.fsdp2:
+        fsdp2 = FSDP2Options(
+            reshard_after_forward=config.fsdp2_reshard_after_forward, cpu_offload=config.fsdp2_cpu_offload
+        )
+    return (FSDP2Options() if fsdp2 is True else fsdp2) or None
 
 
 def load_training_pipeline(

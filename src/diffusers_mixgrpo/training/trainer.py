@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -26,40 +26,43 @@ from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
 from .backends import all_ranks, make_backend
 from .checkpointing import CheckpointManager
-from .config import DEFAULT_NUM_VALIDATION_PROMPTS, GRPOConfig
+from .config import GRPOConfig
 from .distributed import FSDP2Options
 from .errors import ConfigError, TrainingStopped
-from .evaluation import EvaluationResult, eval_items, eval_seed, gather_items, shard_items
-from .export import export_final_model
-from .interrupts import GracefulInterrupt, Preempted, signal_name
-from .logging_utils import (
-    count_truncated_prompts,
-    init_trackers,
-    log_image_grid,
-    log_table,
-    quiet_prompt_truncation,
-    resolve_report_to,
+from .evaluation import (
+    EvaluationResult,
+    eval_items,
+    eval_seed,
+    gather_items,
+    log_evaluation,
+    resolve_eval_prompts,
+    score_items,
+    shard_items,
 )
+from .export import export_final_model, push_run_to_hub
+from .health import RunHealth
+from .interrupts import GracefulInterrupt, Preempted, signal_name
+from .logging_utils import announce_truncated_prompts, init_trackers, quiet_prompt_truncation
 from .losses import grpo_loss
-from .model_setup import apply_model_defaults, apply_tf32, load_training_pipeline, prepare_model, setup_frozen_modules
+from .model_setup import (
+    apply_model_defaults,
+    apply_tf32,
+    build_accelerator,
+    load_training_pipeline,
+    prepare_model,
+    resolve_fsdp2,
+    setup_frozen_modules,
+)
 from .preflight import check_reward_device_available, read_prompt_file
 from .resume import prompts_fingerprint, set_learning_rate
 from .reward_runner import RewardRunner, RewardSpec, build_rewards
-from .run_state import (
-    Preemption,
-    load_checkpoint,
-    record_run_inputs,
-    resume_latest_usable,
-    write_run_config,
-)
+from .run_state import Preemption, load_checkpoint, record_run_inputs, resume_latest_usable, write_run_config
 from .run_summary import RunSummary
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GRPOTrainer", "TrainOutput", "TrainingStopped", "apply_tf32", "load_training_pipeline"]
 
-#: Training steps in a row whose rewards leave every advantage at 0 before the run warns.
-CONSTANT_REWARD_WARN_STEPS = 3
 #: Prompts of the evaluation whose images make the logged grid (one row per prompt).
 VALIDATION_GRID_PROMPTS = 8
 
@@ -124,17 +127,7 @@ class GRPOTrainer:
     ):
         self.config = config
         self.overlap_rewards = config.overlap_rewards if overlap_rewards is None else bool(overlap_rewards)
-        if fsdp2 is None and config.fsdp2:
-            fsdp2 = FSDP2Options(
-                reshard_after_forward=config.fsdp2_reshard_after_forward, cpu_offload=config.fsdp2_cpu_offload
-            )
-        self.accelerator = accelerator or Accelerator(
-            mixed_precision=config.mixed_precision,
-            log_with=resolve_report_to(config.report_to),
-            project_config=ProjectConfiguration(
-                project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, config.logging_dir)
-            ),
-        )
+        self.accelerator = accelerator or build_accelerator(config)
         set_seed(config.seed)
         apply_tf32(config.allow_tf32, self.accelerator.device)
         check_reward_device_available(config.reward_device)  # before FLUX loads, not after
@@ -146,7 +139,9 @@ class GRPOTrainer:
         apply_model_defaults(config, self.pipeline)
         self._prompts_given = train_prompts is not None
         self.train_prompts = self._load_prompts(train_prompts)
-        self.eval_prompts, self.eval_prompts_source = self._eval_prompt_set(eval_prompts, file_prompts)
+        self.eval_prompts, self.eval_prompts_source = resolve_eval_prompts(
+            config, eval_prompts, file_prompts, self.train_prompts
+        )
         self.reward = build_rewards(rewards, config, self.reward_device)
         self.config = record_run_inputs(config, self.pipeline, self.reward.weights, eval_prompts, self._prompts_given)
         self.window = SlidingWindowSchedule(**config.sliding_window_kwargs())
@@ -154,18 +149,19 @@ class GRPOTrainer:
         self.reward_runner = RewardRunner(
             self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest
         )
-        self.global_step = self.bad_group_streak = self.skipped_update_streak = self.constant_reward_streak = 0
+        self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest)
+        self.global_step = 0
         self.config_changes: list[dict[str, Any]] = []
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.preemption = Preemption()
-        self._setup_model((FSDP2Options() if fsdp2 is True else fsdp2) or None)
+        self._setup_model(resolve_fsdp2(config, fsdp2))
+        all_prompts = list(dict.fromkeys(self.train_prompts + self.eval_prompts))
         self.prompt_cache: Optional[PromptEmbedsCache] = setup_frozen_modules(
-            self.config,
-            self.accelerator,
-            self.pipeline,
-            list(dict.fromkeys([*self.train_prompts, *self.eval_prompts])),
+            self.config, self.accelerator, self.pipeline, all_prompts
         )
-        self._announce_truncation()
+        quiet_prompt_truncation()
+        if self.accelerator.is_main_process:
+            announce_truncated_prompts(self.pipeline, all_prompts)
         self._bar = None
         # Replaces the periodic evaluation when set: called with the trainer every `validation_steps` (and before
         # the first step), returns scalars logged as `eval/<name>`; its "reward" is the `eval_reward` curve. The
@@ -180,27 +176,6 @@ class GRPOTrainer:
             raise ConfigError("No training prompts: pass train_prompts=[...] or set prompt_file.")
         return list(prompts)
 
-    def _eval_prompt_set(
-        self, eval_prompts: Optional[Sequence[str]], file_prompts: Optional[list[str]]
-    ) -> tuple[list[str], str]:
-        """The prompts of the periodic evaluation and where they come from (see the class docstring)."""
-        cfg = self.config
-        if eval_prompts is not None:
-            return list(eval_prompts), "eval_prompts"
-        if cfg.validation_prompts is not None:
-            return list(cfg.validation_prompts), "validation_prompts"
-        if file_prompts is not None:
-            return file_prompts, f"validation_prompt_file={cfg.validation_prompt_file}"
-        prompts = self.train_prompts[:DEFAULT_NUM_VALIDATION_PROMPTS]
-        if cfg.validation_steps:
-            logger.warning(
-                "Neither validation_prompts nor validation_prompt_file is set: the periodic evaluation scores "
-                "the first %d training prompts, which measures fit, not generalisation. Set "
-                "validation_prompt_file to a file of held-out prompts.",
-                len(prompts),
-            )
-        return prompts, f"the first {len(prompts)} training prompts"
-
     def _setup_model(self, fsdp2: Optional[FSDP2Options]) -> None:
         """The model made ready to train (`model_setup.prepare_model`) and the backend that runs its update."""
         cfg, acc = self.config, self.accelerator
@@ -208,34 +183,17 @@ class GRPOTrainer:
         self.model, self.trainable, self.ema = prepared.model, prepared.trainable, prepared.ema
         self.optimizer, self.lr_scheduler = prepared.optimizer, prepared.lr_scheduler
         self.fsdp2, self.zero_stage = prepared.fsdp2, prepared.zero_stage
-        self.backend = make_backend(
-            acc,
-            self.model,
-            self.optimizer,
-            self.lr_scheduler,
-            self.trainable,
-            cfg,
-            self.fsdp2 is not None,
-            self.zero_stage,
-        )
+        self.backend = make_backend(acc, prepared, cfg)
         self.backend.register_checkpoint_hooks(self.pipeline.denoiser, cfg.lora_rank)
 
-    def _announce_truncation(self) -> None:
-        """Say once that long prompts are truncated (the pipelines warn at every call, dumping `<pad>` tokens)."""
-        quiet_prompt_truncation()
-        if not self.accelerator.is_main_process:
-            return
-        prompts = list(dict.fromkeys(self.train_prompts + self.eval_prompts))
-        limit = self.pipeline.max_sequence_length or getattr(self.pipeline.adapter, "max_sequence_length", None)
-        for slot, max_len, n, example in count_truncated_prompts(self.pipeline, prompts, limit):
-            logger.warning(
-                "%d of %d prompts are longer than the %d tokens of %s and are truncated (e.g. %r).",
-                n,
-                len(prompts),
-                max_len,
-                slot,
-                example[:80],
-            )
+    @property
+    def bad_group_streak(self) -> int:
+        """Training steps in a row, up to now, with dropped groups (non-finite rewards); see `health.RunHealth`."""
+        return self.health.bad_group_streak
+
+    @bad_group_streak.setter
+    def bad_group_streak(self, value: int) -> None:
+        self.health.bad_group_streak = value
 
     @property
     def reward_device(self) -> torch.device:
@@ -555,7 +513,7 @@ class GRPOTrainer:
         batch, scores = self._rollout_and_score(step, times)
         self._check_stop("its rewards")
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
-        self._check_dropped_groups(step, int((~all_keep).sum()))
+        self.health.check_dropped_groups(step, int((~all_keep).sum()))
         t0 = time.perf_counter()
         self._phase("update")
         # `all_keep` (gathered) and not this rank's `keep`: a rank whose groups were all dropped still takes part in
@@ -563,7 +521,8 @@ class GRPOTrainer:
         update_stats = self._update(batch, advantages, all_keep, step) if all_keep.any() else {"optimizer_steps": 0}
         times["time/update"] = time.perf_counter() - t0
         finite = {k: v[all_keep] for k, v in all_scores.items()}
-        self._check_update_health(step, bool(all_keep.any()), update_stats, finite)
+        stepped = "grad_norm" in update_stats
+        self.health.check_update(step, bool(all_keep.any()), stepped, self._all_advantages_zero, finite)
         self.window.step()
         self.global_step += 1
         self.preemption.end_iteration()
@@ -600,62 +559,6 @@ class GRPOTrainer:
         )
         return logs
 
-    def _check_dropped_groups(self, step: int, dropped: int) -> None:
-        """Warn when groups with non-finite rewards were dropped; stop after `max_consecutive_bad_groups` such steps."""
-        cfg = self.config
-        if not dropped:
-            self.bad_group_streak = 0
-            return
-        self.bad_group_streak += 1
-        logger.warning("Step %d: %d samples in groups with non-finite rewards were dropped.", step, dropped)
-        if self.bad_group_streak >= cfg.max_consecutive_bad_groups:
-            raise TrainingStopped(
-                f"{self.bad_group_streak} training steps in a row had non-finite rewards "
-                f"(max_consecutive_bad_groups={cfg.max_consecutive_bad_groups}); stopping. The last good "
-                f"checkpoint is {self.checkpoints.latest()}."
-            )
-
-    def _check_update_health(
-        self, step: int, any_kept: bool, update_stats: dict, scores: dict[str, torch.Tensor]
-    ) -> None:
-        """Stop when no optimiser step was taken for `max_consecutive_bad_groups` steps in a row (non-finite losses or
-        gradients: the LoRA would silently stay untrained); warn loudly when the rewards leave every advantage at 0
-        for `CONSTANT_REWARD_WARN_STEPS` steps in a row (nothing is learned)."""
-        cfg = self.config
-        if any_kept and "grad_norm" not in update_stats:
-            self.skipped_update_streak += 1
-            if self.skipped_update_streak >= max(1, cfg.max_consecutive_bad_groups):
-                described = ", ".join(
-                    f"{k} mean {float(v.double().mean()):.3g} (max |r| {float(v.abs().max()):.3g})"
-                    for k, v in scores.items()
-                    if v.numel()
-                )
-                raise TrainingStopped(
-                    f"{self.skipped_update_streak} training steps in a row skipped every optimiser step (non-finite "
-                    f"loss or gradients) up to step {step}; rewards: {described}. Lower the learning rate or rescale "
-                    f"the reward; the last complete checkpoint is {self.checkpoints.latest()}."
-                )
-        elif any_kept:
-            self.skipped_update_streak = 0
-        if any_kept and getattr(self, "_all_advantages_zero", False):
-            self.constant_reward_streak += 1
-            if self.constant_reward_streak == CONSTANT_REWARD_WARN_STEPS:
-                constant = {k: float(v[0]) for k, v in scores.items() if v.numel() and bool((v == v[0]).all())}
-                what = (
-                    "every image got the same reward (" + ", ".join(f"{k}={v:.4g}" for k, v in constant.items()) + ")"
-                    if constant and len(constant) == len(scores)
-                    else "every image of each group got the same reward"
-                )
-                logger.warning(
-                    "!!! For %d training steps in a row %s, so every advantage is 0 and nothing is learned. Look at "
-                    "the samples (all black or identical? a prompt length the model was not trained with, see "
-                    "max_sequence_length) and at the reward.",
-                    self.constant_reward_streak,
-                    what,
-                )
-        elif any_kept:
-            self.constant_reward_streak = 0
-
     def _phase(self, name: str) -> None:
         """Show the current phase (rollout / reward / update / eval) on the run's progress bar."""
         if self._bar is not None:
@@ -689,8 +592,11 @@ class GRPOTrainer:
         seed = cfg.validation_seed if seed is None else int(seed)
         items = eval_items(len(prompts), n)
         slots = shard_items(len(items), acc.process_index, acc.num_processes)
+        chunk = cfg.sample_max_batch_size or cfg.rollouts_per_device
         with self._ema_weights():
-            scored, pictures = self._evaluate_slots(prompts, items, slots, seed, grid_prompts)
+            scored, pictures = score_items(
+                self._eval_sample, self._score, prompts, items, slots, seed, chunk, grid_prompts
+            )
         scored, pictures = gather_items(scored), gather_items(pictures)
         return EvaluationResult(
             prompts=prompts,
@@ -703,31 +609,9 @@ class GRPOTrainer:
             prompts_source=self.eval_prompts_source if prompts == self.eval_prompts else "evaluate(prompts=...)",
         )
 
-    def _evaluate_slots(self, prompts, items, slots, seed, grid_prompts) -> tuple[list, list]:
-        """This process's evaluation items (`slots`, `None` for padding): `(item, scores)` and `(item, image)` pairs,
-        the images of the first `grid_prompts` prompts only."""
-        cfg = self.config
-        # padding slots repeat this process's first item (a process with no item of its own repeats item 0)
-        real = [k for k in slots if k is not None]
-        run = [k if k is not None else (real[0] if real else 0) for k in slots]
-        chunk = cfg.sample_max_batch_size or cfg.rollouts_per_device
-        scored, pictures = [], []
-        for lo in range(0, len(run), chunk):
-            keys, live = run[lo : lo + chunk], slots[lo : lo + chunk]
-            generators = [torch.Generator().manual_seed(eval_seed(seed, *items[k])) for k in keys]
-            batch = self._sample(
-                [prompts[items[k][0]] for k in keys], generators, "an evaluation", num_generations=1, sde_window=(0, 0)
-            )
-            scores = {name: v.detach().float().cpu() for name, v in self._score(batch).items()}
-            images = None
-            for row, k in enumerate(live):
-                if k is None:
-                    continue
-                scored.append((k, {name: float(v[row]) for name, v in scores.items()}))
-                if items[k][0] < grid_prompts:
-                    images = images if images is not None else batch.pil_images()
-                    pictures.append((k, images[row]))
-        return scored, pictures
+    def _eval_sample(self, prompts: list[str], generators: list[torch.Generator]) -> RolloutBatch:
+        """Deterministic samples of the evaluation: one image per prompt, ODE only (no SDE window)."""
+        return self._sample(prompts, generators, "an evaluation", num_generations=1, sde_window=(0, 0))
 
     def _log_eval(self) -> Optional[float]:
         self._phase("eval")
@@ -740,26 +624,9 @@ class GRPOTrainer:
         result = self.evaluate()
         if result is None:
             return None
-        total = result.reward
-        self.history.setdefault("eval_reward", []).append((self.global_step, total))
-        self.accelerator.log(
-            {"eval/reward": total, **{f"eval/{k}": v for k, v in result.means.items()}}, step=self.global_step
-        )
-        if self.accelerator.is_main_process:
-            log_table(
-                self.accelerator, "eval/per_prompt", result.table_columns(), result.table_rows(), self.global_step
-            )
-            if result.images:
-                captions = result.item_prompts[: len(result.images)]
-                log_image_grid(
-                    self.accelerator,
-                    result.images,
-                    self.global_step,
-                    tag="validation",
-                    captions=captions,
-                    cols=result.images_per_prompt,
-                )
-        return total
+        self.history.setdefault("eval_reward", []).append((self.global_step, result.reward))
+        log_evaluation(self.accelerator, result, self.global_step)
+        return result.reward
 
     # ------------------------------------------------------------------ checkpoints and resuming
     def _trainer_state(self) -> dict[str, Any]:
@@ -927,12 +794,7 @@ class GRPOTrainer:
             config_changes=list(self.config_changes),
         )
         if self.accelerator.is_main_process:
-            for line in summary.lines():
-                logger.info(line)
-            try:
-                summary.write()
-            except OSError as err:
-                logger.warning("Could not write the run summary: %s", err)
+            summary.report()
         return summary
 
     # ------------------------------------------------------------------ saving
@@ -951,27 +813,5 @@ class GRPOTrainer:
         )
 
     def push_to_hub(self) -> str:
-        """Model card + weights to `hub_model_id` (token from huggingface_hub's usual mechanisms).
-
-        What is uploaded is staged in `output_dir/.hub-upload` (hard links): the weights, the reward curve and the
-        logs, plus a model card and a `training_config.yaml` without local paths (`public_config_dict`); the run's
-        own config, summary and prompt copy stay local."""
-        from .hub import push_folder_to_hub, stage_upload_folder, write_model_card
-
-        cfg = self.config
-        repo_id = cfg.resolved_hub_model_id()
-        staging = stage_upload_folder(cfg.output_dir)
-        try:
-            write_model_card(
-                staging,
-                cfg,
-                base_model=cfg.pretrained_model_name_or_path,
-                method=cfg.method,
-                reward_history=self.history,
-                repo_id=repo_id,
-            )
-            return push_folder_to_hub(staging, repo_id, private=cfg.hub_private, token=cfg.hub_token)
-        finally:
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
+        """Model card + weights to `hub_model_id` (`export.push_run_to_hub`: what is uploaded, and what stays local)."""
+        return push_run_to_hub(self.config, self.history)
