@@ -42,6 +42,14 @@ from .evaluation import (
 from .export import export_final_model, push_run_to_hub
 from .health import RunHealth
 from .interrupts import GracefulInterrupt, Preempted, signal_name
+from .iteration_plan import (
+    draw_train_steps,
+    micro_batches,
+    num_train_steps,
+    prompt_generators,
+    prompt_indices,
+    step_pieces,
+)
 from .logging_utils import announce_truncated_prompts, init_trackers, quiet_prompt_truncation
 from .losses import grpo_loss
 from .model_setup import (
@@ -207,25 +215,20 @@ class GRPOTrainer:
             return None
         return self.prompt_cache.rows(prompts)
 
-    # ------------------------------------------------------------------ data
-    def _prompt_indices(self, step: int) -> list[int]:
-        """Global prompt indices of training step `step` for this process: a seeded permutation per epoch, so the
-        data position is a function of the step (exact resume) and of nothing process-specific."""
-        cfg, acc = self.config, self.accelerator
-        per_step = cfg.sample_prompts_per_device * acc.num_processes
-        n = len(self.train_prompts)
-        out = []
-        for k in range(step * per_step, (step + 1) * per_step):
-            epoch, pos = divmod(k, n)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 1000003 * epoch))
-            out.append(int(perm[pos]))
-        lo = acc.process_index * cfg.sample_prompts_per_device
-        return out[lo : lo + cfg.sample_prompts_per_device]
-
+    # ------------------------------------------------------------------ data (`iteration_plan.py`)
     def _prompt_generators(self, step: int, global_slots: Sequence[int]) -> list[torch.Generator]:
-        """One generator per prompt slot of the global batch: a group's noise depends on (seed, step, slot) only."""
-        base = self.config.seed * 1_000_003 + step * 7919
-        return [torch.Generator().manual_seed(base + 31 * slot) for slot in global_slots]
+        """One generator per prompt slot of the global batch (`iteration_plan.prompt_generators`)."""
+        return prompt_generators(self.config.seed, step, global_slots)
+
+    def _train_steps(self, batch: RolloutBatch, step: int) -> list[list[int]]:
+        """The window steps each local sample trains this iteration (`iteration_plan.draw_train_steps`)."""
+        first = self.accelerator.process_index * batch.batch_size  # the global index of this rank's first sample
+        cfg = self.config
+        return draw_train_steps(
+            batch.step_indices, batch.batch_size, cfg.seed, step, cfg.train_timestep_fraction, first
+        )
+
+    _step_pieces = staticmethod(step_pieces)
 
     def _global_slot_offset(self) -> int:
         return self.accelerator.process_index * self.config.sample_prompts_per_device
@@ -254,7 +257,15 @@ class GRPOTrainer:
         """The rollout of step `step` (this process's prompts; `piece`: a slice of them, e.g. one chunk's)."""
         cfg = self.config
         positions = list(range(cfg.sample_prompts_per_device))[piece or slice(None)]
-        indices = self._prompt_indices(step)
+        acc = self.accelerator
+        indices = prompt_indices(
+            step,
+            cfg.seed,
+            len(self.train_prompts),
+            cfg.sample_prompts_per_device,
+            acc.num_processes,
+            acc.process_index,
+        )
         prompts = [self.train_prompts[indices[j]] for j in positions]
         slots = [self._global_slot_offset() + j for j in positions]
         return self._sample(
@@ -310,28 +321,6 @@ class GRPOTrainer:
         lo = acc.process_index * n_local  # every process rolls out the same number of samples
         return adv[lo : lo + n_local], keep[lo : lo + n_local], all_scores, keep, per_reward
 
-    def _num_train_steps(self, num_window_steps: int) -> int:
-        """K, the window steps trained per sample: all of them, or `train_timestep_fraction` of them (at least 1)."""
-        return min(num_window_steps, max(1, int(num_window_steps * self.config.train_timestep_fraction)))
-
-    def _train_steps(self, batch: RolloutBatch, step: int) -> list[list[int]]:
-        """The window steps each sample trains this iteration (one sorted list per local sample).
-
-        All of them, or (DanceGRPO, `train_timestep_fraction` < 1) a random subset drawn per sample, as the official
-        DanceGRPO code does (a `randperm` of the timesteps for each sample). The draw is seeded by the run's seed, the
-        training step and the sample's global index (its position among all processes' rollouts), so it is the same on
-        every rank and for the same global batch split over any number of processes."""
-        steps = list(batch.step_indices)
-        k = self._num_train_steps(len(steps))
-        if k >= len(steps):
-            return [steps] * batch.batch_size
-        first = self.accelerator.process_index * batch.batch_size
-        chosen = []
-        for i in range(batch.batch_size):
-            g = torch.Generator().manual_seed((self.config.seed * 1_000_003 + step) * 1_000_033 + first + i)
-            chosen.append([steps[j] for j in torch.randperm(len(steps), generator=g)[:k].sort().values.tolist()])
-        return chosen
-
     @contextmanager
     def _reference_policy(self):
         """The base model for the Flow-GRPO reference KL: LoRA disabled (full fine-tune: not available)."""
@@ -341,18 +330,6 @@ class GRPOTrainer:
             yield
         finally:
             denoiser.enable_adapters()
-
-    def _micro_batches(self, batch: RolloutBatch, order: torch.Generator) -> list[torch.Tensor]:
-        """This inner epoch's training micro-batches (sample indices), in training order.
-
-        The same on every rank: every rank rolls out the same number of samples and draws the order from the same
-        seeded generator, so all ranks enter the same sequence of forward / backward / optimiser steps (a rank that
-        ran one collective fewer would hang the others). `train_batch_size=None`: the rollout's own chunks, shuffled;
-        else a shuffled partition of the samples into micro-batches of `train_batch_size`."""
-        size = self.config.train_batch_size
-        if size is None:
-            return [batch.chunks[i].cpu() for i in torch.randperm(len(batch.chunks), generator=order).tolist()]
-        return list(torch.randperm(batch.batch_size, generator=order).split(size))
 
     def _update(self, batch: RolloutBatch, advantages: torch.Tensor, all_keep: torch.Tensor, step: int) -> dict:
         """The clipped GRPO update on this iteration's rollouts: micro-batches of `train_batch_size`, an optimiser step
@@ -377,7 +354,7 @@ class GRPOTrainer:
                 self.trainable, self.optimizer, self.lr_scheduler, self.ema, getattr(acc, "scaler", None)
             )
         for _ in range(cfg.num_inner_epochs):
-            micro = self._micro_batches(batch, order)
+            micro = micro_batches(batch.batch_size, batch.chunks, cfg.train_batch_size, order)
             for start in range(0, len(micro), accum):
                 group = micro[start : start + accum]
                 runs = [m for m in group if bool(kept_by_rank[:, m].any())]
@@ -444,19 +421,6 @@ class GRPOTrainer:
                     for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
                         stats.setdefault(key, []).append(float(value.detach() if torch.is_tensor(value) else value))
         return non_finite
-
-    @staticmethod
-    def _step_pieces(train_steps: list[list[int]], idx: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
-        """The forwards of one micro-batch: `(window step, samples)` pairs, K of them when every sample of `idx`
-        trains the same steps; with per-sample steps (DanceGRPO), the j-th trained step of each sample, samples that
-        share it batched together."""
-        rows = [train_steps[j] for j in idx.tolist()]
-        pieces = []
-        for j in range(len(rows[0])):
-            column = torch.tensor([r[j] for r in rows])
-            for t in sorted(set(column.tolist())):
-                pieces.append((t, idx[column == t]))
-        return pieces
 
     def _window_step_loss(self, batch, t, idx, advantages, autocast):
         """`grpo_loss` of the samples `idx` at window step `t`, recomputing their log-probs under the current weights
@@ -551,7 +515,8 @@ class GRPOTrainer:
                 "window/start": window[0],
                 "window/size": window[1],
                 "nfe/rollout_per_image": batch.nfe / batch.batch_size,
-                "nfe/train_per_image": self._num_train_steps(len(batch.step_indices)) * cfg.num_inner_epochs,
+                "nfe/train_per_image": num_train_steps(len(batch.step_indices), cfg.train_timestep_fraction)
+                * cfg.num_inner_epochs,
                 "data/dropped_samples": int((~all_keep).sum()),
                 "lr": self.lr_scheduler.get_last_lr()[0],
                 **times,
