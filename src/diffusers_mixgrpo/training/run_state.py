@@ -140,6 +140,20 @@ def load_checkpoint(
     return state, changes
 
 
+def note_config_changes(config_changes: list[dict[str, Any]], changes: dict[str, tuple[Any, Any]], step: int) -> None:
+    """Record the settings a resume changed (`{name: (old, new)}`, applied from `step` on) in `config_changes` (the
+    run summary lists them) and say so in a warning; where the run resumes from is no change."""
+    changes.pop("resume_from_checkpoint", None)
+    if not changes:
+        return
+    config_changes.append({"step": step, "changes": changes})
+    logger.warning(
+        "Resumed with changed settings, applied from step %d on: %s.",
+        step,
+        ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
+    )
+
+
 class Preemption:
     """The pre-emption bookkeeping of a running `train()` (`interrupts.py`): the signal handler, what the current
     iteration would rewind to, its optimiser steps so far, and the checkpoints this run wrote (step -> path; a stop at

@@ -64,7 +64,14 @@ from .model_setup import (
 from .preflight import check_reward_device_available, read_prompt_file
 from .resume import prompts_fingerprint, set_learning_rate
 from .reward_runner import RewardRunner, RewardSpec, build_rewards
-from .run_state import Preemption, load_checkpoint, record_run_inputs, resume_latest_usable, write_run_config
+from .run_state import (
+    Preemption,
+    load_checkpoint,
+    note_config_changes,
+    record_run_inputs,
+    resume_latest_usable,
+    write_run_config,
+)
 from .run_summary import RunSummary
 
 logger = logging.getLogger(__name__)
@@ -216,14 +223,20 @@ class GRPOTrainer:
         return self.prompt_cache.rows(prompts)
 
     # ------------------------------------------------------------------ data (`iteration_plan.py`)
+    def _prompt_indices(self, step: int) -> list[int]:
+        """The prompt indices this process rolls out at step `step` (`iteration_plan.prompt_indices`)."""
+        cfg, acc = self.config, self.accelerator
+        n, per_device = len(self.train_prompts), cfg.sample_prompts_per_device
+        return prompt_indices(step, cfg.seed, n, per_device, acc.num_processes, acc.process_index)
+
     def _prompt_generators(self, step: int, global_slots: Sequence[int]) -> list[torch.Generator]:
         """One generator per prompt slot of the global batch (`iteration_plan.prompt_generators`)."""
         return prompt_generators(self.config.seed, step, global_slots)
 
     def _train_steps(self, batch: RolloutBatch, step: int) -> list[list[int]]:
         """The window steps each local sample trains this iteration (`iteration_plan.draw_train_steps`)."""
-        first = self.accelerator.process_index * batch.batch_size  # the global index of this rank's first sample
         cfg = self.config
+        first = self.accelerator.process_index * batch.batch_size  # the global index of this rank's first sample
         return draw_train_steps(
             batch.step_indices, batch.batch_size, cfg.seed, step, cfg.train_timestep_fraction, first
         )
@@ -257,15 +270,7 @@ class GRPOTrainer:
         """The rollout of step `step` (this process's prompts; `piece`: a slice of them, e.g. one chunk's)."""
         cfg = self.config
         positions = list(range(cfg.sample_prompts_per_device))[piece or slice(None)]
-        acc = self.accelerator
-        indices = prompt_indices(
-            step,
-            cfg.seed,
-            len(self.train_prompts),
-            cfg.sample_prompts_per_device,
-            acc.num_processes,
-            acc.process_index,
-        )
+        indices = self._prompt_indices(step)
         prompts = [self.train_prompts[indices[j]] for j in positions]
         slots = [self._global_slot_offset() + j for j in positions]
         return self._sample(
@@ -471,7 +476,7 @@ class GRPOTrainer:
     def train_step(self) -> dict[str, float]:
         """One GRPO iteration; returns the logged scalars."""
         step, times = self.global_step, {}
-        # A stop before this iteration ends rewinds to here (`_rewind`): the RNGs and counters changed on the way.
+        # A stop before this iteration ends rewinds to here (`Preemption.rewind`): the RNGs and counters it changes.
         self.preemption.start_iteration(self, counters=("bad_group_streak",))
         window = self.window.current()
         batch, scores = self._rollout_and_score(step, times)
@@ -530,10 +535,6 @@ class GRPOTrainer:
             self._bar.set_description(f"MixGRPO [{name}]")
 
     # ------------------------------------------------------------------ evaluation
-    def _ema_weights(self):
-        """The context in which the model holds the weights being saved / evaluated (the EMA when EMA is on)."""
-        return self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext()
-
     @torch.no_grad()
     def evaluate(
         self,
@@ -558,7 +559,7 @@ class GRPOTrainer:
         items = eval_items(len(prompts), n)
         slots = shard_items(len(items), acc.process_index, acc.num_processes)
         chunk = cfg.sample_max_batch_size or cfg.rollouts_per_device
-        with self._ema_weights():
+        with self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext():
             scored, pictures = score_items(
                 self._eval_sample, self._score, prompts, items, slots, seed, chunk, grid_prompts
             )
@@ -627,6 +628,7 @@ class GRPOTrainer:
         )
 
     def _resume_from(self, path: str) -> None:
+        """Load the checkpoint `path` (`run_state.load_checkpoint`) and continue from its step and state."""
         cfg = self.config
         state, changes = load_checkpoint(
             self.checkpoints,
@@ -647,14 +649,7 @@ class GRPOTrainer:
         if "learning_rate" in changes:
             set_learning_rate(self.optimizer, self.lr_scheduler, cfg.learning_rate)
         logger.info("Resuming from %s at step %d of %d.", path, self.global_step, cfg.max_train_steps)
-        changes.pop("resume_from_checkpoint", None)
-        if changes:
-            self.config_changes.append({"step": self.global_step, "changes": changes})
-            logger.warning(
-                "Resumed with changed settings, applied from step %d on: %s.",
-                self.global_step,
-                ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
-            )
+        note_config_changes(self.config_changes, changes, self.global_step)
 
     def _check_stop(self, where: str) -> None:
         """A boundary of the run: raise `Preempted` on every rank when any rank received SIGTERM / SIGINT."""
