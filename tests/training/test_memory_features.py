@@ -126,7 +126,7 @@ def test_the_config_switches_fsdp2_and_reward_overlap_on(tmp_path):
     config = _config(tmp_path, fsdp2=True, fsdp2_reshard_after_forward=False, fsdp2_cpu_offload=True)
     config.overlap_rewards = True
     pipe = GRPOTrainingPipeline.from_pipe(build_tiny_flux_pipeline(seed=0))
-    with mock.patch("diffusers_mixgrpo.training.trainer.apply_fsdp2", fake_shard):
+    with mock.patch("diffusers_mixgrpo.training.model_setup.apply_fsdp2", fake_shard):
         trainer = GRPOTrainer(config, pipe, rewards={_brightness: 1.0}, train_prompts=PROMPTS)
     assert trainer.overlap_rewards
     assert seen["options"].reshard_after_forward is False and seen["options"].cpu_offload is True

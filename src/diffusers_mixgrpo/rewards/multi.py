@@ -34,9 +34,6 @@ class MultiReward:
         device (`str` or `torch.device`, *optional*): device of the reward models and of the returned scores.
         dtype (`torch.dtype`, *optional*): compute dtype of the reward models.
         reward_kwargs (`Mapping[str, dict]`, *optional*): per-name keyword arguments for `load_reward`.
-        std, trim, eps, clip: not used. Accepted while the trainer still passes the config's advantage statistics
-            here; the advantages are computed by `compute_advantages` from the config (`adv_std`, `adv_trim`,
-            `adv_clip_max`).
 
     Calling it, ``multi(images, prompts)``, returns the weighted sum of the rewards (a `Reward` itself); `score`
     returns each model's scores, also kept in `last_scores` for logging. Advantages:
@@ -50,11 +47,6 @@ class MultiReward:
         device: Optional[Union[str, torch.device]] = None,
         dtype: Optional[torch.dtype] = None,
         reward_kwargs: Optional[Mapping[str, Mapping[str, Any]]] = None,
-        *,
-        std: Any = None,
-        trim: Any = None,
-        eps: Any = None,
-        clip: Any = None,
     ):
         if mix not in ("reward_aggr", "advantage_aggr"):
             raise ValueError(f"mix must be 'reward_aggr' or 'advantage_aggr', got {mix!r}.")

@@ -15,7 +15,7 @@ docs/rewards.md, "The MixGRPO paper's protocol").
 import hashlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -33,7 +33,10 @@ __all__ = [
     "file_sha256",
     "gather_items",
     "get_eval_preset",
+    "log_evaluation",
     "read_preset_prompts",
+    "resolve_eval_prompts",
+    "score_items",
     "shard_items",
 ]
 
@@ -66,6 +69,84 @@ def gather_items(local: Sequence[tuple[int, Any]]) -> list[tuple[int, Any]]:
     from accelerate.utils import gather_object
 
     return sorted(gather_object(list(local)), key=lambda pair: pair[0])
+
+
+def resolve_eval_prompts(
+    config: Any, eval_prompts: Optional[Sequence[str]], file_prompts: Optional[list[str]], train_prompts: list[str]
+) -> tuple[list[str], str]:
+    """The prompts of the trainer's periodic evaluation and where they come from: `eval_prompts`, else
+    `validation_prompts`, else the prompts of `validation_prompt_file` (`file_prompts`), else the first
+    `DEFAULT_NUM_VALIDATION_PROMPTS` training prompts, with a warning (that measures fit, not generalisation)."""
+    from .config import DEFAULT_NUM_VALIDATION_PROMPTS
+
+    if eval_prompts is not None:
+        return list(eval_prompts), "eval_prompts"
+    if config.validation_prompts is not None:
+        return list(config.validation_prompts), "validation_prompts"
+    if file_prompts is not None:
+        return file_prompts, f"validation_prompt_file={config.validation_prompt_file}"
+    prompts = train_prompts[:DEFAULT_NUM_VALIDATION_PROMPTS]
+    if config.validation_steps:
+        logger.warning(
+            "Neither validation_prompts nor validation_prompt_file is set: the periodic evaluation scores "
+            "the first %d training prompts, which measures fit, not generalisation. Set "
+            "validation_prompt_file to a file of held-out prompts.",
+            len(prompts),
+        )
+    return prompts, f"the first {len(prompts)} training prompts"
+
+
+def score_items(
+    sample: Callable[[list[str], list[Any]], Any],
+    score: Callable[[Any], Mapping[str, Any]],
+    prompts: Sequence[str],
+    items: Sequence[tuple[int, int]],
+    slots: Sequence[Optional[int]],
+    seed: int,
+    chunk: int,
+    grid_prompts: int,
+) -> tuple[list[tuple[int, dict[str, float]]], list[tuple[int, Any]]]:
+    """This process's share of an evaluation (`slots` from `shard_items`), generated `chunk` items at a time:
+    `(item, {reward: score})` pairs and `(item, image)` pairs of the first `grid_prompts` prompts.
+
+    `sample(prompts, generators)` returns a rollout batch of one image per prompt (the generators seeded with
+    `eval_seed`), `score(batch)` its `{reward name: (B,) scores}`. Padding slots repeat this process's first item (a
+    process with no item of its own repeats item 0) and their results are dropped."""
+    import torch
+
+    real = [k for k in slots if k is not None]
+    run = [k if k is not None else (real[0] if real else 0) for k in slots]
+    scored, pictures = [], []
+    for lo in range(0, len(run), chunk):
+        keys, live = run[lo : lo + chunk], slots[lo : lo + chunk]
+        generators = [torch.Generator().manual_seed(eval_seed(seed, *items[k])) for k in keys]
+        batch = sample([prompts[items[k][0]] for k in keys], generators)
+        scores = {name: v.detach().float().cpu() for name, v in score(batch).items()}
+        images = None
+        for row, k in enumerate(live):
+            if k is None:
+                continue
+            scored.append((k, {name: float(v[row]) for name, v in scores.items()}))
+            if items[k][0] < grid_prompts:
+                images = images if images is not None else batch.pil_images()
+                pictures.append((k, images[row]))
+    return scored, pictures
+
+
+def log_evaluation(accelerator: Any, result: "EvaluationResult", step: int) -> None:
+    """`eval/reward` and the per-reward means to the trackers; on the main process also the per-prompt table and the
+    image grid (one row per prompt)."""
+    from .logging_utils import log_image_grid, log_table
+
+    accelerator.log({"eval/reward": result.reward, **{f"eval/{k}": v for k, v in result.means.items()}}, step=step)
+    if not accelerator.is_main_process:
+        return
+    log_table(accelerator, "eval/per_prompt", result.table_columns(), result.table_rows(), step)
+    if result.images:
+        captions = result.item_prompts[: len(result.images)]
+        log_image_grid(
+            accelerator, result.images, step, tag="validation", captions=captions, cols=result.images_per_prompt
+        )
 
 
 @dataclass

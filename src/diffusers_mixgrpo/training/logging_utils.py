@@ -24,6 +24,7 @@ __all__ = [
     "init_trackers",
     "tracker_init_kwargs",
     "quiet_prompt_truncation",
+    "announce_truncated_prompts",
     "setup_script_logging",
     "log_image_grid",
     "log_table",
@@ -34,6 +35,8 @@ __all__ = [
     "resolve_report_to",
     "tracker_config",
 ]
+
+logger = logging.getLogger(__name__)
 
 RewardHistory = Union[Sequence[float], Sequence[tuple[int, float]], Mapping[str, Sequence[Any]]]
 
@@ -363,6 +366,21 @@ def count_truncated_prompts(pipeline: Any, prompts: Sequence[str], max_sequence_
         if over:
             found.append((slot, limit, len(over), over[0]))
     return found
+
+
+def announce_truncated_prompts(pipeline: Any, prompts: Sequence[str]) -> None:
+    """Say once per run, per text encoder, how many of `prompts` are longer than its limit and truncated (the
+    pipelines would warn at every call, dumping `<pad>` tokens: `quiet_prompt_truncation` silences that)."""
+    limit = pipeline.max_sequence_length or getattr(pipeline.family, "max_sequence_length", None)
+    for slot, max_len, n, example in count_truncated_prompts(pipeline, prompts, limit):
+        logger.warning(
+            "%d of %d prompts are longer than the %d tokens of %s and are truncated (e.g. %r).",
+            n,
+            len(prompts),
+            max_len,
+            slot,
+            example[:80],
+        )
 
 
 def setup_script_logging(level: int = logging.INFO) -> None:

@@ -2,12 +2,15 @@
 steps and time. Logged by the trainer when a run ends (or is stopped) and written to `training_summary.json`."""
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 __all__ = ["RunSummary", "SUMMARY_FILE"]
+
+logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "training_summary.json"
 _WINDOW = 10  # training rewards are noisy: "first" and "final" are means over up to this many steps
@@ -95,6 +98,15 @@ class RunSummary:
             applied = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in change["changes"].items())
             out.append(f"  changed on resume at step {change['step']}: {applied}")
         return out
+
+    def report(self) -> None:
+        """Log the summary's lines and write it next to the weights (a failed write is a warning, not an error)."""
+        for line in self.lines():
+            logger.info(line)
+        try:
+            self.write()
+        except OSError as err:
+            logger.warning("Could not write the run summary: %s", err)
 
     def write(self, path: Optional[str] = None) -> str:
         """Write the summary as JSON (default: `output_dir/training_summary.json`); returns the path."""

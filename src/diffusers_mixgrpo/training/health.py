@@ -1,0 +1,91 @@
+"""The run's health checks between iterations: how many steps in a row had non-finite rewards, took no optimiser step,
+or left every advantage at 0, and when that stops the run (`TrainingStopped`) or warns."""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .errors import TrainingStopped
+
+logger = logging.getLogger(__name__)
+
+#: Training steps in a row whose rewards leave every advantage at 0 before the run warns.
+CONSTANT_REWARD_WARN_STEPS = 3
+
+
+@dataclass
+class RunHealth:
+    """The streak counters of a run (`bad_group_streak` is saved in checkpoints) and the rules that read them.
+
+    Args:
+        max_consecutive_bad_groups (`int`): steps in a row with dropped groups, or without an optimiser step, that
+            stop the run.
+        latest_checkpoint (`Callable[[], Optional[str]]`): the last complete checkpoint, named when the run stops.
+    """
+
+    max_consecutive_bad_groups: int
+    latest_checkpoint: Callable[[], Optional[str]]
+    bad_group_streak: int = 0
+    skipped_update_streak: int = 0
+    constant_reward_streak: int = 0
+
+    def check_dropped_groups(self, step: int, dropped: int) -> None:
+        """Warn when groups with non-finite rewards were dropped; stop after `max_consecutive_bad_groups` such steps."""
+        if not dropped:
+            self.bad_group_streak = 0
+            return
+        self.bad_group_streak += 1
+        logger.warning("Step %d: %d samples in groups with non-finite rewards were dropped.", step, dropped)
+        if self.bad_group_streak >= self.max_consecutive_bad_groups:
+            raise TrainingStopped(
+                f"{self.bad_group_streak} training steps in a row had non-finite rewards "
+                f"(max_consecutive_bad_groups={self.max_consecutive_bad_groups}); stopping. The last good "
+                f"checkpoint is {self.latest_checkpoint()}."
+            )
+
+    def check_update(
+        self, step: int, any_kept: bool, stepped: bool, advantages_all_zero: bool, scores: dict[str, torch.Tensor]
+    ) -> None:
+        """Stop when no optimiser step was taken (`stepped` False) for `max_consecutive_bad_groups` steps in a row
+        (non-finite losses or gradients: the LoRA would silently stay untrained); warn loudly when the rewards leave
+        every advantage at 0 for `CONSTANT_REWARD_WARN_STEPS` steps in a row (nothing is learned). `scores`: the kept
+        samples' scores."""
+        if any_kept and not stepped:
+            self.skipped_update_streak += 1
+            if self.skipped_update_streak >= max(1, self.max_consecutive_bad_groups):
+                described = ", ".join(
+                    f"{k} mean {float(v.double().mean()):.3g} (max |r| {float(v.abs().max()):.3g})"
+                    for k, v in scores.items()
+                    if v.numel()
+                )
+                raise TrainingStopped(
+                    f"{self.skipped_update_streak} training steps in a row skipped every optimiser step (non-finite "
+                    f"loss or gradients) up to step {step}; rewards: {described}. Lower the learning rate or rescale "
+                    f"the reward; the last complete checkpoint is {self.latest_checkpoint()}."
+                )
+        elif any_kept:
+            self.skipped_update_streak = 0
+        if any_kept and advantages_all_zero:
+            self.constant_reward_streak += 1
+            if self.constant_reward_streak == CONSTANT_REWARD_WARN_STEPS:
+                self._warn_constant_rewards(scores)
+        elif any_kept:
+            self.constant_reward_streak = 0
+
+    def _warn_constant_rewards(self, scores: dict[str, torch.Tensor]) -> None:
+        constant = {k: float(v[0]) for k, v in scores.items() if v.numel() and bool((v == v[0]).all())}
+        what = (
+            "every image got the same reward (" + ", ".join(f"{k}={v:.4g}" for k, v in constant.items()) + ")"
+            if constant and len(constant) == len(scores)
+            else "every image of each group got the same reward"
+        )
+        logger.warning(
+            "!!! For %d training steps in a row %s, so every advantage is 0 and nothing is learned. Look at the "
+            "samples (all black or identical? a prompt length the model was not trained with, see "
+            "max_sequence_length) and at the reward.",
+            self.constant_reward_streak,
+            what,
+        )

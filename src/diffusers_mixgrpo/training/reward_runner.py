@@ -1,0 +1,132 @@
+"""The rewards of a training run: the `MultiReward` built from what the user gave (registered names loaded on the reward
+device in the reward dtype, callables as they are), and scoring a rollout with each reward (within `reward_timeout`;
+a reward that fails, hangs or returns the wrong number of scores stops the run, naming it)."""
+
+import concurrent.futures
+from collections.abc import Callable, Mapping
+from typing import Any, Optional, Union
+
+import torch
+
+from ..pipelines.rollout_batch import RolloutBatch
+from ..rewards import MultiReward
+from .config import GRPOConfig
+from .errors import ConfigError, RewardLoadError, TrainingStopped
+
+#: What `GRPOTrainer(rewards=...)` accepts: a `MultiReward`, `{name_or_callable: weight}`, or one callable.
+RewardSpec = Union[MultiReward, Mapping[Union[str, Callable], float], Callable]
+
+
+def is_registered_reward(name: str) -> bool:
+    from ..rewards.registry import get_reward_factory
+
+    try:
+        get_reward_factory(name)
+    except (KeyError, ValueError):
+        return False
+    return True
+
+
+def reward_options(name: str, config: GRPOConfig) -> dict[str, Any]:
+    """Keyword arguments for a registered reward: `reward_batch_size` (when the factory takes `batch_size`) and
+    the reward's `reward_kwargs`."""
+    from ..rewards.registry import get_reward_factory
+    from .preflight import _accepted_options
+
+    options: dict[str, Any] = {}
+    try:
+        accepted = _accepted_options(get_reward_factory(name))
+    except (KeyError, ValueError):
+        return dict((config.reward_kwargs or {}).get(name, {}))
+    if accepted is not None and "batch_size" in accepted:
+        options["batch_size"] = config.reward_batch_size
+    options.update((config.reward_kwargs or {}).get(name, {}))
+    return options
+
+
+def build_rewards(rewards: Optional[RewardSpec], config: GRPOConfig, device: torch.device) -> MultiReward:
+    """The run's `MultiReward` (default: `config.rewards`); registered names are loaded on `device` in
+    `reward_dtype` (callables and a ready `MultiReward` are used as given)."""
+    if rewards is None:
+        rewards = config.rewards
+    if rewards is None:
+        raise ConfigError("No reward: pass rewards={...} or set `rewards` in the config.")
+    if isinstance(rewards, MultiReward):
+        return rewards
+    if callable(rewards) and not isinstance(rewards, Mapping):
+        rewards = {rewards: 1.0}
+    names = [k for k in rewards if isinstance(k, str)]
+    options = {name: reward_options(name, config) for name in names}
+    try:
+        return MultiReward(
+            rewards,
+            mix=config.reward_mix,
+            device=device,
+            dtype=getattr(torch, config.reward_dtype),
+            reward_kwargs={k: v for k, v in options.items() if v},
+        )
+    except (OSError, KeyError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise RewardLoadError(f"Could not load the rewards {names}: {message}") from err
+
+
+class RewardRunner:
+    """Scores rollouts with every reward of `reward`, as float32 tensors on `device`.
+
+    Args:
+        reward (`MultiReward`): the run's rewards.
+        device (`torch.device`): where the scores go (the training device, where advantages are computed).
+        timeout (`float`, *optional*): seconds a reward call may take (`reward_timeout`); a hung call stops the run.
+        latest_checkpoint (`Callable[[], Optional[str]]`): the last complete checkpoint, named when the run stops.
+    """
+
+    def __init__(
+        self,
+        reward: MultiReward,
+        device: torch.device,
+        timeout: Optional[float],
+        latest_checkpoint: Callable[[], Optional[str]],
+    ):
+        self.reward = reward
+        self.device = device
+        self.timeout = timeout
+        self.latest_checkpoint = latest_checkpoint
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+
+    def call(self, name: str, fn: Callable, images: Any, prompts: list[str], step: int) -> Any:
+        """`fn(images, prompts)`, within `timeout` seconds when set (a hung reward stops the run)."""
+        if self.timeout is None:
+            return fn(images, prompts)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reward")
+        future = self._pool.submit(fn, images, prompts)
+        try:
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None  # the hung call keeps its thread; the next call gets a fresh one
+            raise TrainingStopped(
+                f"Reward {name!r} did not answer within reward_timeout={self.timeout:g} s at step {step}; "
+                f"stopping. The last complete checkpoint is {self.latest_checkpoint()}."
+            ) from None
+
+    def score(self, batch: RolloutBatch, step: int) -> dict[str, torch.Tensor]:
+        """`{reward name: (B,) float32 scores}` of the rollout `batch` at training step `step`."""
+        scores = {}
+        for name, fn in self.reward.rewards.items():
+            try:
+                raw = self.call(name, fn, batch.images, batch.prompts, step)
+                s = torch.as_tensor(raw).reshape(-1).float().to(self.device)
+            except TrainingStopped:
+                raise
+            except Exception as err:  # a reward model that raises stops the run, naming the model and the prompt
+                raise TrainingStopped(
+                    f"Reward model {name!r} failed at step {step} on prompts "
+                    f"{sorted(set(batch.prompts))[:4]}: {type(err).__name__}: {err}"
+                ) from err
+            if s.numel() != batch.batch_size:
+                raise TrainingStopped(
+                    f"Reward model {name!r} returned {s.numel()} scores for {batch.batch_size} images."
+                )
+            scores[name] = s
+        return scores
