@@ -10,8 +10,8 @@ from diffusers_mixgrpo.toy_world.base_model import (
     build_toy_tokenizer,
     build_untrained_toy_pipeline,
     evaluate_toy_pipeline,
-    load_toy_base_pipeline,
 )
+from diffusers_mixgrpo.toy_world.base_weights import load_toy_base_pipeline
 from diffusers_mixgrpo.toy_world.world import heldout_prompts
 
 pytestmark = pytest.mark.skipif(

@@ -31,7 +31,7 @@ def test_cli_is_deterministic_and_saves_a_loadable_flux_pipeline(tmp_path):
 
 
 def test_loading_a_folder_without_a_pipeline_says_how_to_build_one(tmp_path):
-    from diffusers_mixgrpo.toy_world.base_model import load_toy_base_pipeline
+    from diffusers_mixgrpo.toy_world.base_weights import load_toy_base_pipeline
 
     with pytest.raises(FileNotFoundError, match="train_base --output_dir"):
         load_toy_base_pipeline(tmp_path)

@@ -39,8 +39,8 @@ from .world import (
 _import_structure = {
     ".reward": ["ToyWorldReward", "toy_world_accuracy", "make_toy_world_reward"],
     ".preference": ["ToyPreferenceReward", "ToyContrastReward", "toy_contrast"],
+    ".base_weights": ["load_toy_base_pipeline", "default_cache_dir"],
     ".base_model": [
-        "load_toy_base_pipeline",
         "build_untrained_toy_pipeline",
         "evaluate_toy_pipeline",
         "TOY_PIPELINE_CALL_KWARGS",

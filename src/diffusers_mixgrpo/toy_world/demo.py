@@ -31,8 +31,8 @@ from .base_model import (
     TOY_IMAGE_SIZE,
     TOY_MAX_SEQUENCE_LENGTH,
     TOY_NUM_INFERENCE_STEPS,
-    load_toy_base_pipeline,
 )
+from .base_weights import load_toy_base_pipeline
 from .evaluation import (
     HELDOUT_NOISE_SEED,
     TRAIN_EVAL_NOISE_SEED,
