@@ -40,11 +40,9 @@ def test_every_field_is_documented_in_a_section_of_the_command_line_help():
 
 def _trained_steps_per_rollout(config):
     """K, as the trainer draws it: the window steps each rollout trains."""
-    from types import SimpleNamespace
+    from diffusers_mixgrpo.training.iteration_plan import num_train_steps
 
-    from diffusers_mixgrpo.training.trainer import GRPOTrainer
-
-    return GRPOTrainer._num_train_steps(SimpleNamespace(config=config), config.window_size)
+    return num_train_steps(config.window_size, config.train_timestep_fraction)
 
 
 def test_defaults_are_the_mixgrpo_paper_values():
