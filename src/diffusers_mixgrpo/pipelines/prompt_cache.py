@@ -231,3 +231,10 @@ class PromptEmbedsCache:
             for name in f.keys():
                 out[name] = f.get_tensor(name) if name in self._shared else f.get_slice(name)[row : row + 1]
         return PromptEmbeds(out, self._shared)
+
+
+def cached_rows(cache: Optional[PromptEmbedsCache], prompts: Sequence[str]) -> Optional[PromptEmbeds]:
+    """The cached rows of `prompts`, or `None` (no cache, or a prompt it does not hold: encoded as usual)."""
+    if cache is None or cache.missing(prompts):
+        return None
+    return cache.rows(prompts)

@@ -23,6 +23,9 @@ from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+#: Prompts of the evaluation whose images make the logged grid (one row per prompt).
+VALIDATION_GRID_PROMPTS = 8
+
 __all__ = [
     "EVAL_PRESETS",
     "EvalPreset",
@@ -30,10 +33,13 @@ __all__ = [
     "describe_protocol",
     "eval_items",
     "eval_seed",
+    "evaluate_policy",
     "file_sha256",
     "gather_items",
     "get_eval_preset",
     "log_evaluation",
+    "log_periodic_evaluation",
+    "read_eval_prompt_file",
     "read_preset_prompts",
     "resolve_eval_prompts",
     "score_items",
@@ -69,6 +75,16 @@ def gather_items(local: Sequence[tuple[int, Any]]) -> list[tuple[int, Any]]:
     from accelerate.utils import gather_object
 
     return sorted(gather_object(list(local)), key=lambda pair: pair[0])
+
+
+def read_eval_prompt_file(config: Any, eval_prompts: Optional[Sequence[str]]) -> Optional[list[str]]:
+    """The prompts of `validation_prompt_file` when they are the evaluation's (no `eval_prompts`, no
+    `validation_prompts`), else `None`; the trainer reads them before the model loads, so a bad file fails at once."""
+    if eval_prompts is None and config.validation_prompts is None and config.validation_prompt_file:
+        from .preflight import read_prompt_file
+
+        return read_prompt_file(config.validation_prompt_file, "validation_prompt_file")
+    return None
 
 
 def resolve_eval_prompts(
@@ -147,6 +163,63 @@ def log_evaluation(accelerator: Any, result: "EvaluationResult", step: int) -> N
         log_image_grid(
             accelerator, result.images, step, tag="validation", captions=captions, cols=result.images_per_prompt
         )
+
+
+def evaluate_policy(
+    sample: Callable[[list[str], list[Any]], Any],
+    score: Callable[[Any], Mapping[str, Any]],
+    prompts: list[str],
+    reward: Any,
+    accelerator: Any,
+    images_per_prompt: int,
+    seed: int,
+    chunk: int,
+    grid_prompts: int,
+    prompts_source: str,
+) -> "EvaluationResult":
+    """`GRPOTrainer.evaluate` on explicit arguments: `prompts` x `images_per_prompt` items split across the processes
+    (`shard_items`), sampled with `sample` and scored with `score` (`score_items`, `chunk` items at a time), gathered
+    (`gather_items`) into the same `EvaluationResult` on every process. `reward`: the run's `MultiReward` (its names
+    and weights)."""
+    acc = accelerator
+    items = eval_items(len(prompts), images_per_prompt)
+    slots = shard_items(len(items), acc.process_index, acc.num_processes)
+    scored, pictures = score_items(sample, score, prompts, items, slots, seed, chunk, grid_prompts)
+    scored, pictures = gather_items(scored), gather_items(pictures)
+    return EvaluationResult(
+        prompts=prompts,
+        images_per_prompt=images_per_prompt,
+        seeds=[eval_seed(seed, i, j) for i, j in items],
+        scores={name: [values[name] for _, values in scored] for name in reward.rewards},
+        weights=dict(reward.weights),
+        images=[image for _, image in pictures],
+        seed=seed,
+        prompts_source=prompts_source,
+    )
+
+
+def log_periodic_evaluation(
+    evaluate: Callable[[], Optional["EvaluationResult"]],
+    hook: Optional[Callable[[], Mapping[str, float]]],
+    accelerator: Any,
+    history: dict[str, list[tuple[int, float]]],
+    step: int,
+) -> Optional[float]:
+    """One periodic evaluation of a run at `step`: the scalars of `hook()` when set (logged as `eval/<name>`, each
+    appended to `history` as `eval_<name>`), else `evaluate()` (`eval_reward`, logged by `log_evaluation`). Returns
+    the evaluation reward (`None` without one)."""
+    if hook is not None:
+        scalars = dict(hook())
+        for name, value in scalars.items():
+            history.setdefault(f"eval_{name}", []).append((step, float(value)))
+        accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=step)
+        return scalars.get("reward")
+    result = evaluate()
+    if result is None:
+        return None
+    history.setdefault("eval_reward", []).append((step, result.reward))
+    log_evaluation(accelerator, result, step)
+    return result.reward
 
 
 @dataclass

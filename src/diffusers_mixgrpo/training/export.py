@@ -126,10 +126,15 @@ def save_weights(
 
 
 def export_final_model(
-    output_dir: str, pipeline, accelerator, config, history, ema=None, trainable=None, gathered=None
-) -> str:
-    """What `GRPOTrainer.save_model` writes on the main process: the weights (`save_weights`), the run's config and
-    its reward curve; the files get the run's umask. A full disk raises `DiskFullError`."""
+    output_dir: str, pipeline, accelerator, backend, config, history, ema=None, trainable=None
+) -> Optional[str]:
+    """What `GRPOTrainer.save_model` writes: the weights (`save_weights`; every rank takes part in gathering sharded
+    weights, written by the main process), the run's config and its reward curve; the files get the run's umask.
+    Returns the path of the weights on the main process (`None` on the others). A full disk raises `DiskFullError`."""
+    accelerator.wait_for_everyone()
+    gathered = backend.full_state_dict(pipeline.denoiser, trainable_only=config.use_lora)
+    if not accelerator.is_main_process:
+        return None
     try:
         weights = save_weights(pipeline, accelerator, output_dir, config.use_lora, ema, trainable, gathered)
     except Exception as err:

@@ -2,7 +2,8 @@
 
 `resolve_report_to` gives the `log_with` argument of `Accelerator`; `init_trackers` starts the trackers with a config
 safe to log (no secrets, no local paths, flat scalars); `tile_images` / `log_image_grid` log validation samples;
-`log_table` logs the evaluation's per-prompt table; `plot_reward_curve` draws the reward curve used in the logs and in
+`log_table` logs the evaluation's per-prompt table; `step_logs` are the scalars of a training step
+and `RunProgressBar` the run's progress bar; `plot_reward_curve` draws the reward curve used in the logs and in
 the model card (`hub.py`). `setup_script_logging`
 is the scripts' logging (this package at INFO, other libraries at WARNING), and `quiet_prompt_truncation` replaces the
 pipelines' per-call "input was truncated" warnings (hundreds of `<pad>` tokens each) by one line per run.
@@ -33,6 +34,8 @@ __all__ = [
     "normalize_reward_history",
     "plot_reward_curve",
     "resolve_report_to",
+    "RunProgressBar",
+    "step_logs",
     "tracker_config",
 ]
 
@@ -132,6 +135,74 @@ def init_trackers(accelerator: Any, config: Any, project_name: Optional[str] = N
     if accelerator.is_main_process:
         init_kwargs = tracker_init_kwargs(config, accelerator.log_with, resuming=resuming)
         accelerator.init_trackers(name, config=tracker_config(config), init_kwargs=init_kwargs)
+
+
+def step_logs(
+    update_stats: Mapping[str, float],
+    finite: Mapping[str, Any],
+    weights: Mapping[str, float],
+    per_reward: Mapping[str, Any],
+    kept_advantages: Any,
+    all_keep: Any,
+    window: tuple[int, int],
+    nfe: tuple[float, int],
+    lr: float,
+    times: Mapping[str, float],
+) -> dict:
+    """The scalars `GRPOTrainer.train_step` logs: update statistics, rewards (`finite`: the scores of the kept samples,
+    mixed with `weights`), advantages (`per_reward`, `kept_advantages`), the SDE window, the denoiser calls per image
+    (`nfe`: rollout, training), the learning rate and the phases' seconds."""
+    logs = {f"train/{k}": v for k, v in update_stats.items()}
+    if all_keep.any():
+        total = sum(weights[k] * finite[k] for k in finite)
+        logs["reward/mean"] = float(total.mean())
+        logs["reward/std"] = float(total.std()) if total.numel() > 1 else 0.0
+        for k, v in finite.items():
+            logs[f"reward/{k}"] = float(v.mean())
+        for k, v in per_reward.items():
+            logs[f"advantage/{k}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+    any_kept = kept_advantages.numel() > 0
+    logs.update(
+        {
+            "advantage/mean": float(kept_advantages.mean()) if any_kept else 0.0,
+            "advantage/abs_mean": float(kept_advantages.abs().mean()) if any_kept else 0.0,
+            "window/start": window[0],
+            "window/size": window[1],
+            "nfe/rollout_per_image": nfe[0],
+            "nfe/train_per_image": nfe[1],
+            "data/dropped_samples": int((~all_keep).sum()),
+            "lr": lr,
+            **times,
+        }
+    )
+    return logs
+
+
+class RunProgressBar:
+    """The progress bar of `GRPOTrainer.train` (tqdm, on the local main process): the steps, the current phase
+    (rollout / reward / update / eval) and the last step's reward and window."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def open(self, total: int, initial: int, disable: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, desc="MixGRPO", disable=disable)
+
+    def phase(self, name: str) -> None:
+        """Show the current phase on the bar (nothing while no bar is open)."""
+        if self.bar is not None:
+            self.bar.set_description(f"MixGRPO [{name}]")
+
+    def step(self, logs: Mapping[str, Any]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(reward=f"{logs.get('reward/mean', float('nan')):.3f}", window=logs["window/start"])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _to_pil(image: Any) -> "Image.Image":

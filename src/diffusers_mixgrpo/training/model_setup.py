@@ -118,6 +118,32 @@ def apply_model_defaults(config: GRPOConfig, pipe: GRPOTrainingPipeline) -> None
         )
 
 
+def autocast_dtype(mixed_precision: Optional[str]) -> Optional[torch.dtype]:
+    """The autocast dtype of the rollouts and the update forwards for `mixed_precision` (`None`: no autocast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+
+
+def rollout_settings(config: GRPOConfig, pipe: GRPOTrainingPipeline) -> dict[str, Any]:
+    """The run's sampling settings of `pipeline.rollout` (steps, guidance, size, batch size, autocast), with
+    `num_frames` for a video family's rollouts (image families take none: a set `num_frames` is refused)."""
+    settings = {
+        "num_inference_steps": config.num_inference_steps,
+        "guidance_scale": config.guidance_scale,
+        "height": config.height or config.resolution,
+        "width": config.width or config.resolution,
+        "max_batch_size": config.sample_max_batch_size,
+        "autocast_dtype": autocast_dtype(config.mixed_precision),
+    }
+    if pipe.family.is_video:
+        settings["num_frames"] = config.num_frames
+    elif config.num_frames is not None:
+        raise ConfigError(
+            f"num_frames={config.num_frames} is for video families (wan); this run's family is "
+            f"{pipe.model_family!r}: leave num_frames unset."
+        )
+    return settings
+
+
 def place_modules(config: GRPOConfig, pipe: GRPOTrainingPipeline, device: torch.device, sharded: bool) -> None:
     """Offloaded modules (`offload_text_encoders`, `offload_vae`) stay on the CPU and visit the device per call; the
     others move to `device`, except a denoiser about to be sharded (`fully_shard` moves it one wrap unit at a time)."""

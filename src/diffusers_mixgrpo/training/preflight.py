@@ -8,7 +8,7 @@ reward names and options, the prompt file, the output folder, and what resuming 
 import inspect
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from .errors import ConfigError
@@ -21,6 +21,7 @@ __all__ = [
     "check_reward_device_available",
     "check_reward_options",
     "check_run_inputs",
+    "load_train_prompts",
     "read_prompt_file",
 ]
 
@@ -44,6 +45,15 @@ def read_prompt_file(path: str, what: str = "prompt_file") -> list[str]:
     if not prompts:
         raise ConfigError(f"{what}={path!r} holds no prompt (only blank lines); write one prompt per line.")
     return prompts
+
+
+def load_train_prompts(prompts: Optional[Sequence[str]], prompt_file: Optional[str]) -> list[str]:
+    """The training prompts: `prompts` when given, else those of `prompt_file`; none at all is a `ConfigError`."""
+    if prompts is None and prompt_file:
+        prompts = read_prompt_file(prompt_file)
+    if not prompts:
+        raise ConfigError("No training prompts: pass train_prompts=[...] or set prompt_file.")
+    return list(prompts)
 
 
 def check_output_dir(path: str, what: str = "output_dir") -> None:

@@ -18,7 +18,7 @@ from .config import GRPOConfig
 from .distributed import local_tensor
 from .errors import CheckpointError, CorruptCheckpointError
 from .interrupts import GracefulInterrupt, IterationStart, Preempted, RestorePoint, signal_name
-from .resume import RUN_CONFIG_FILE, check_finite, config_changes, prompts_fingerprint
+from .resume import RUN_CONFIG_FILE, check_finite, config_changes, prompts_fingerprint, set_learning_rate
 from .reward_runner import is_registered_reward
 
 logger = logging.getLogger(__name__)
@@ -153,6 +153,79 @@ def note_config_changes(config_changes: list[dict[str, Any]], changes: dict[str,
         step,
         ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()),
     )
+
+
+def trainer_state(
+    global_step: int,
+    window: Any,
+    bad_group_streak: int,
+    history: dict[str, list[tuple[int, float]]],
+    config: GRPOConfig,
+    config_changes: list[dict[str, Any]],
+    train_prompts: list[str],
+    ema: Any = None,
+) -> dict[str, Any]:
+    """What a checkpoint holds besides what `accelerator.save_state` writes (`GRPOTrainer.save_checkpoint`)."""
+    state = {
+        "global_step": global_step,
+        "window": window.state_dict(),
+        "bad_group_streak": bad_group_streak,
+        "history": {k: [list(p) for p in v] for k, v in history.items()},
+        "config": config.to_dict(),
+        "config_changes": list(config_changes),
+        "prompts_sha256": prompts_fingerprint(train_prompts),
+    }
+    if ema is not None:
+        state["ema"] = ema.state_dict()
+    return state
+
+
+def apply_trainer_state(
+    state: dict[str, Any],
+    changes: dict[str, tuple[Any, Any]],
+    path: str,
+    config: GRPOConfig,
+    window: Any,
+    health: Any,
+    ema: Any,
+    optimizer: Any,
+    lr_scheduler: Any,
+) -> tuple[int, dict[str, list[tuple[int, float]]], list[dict[str, Any]]]:
+    """Continue from the trainer state of the checkpoint `path` (`load_checkpoint`): the window, the bad-group streak,
+    the EMA and a changed learning rate are restored in place; returns its step, reward history and config changes
+    (with this resume's `changes` noted, `note_config_changes`)."""
+    global_step = int(state["global_step"])
+    window.load_state_dict(state["window"])
+    health.bad_group_streak = int(state.get("bad_group_streak", 0))
+    history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
+    if ema is not None and "ema" in state:
+        ema.load_state_dict(state["ema"])
+    recorded = list(state.get("config_changes", []))
+    if "learning_rate" in changes:
+        set_learning_rate(optimizer, lr_scheduler, config.learning_rate)
+    logger.info("Resuming from %s at step %d of %d.", path, global_step, config.max_train_steps)
+    note_config_changes(recorded, changes, global_step)
+    return global_step, history, recorded
+
+
+def resume_or_start_fresh(
+    checkpoints: CheckpointManager, accelerator: Any, config: GRPOConfig, resume: Callable[[Any], bool]
+) -> None:
+    """The start of `train()`: the leftovers of an interrupted save or prune removed, then `resume(...)` when
+    `resume_from_checkpoint` is set, else a warning when the output folder already holds checkpoints (this fresh run
+    replaces those of the same steps)."""
+    if accelerator.is_main_process:
+        checkpoints.cleanup()
+    accelerator.wait_for_everyone()
+    if config.resume_from_checkpoint:
+        resume(config.resume_from_checkpoint)
+    elif checkpoints.latest() is not None:
+        logger.warning(
+            "%s already holds checkpoints (newest: %s); this run starts fresh (resume_from_checkpoint is unset) "
+            "and replaces those of the same steps.",
+            config.output_dir,
+            os.path.basename(checkpoints.latest()),
+        )
 
 
 class Preemption:

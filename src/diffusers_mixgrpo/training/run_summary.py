@@ -1,5 +1,6 @@
 """The end-of-run summary: where the weights are, the reward at the start and end, the best one, the evaluation reward,
-steps and time. Logged by the trainer when a run ends (or is stopped) and written to `training_summary.json`."""
+steps and time. Logged by the trainer when a run ends (or is stopped) and written to `training_summary.json`; part of
+the `TrainOutput` that `GRPOTrainer.train` returns (`finish_run`)."""
 
 import json
 import logging
@@ -8,7 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
-__all__ = ["RunSummary", "SUMMARY_FILE"]
+__all__ = ["RunSummary", "SUMMARY_FILE", "TrainOutput", "finish_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +116,45 @@ class RunSummary:
             json.dump(asdict(self), f, indent=2)
             f.write("\n")
         return path
+
+
+@dataclass
+class TrainOutput:
+    """What `GRPOTrainer.train` returns: the step reached, the logged curves, the end-of-run summary, and the signal
+    that stopped the run early (`None` when it ran to `max_train_steps`)."""
+
+    global_step: int
+    reward_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    output_dir: Optional[str] = None
+    summary: Optional[RunSummary] = None
+    interrupted_by: Optional[str] = None
+    checkpoint: Optional[str] = None
+
+
+def finish_run(
+    history: dict[str, list[tuple[int, float]]],
+    config: Any,
+    steps: int,
+    seconds: float,
+    weights: Optional[str],
+    interrupted_by: Optional[str],
+    checkpoint: Optional[str],
+    config_changes: list[dict[str, Any]],
+    report: bool,
+) -> TrainOutput:
+    """The `TrainOutput` of a run that ended (or was stopped) at step `steps` after `seconds`, with its `RunSummary`;
+    `report`: log the summary and write `training_summary.json` (the main process)."""
+    summary = RunSummary.from_history(
+        history,
+        output_dir=config.output_dir,
+        weights=weights,
+        steps=steps,
+        max_train_steps=config.max_train_steps,
+        seconds=seconds,
+        interrupted_by=interrupted_by,
+        checkpoint=checkpoint,
+        config_changes=list(config_changes),
+    )
+    if report:
+        summary.report()
+    return TrainOutput(steps, dict(history), config.output_dir, summary, interrupted_by, checkpoint)

@@ -6,38 +6,33 @@ rewards), `backends.py` (what differs between DDP, FSDP2 and DeepSpeed), `export
 formats), `run_state.py` (the recorded config, resuming, the pre-emption bookkeeping) and `evaluation.py`."""
 
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
-from ..pipelines.prompt_cache import PromptEmbedsCache
-from ..pipelines.rollout_batch import PromptEmbeds, RolloutBatch
+from ..pipelines.prompt_cache import PromptEmbedsCache, cached_rows
+from ..pipelines.rollout_batch import RolloutBatch
 from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
 from .backends import all_ranks, make_backend
 from .checkpointing import CheckpointManager
 from .config import GRPOConfig
 from .distributed import FSDP2Options
-from .errors import ConfigError, TrainingStopped
+from .errors import TrainingStopped
 from .evaluation import (
+    VALIDATION_GRID_PROMPTS,
     EvaluationResult,
-    eval_items,
-    eval_seed,
-    gather_items,
-    log_evaluation,
+    evaluate_policy,
+    log_periodic_evaluation,
+    read_eval_prompt_file,
     resolve_eval_prompts,
-    score_items,
-    shard_items,
 )
 from .export import export_final_model, push_run_to_hub
 from .health import RunHealth
@@ -50,49 +45,42 @@ from .iteration_plan import (
     prompt_indices,
     step_pieces,
 )
-from .logging_utils import announce_truncated_prompts, init_trackers, quiet_prompt_truncation
+from .logging_utils import (
+    RunProgressBar,
+    announce_truncated_prompts,
+    init_trackers,
+    quiet_prompt_truncation,
+    step_logs,
+)
 from .losses import grpo_loss
 from .model_setup import (
     apply_model_defaults,
     apply_tf32,
+    autocast_dtype,
     build_accelerator,
     load_training_pipeline,
     prepare_model,
     resolve_fsdp2,
+    rollout_settings,
     setup_frozen_modules,
 )
-from .preflight import check_reward_device_available, read_prompt_file
-from .resume import prompts_fingerprint, set_learning_rate
+from .preflight import check_reward_device_available, load_train_prompts
 from .reward_runner import RewardRunner, RewardSpec, build_rewards
 from .run_state import (
     Preemption,
+    apply_trainer_state,
     load_checkpoint,
-    note_config_changes,
     record_run_inputs,
     resume_latest_usable,
+    resume_or_start_fresh,
+    trainer_state,
     write_run_config,
 )
-from .run_summary import RunSummary
+from .run_summary import TrainOutput, finish_run
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["GRPOTrainer", "TrainOutput", "TrainingStopped", "apply_tf32", "load_training_pipeline"]
-
-#: Prompts of the evaluation whose images make the logged grid (one row per prompt).
-VALIDATION_GRID_PROMPTS = 8
-
-
-@dataclass
-class TrainOutput:
-    """What `GRPOTrainer.train` returns: the step reached, the logged curves, the end-of-run summary, and the signal
-    that stopped the run early (`None` when it ran to `max_train_steps`)."""
-
-    global_step: int
-    reward_history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    output_dir: Optional[str] = None
-    summary: Optional[RunSummary] = None
-    interrupted_by: Optional[str] = None
-    checkpoint: Optional[str] = None
 
 
 class GRPOTrainer:
@@ -146,14 +134,12 @@ class GRPOTrainer:
         set_seed(config.seed)
         apply_tf32(config.allow_tf32, self.accelerator.device)
         check_reward_device_available(config.reward_device)  # before FLUX loads, not after
-        file_prompts = None
-        if eval_prompts is None and config.validation_prompts is None and config.validation_prompt_file:
-            file_prompts = read_prompt_file(config.validation_prompt_file, "validation_prompt_file")
+        file_prompts = read_eval_prompt_file(config, eval_prompts)  # before the model loads
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
         apply_model_defaults(config, self.pipeline)
         self._prompts_given = train_prompts is not None
-        self.train_prompts = self._load_prompts(train_prompts)
+        self.train_prompts = load_train_prompts(train_prompts, config.prompt_file)
         self.eval_prompts, self.eval_prompts_source = resolve_eval_prompts(
             config, eval_prompts, file_prompts, self.train_prompts
         )
@@ -177,20 +163,13 @@ class GRPOTrainer:
         quiet_prompt_truncation()
         if self.accelerator.is_main_process:
             announce_truncated_prompts(self.pipeline, all_prompts)
-        self._bar = None
+        self.progress = RunProgressBar()
         # Replaces the periodic evaluation when set: called with the trainer every `validation_steps` (and before
         # the first step), returns scalars logged as `eval/<name>`; its "reward" is the `eval_reward` curve. The
         # toy task uses it to score held-out prompts with held-out noise (`toy_world.evaluation`).
         self.evaluation_hook: Optional[Callable[[GRPOTrainer], Mapping[str, float]]] = None
 
     # ------------------------------------------------------------------ setup
-    def _load_prompts(self, prompts: Optional[Sequence[str]]) -> list[str]:
-        if prompts is None and self.config.prompt_file:
-            prompts = read_prompt_file(self.config.prompt_file)
-        if not prompts:
-            raise ConfigError("No training prompts: pass train_prompts=[...] or set prompt_file.")
-        return list(prompts)
-
     def _setup_model(self, fsdp2: Optional[FSDP2Options]) -> None:
         """The model made ready to train (`model_setup.prepare_model`) and the backend that runs its update."""
         cfg, acc = self.config, self.accelerator
@@ -215,12 +194,6 @@ class GRPOTrainer:
         """Where the registered reward models run: `reward_device`, else this process's training device."""
         device = self.config.reward_device
         return torch.device(device) if device is not None else self.accelerator.device
-
-    def _cached_embeds(self, prompts: Sequence[str]) -> Optional[PromptEmbeds]:
-        """The cached rows of `prompts`, or `None` (no cache, or a prompt it does not hold: encoded as usual)."""
-        if self.prompt_cache is None or self.prompt_cache.missing(prompts):
-            return None
-        return self.prompt_cache.rows(prompts)
 
     # ------------------------------------------------------------------ data (`iteration_plan.py`)
     def _prompt_indices(self, step: int) -> list[int]:
@@ -250,20 +223,13 @@ class GRPOTrainer:
     def _sample(self, prompts: list[str], generators: list[torch.Generator], where: str, **kwargs) -> RolloutBatch:
         """`pipeline.rollout` of `prompts` with the run's sampling settings (a stop request is checked after each
         denoiser call; `where` names the phase in the stop message)."""
-        cfg = self.config
         return self.pipeline.rollout(
             prompts,
-            prompt_embeds=self._cached_embeds(prompts),
-            num_inference_steps=cfg.num_inference_steps,
-            guidance_scale=cfg.guidance_scale,
-            height=cfg.height or cfg.resolution,
-            width=cfg.width or cfg.resolution,
+            prompt_embeds=cached_rows(self.prompt_cache, prompts),
             generator=generators,
-            max_batch_size=cfg.sample_max_batch_size,
-            autocast_dtype=self._autocast_dtype(),
             step_callback=lambda: self._check_stop(where),
             **kwargs,
-            **self._video_kwargs(),
+            **rollout_settings(self.config, self.pipeline),
         )
 
     def _rollout(self, step: int, piece: Optional[slice] = None) -> RolloutBatch:
@@ -282,20 +248,6 @@ class GRPOTrainer:
             share_prefix=cfg.sample_share_prefix,
             same_initial_noise=cfg.sample_same_noise,
         )
-
-    def _video_kwargs(self) -> dict:
-        """`num_frames` for a video family's rollouts (image families take none)."""
-        if self.pipeline.family.is_video:
-            return {"num_frames": self.config.num_frames}
-        if self.config.num_frames is not None:
-            raise ConfigError(
-                f"num_frames={self.config.num_frames} is for video families (wan); this run's family is "
-                f"{self.pipeline.model_family!r}: leave num_frames unset."
-            )
-        return {}
-
-    def _autocast_dtype(self) -> Optional[torch.dtype]:
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.mixed_precision)
 
     def _score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """`{reward name: (B,) scores}` of `batch` (`reward_runner.RewardRunner`)."""
@@ -396,7 +348,7 @@ class GRPOTrainer:
         Each backward carries the mean loss over its kept samples / (micro-batches in the group x trained steps K),
         the loss of a piece scaled by its share of the micro-batch (`docs/training.md`, "Loss")."""
         local_keep = kept_by_rank[self.accelerator.process_index]
-        autocast = self._autocast_dtype()
+        autocast = autocast_dtype(self.config.mixed_precision)
         k = len(train_steps[0])
         non_finite = 0
         for i, m in enumerate(runs):
@@ -453,7 +405,7 @@ class GRPOTrainer:
         next is denoised); the phases' seconds go into `times`."""
         cfg = self.config
         t0 = time.perf_counter()
-        self._phase("rollout")
+        self.progress.phase("rollout")
         per_piece = max(1, (cfg.sample_max_batch_size or cfg.rollouts_per_device) // cfg.num_generations)
         if self.overlap_rewards and cfg.sample_prompts_per_device > per_piece:
             from .overlap import rollout_with_rewards_alongside
@@ -468,7 +420,7 @@ class GRPOTrainer:
         batch = self._rollout(step)
         times["time/rollout"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self._phase("reward")
+        self.progress.phase("reward")
         scores = self._score(batch)
         times["time/reward"] = time.perf_counter() - t0
         return batch, scores
@@ -484,7 +436,7 @@ class GRPOTrainer:
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
         self.health.check_dropped_groups(step, int((~all_keep).sum()))
         t0 = time.perf_counter()
-        self._phase("update")
+        self.progress.phase("update")
         # `all_keep` (gathered) and not this rank's `keep`: a rank whose groups were all dropped still takes part in
         # the update while another rank trains, or that rank would wait for it in the gradient reduction forever.
         update_stats = self._update(batch, advantages, all_keep, step) if all_keep.any() else {"optimizer_steps": 0}
@@ -495,44 +447,15 @@ class GRPOTrainer:
         self.window.step()
         self.global_step += 1
         self.preemption.end_iteration()
-        logs = self._step_logs(batch, update_stats, finite, per_reward, advantages[keep], window, all_keep, times)
+        cfg = self.config
+        nfe_train = num_train_steps(len(batch.step_indices), cfg.train_timestep_fraction) * cfg.num_inner_epochs
+        nfe, lr = (batch.nfe / batch.batch_size, nfe_train), self.lr_scheduler.get_last_lr()[0]
+        logs = step_logs(
+            update_stats, finite, self.reward.weights, per_reward, advantages[keep], all_keep, window, nfe, lr, times
+        )
         if "reward/mean" in logs:
             self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
         return logs
-
-    def _step_logs(self, batch, update_stats, finite, per_reward, kept_advantages, window, all_keep, times) -> dict:
-        """The scalars `train_step` logs: update statistics, rewards (of the kept samples), advantages, window, cost."""
-        cfg = self.config
-        logs = {f"train/{k}": v for k, v in update_stats.items()}
-        if all_keep.any():
-            total = sum(self.reward.weights[k] * finite[k] for k in finite)
-            logs["reward/mean"] = float(total.mean())
-            logs["reward/std"] = float(total.std()) if total.numel() > 1 else 0.0
-            for k, v in finite.items():
-                logs[f"reward/{k}"] = float(v.mean())
-            for k, v in per_reward.items():
-                logs[f"advantage/{k}_std"] = float(v.std()) if v.numel() > 1 else 0.0
-        any_kept = kept_advantages.numel() > 0
-        logs.update(
-            {
-                "advantage/mean": float(kept_advantages.mean()) if any_kept else 0.0,
-                "advantage/abs_mean": float(kept_advantages.abs().mean()) if any_kept else 0.0,
-                "window/start": window[0],
-                "window/size": window[1],
-                "nfe/rollout_per_image": batch.nfe / batch.batch_size,
-                "nfe/train_per_image": num_train_steps(len(batch.step_indices), cfg.train_timestep_fraction)
-                * cfg.num_inner_epochs,
-                "data/dropped_samples": int((~all_keep).sum()),
-                "lr": self.lr_scheduler.get_last_lr()[0],
-                **times,
-            }
-        )
-        return logs
-
-    def _phase(self, name: str) -> None:
-        """Show the current phase (rollout / reward / update / eval) on the run's progress bar."""
-        if self._bar is not None:
-            self._bar.set_description(f"MixGRPO [{name}]")
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -556,65 +479,31 @@ class GRPOTrainer:
             return None
         n = int(num_images_per_prompt or cfg.validation_images_per_prompt)
         seed = cfg.validation_seed if seed is None else int(seed)
-        items = eval_items(len(prompts), n)
-        slots = shard_items(len(items), acc.process_index, acc.num_processes)
         chunk = cfg.sample_max_batch_size or cfg.rollouts_per_device
+        source = self.eval_prompts_source if prompts == self.eval_prompts else "evaluate(prompts=...)"
         with self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext():
-            scored, pictures = score_items(
-                self._eval_sample, self._score, prompts, items, slots, seed, chunk, grid_prompts
+            return evaluate_policy(
+                self._eval_sample, self._score, prompts, self.reward, acc, n, seed, chunk, grid_prompts, source
             )
-        scored, pictures = gather_items(scored), gather_items(pictures)
-        return EvaluationResult(
-            prompts=prompts,
-            images_per_prompt=n,
-            seeds=[eval_seed(seed, i, j) for i, j in items],
-            scores={name: [values[name] for _, values in scored] for name in self.reward.rewards},
-            weights=dict(self.reward.weights),
-            images=[image for _, image in pictures],
-            seed=seed,
-            prompts_source=self.eval_prompts_source if prompts == self.eval_prompts else "evaluate(prompts=...)",
-        )
 
     def _eval_sample(self, prompts: list[str], generators: list[torch.Generator]) -> RolloutBatch:
         """Deterministic samples of the evaluation: one image per prompt, ODE only (no SDE window)."""
         return self._sample(prompts, generators, "an evaluation", num_generations=1, sde_window=(0, 0))
 
     def _log_eval(self) -> Optional[float]:
-        self._phase("eval")
-        if self.evaluation_hook is not None:
-            scalars = dict(self.evaluation_hook(self))
-            for name, value in scalars.items():
-                self.history.setdefault(f"eval_{name}", []).append((self.global_step, float(value)))
-            self.accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=self.global_step)
-            return scalars.get("reward")
-        result = self.evaluate()
-        if result is None:
-            return None
-        self.history.setdefault("eval_reward", []).append((self.global_step, result.reward))
-        log_evaluation(self.accelerator, result, self.global_step)
-        return result.reward
+        """The periodic evaluation (`evaluation.log_periodic_evaluation`): `evaluation_hook`, else `evaluate()`."""
+        self.progress.phase("eval")
+        hook = None if self.evaluation_hook is None else (lambda: self.evaluation_hook(self))
+        return log_periodic_evaluation(self.evaluate, hook, self.accelerator, self.history, self.global_step)
 
     # ------------------------------------------------------------------ checkpoints and resuming
-    def _trainer_state(self) -> dict[str, Any]:
-        """What a checkpoint holds besides what `accelerator.save_state` writes."""
-        state = {
-            "global_step": self.global_step,
-            "window": self.window.state_dict(),
-            "bad_group_streak": self.bad_group_streak,
-            "history": {k: [list(p) for p in v] for k, v in self.history.items()},
-            "config": self.config.to_dict(),
-            "config_changes": list(self.config_changes),
-            "prompts_sha256": prompts_fingerprint(self.train_prompts),
-        }
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
     def save_checkpoint(self) -> str:
-        path = self.checkpoints.save(
-            self.global_step, self.accelerator, self._trainer_state(), **self.backend.checkpoint_kwargs(load=False)
+        cfg, step, history = self.config, self.global_step, self.history
+        state = trainer_state(
+            step, self.window, self.bad_group_streak, history, cfg, self.config_changes, self.train_prompts, self.ema
         )
-        self.preemption.saved[self.global_step] = path
+        path = self.checkpoints.save(step, self.accelerator, state, **self.backend.checkpoint_kwargs(load=False))
+        self.preemption.saved[step] = path
         return path
 
     def resume(self, resume_from_checkpoint: Optional[str]) -> bool:
@@ -628,28 +517,14 @@ class GRPOTrainer:
         )
 
     def _resume_from(self, path: str) -> None:
-        """Load the checkpoint `path` (`run_state.load_checkpoint`) and continue from its step and state."""
-        cfg = self.config
-        state, changes = load_checkpoint(
-            self.checkpoints,
-            path,
-            self.accelerator,
-            cfg,
-            self.train_prompts,
-            self.pipeline.denoiser,
-            self.backend.checkpoint_kwargs(load=True),
+        """Load the checkpoint `path` (`run_state.load_checkpoint`) and continue from its step and state
+        (`run_state.apply_trainer_state`)."""
+        cfg, acc, denoiser = self.config, self.accelerator, self.pipeline.denoiser
+        load_kwargs = self.backend.checkpoint_kwargs(load=True)
+        state, changes = load_checkpoint(self.checkpoints, path, acc, cfg, self.train_prompts, denoiser, load_kwargs)
+        self.global_step, self.history, self.config_changes = apply_trainer_state(
+            state, changes, path, cfg, self.window, self.health, self.ema, self.optimizer, self.lr_scheduler
         )
-        self.global_step = int(state["global_step"])
-        self.window.load_state_dict(state["window"])
-        self.bad_group_streak = int(state.get("bad_group_streak", 0))
-        self.history = {k: [tuple(p) for p in v] for k, v in state.get("history", {}).items()}
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
-        self.config_changes = list(state.get("config_changes", []))
-        if "learning_rate" in changes:
-            set_learning_rate(self.optimizer, self.lr_scheduler, cfg.learning_rate)
-        logger.info("Resuming from %s at step %d of %d.", path, self.global_step, cfg.max_train_steps)
-        note_config_changes(self.config_changes, changes, self.global_step)
 
     def _check_stop(self, where: str) -> None:
         """A boundary of the run: raise `Preempted` on every rank when any rank received SIGTERM / SIGINT."""
@@ -664,19 +539,7 @@ class GRPOTrainer:
         return early (`TrainOutput.interrupted_by`, `TrainOutput.checkpoint`); a second signal stops at once."""
         cfg, acc = self.config, self.accelerator
         started = time.perf_counter()
-        if acc.is_main_process:
-            self.checkpoints.cleanup()  # leftovers of an interrupted save or prune
-        acc.wait_for_everyone()
-        if cfg.resume_from_checkpoint:
-            self.resume(cfg.resume_from_checkpoint)
-        elif self.checkpoints.latest() is not None:
-            logger.warning(
-                "%s already holds checkpoints (newest: %s); this run starts fresh (resume_from_checkpoint is unset) "
-                "and replaces those of the same steps.",
-                cfg.output_dir,
-                os.path.basename(self.checkpoints.latest()),
-            )
-        start_step = self.global_step
+        resume_or_start_fresh(self.checkpoints, acc, cfg, self.resume)
         interrupted, checkpoint = None, None
         # logging_redirect_tqdm: a warning during the run gets a line of its own instead of being glued to the bar
         with GracefulInterrupt() as interrupt, logging_redirect_tqdm():
@@ -684,9 +547,7 @@ class GRPOTrainer:
             try:
                 self._run_loop()
             except Preempted as stop:
-                if self._bar is not None:
-                    self._bar.close()
-                    self._bar = None
+                self.progress.close()
                 checkpoint = self.preemption.save_on_stop(
                     stop,
                     self.optimizer,
@@ -706,8 +567,18 @@ class GRPOTrainer:
             if cfg.push_to_hub and acc.is_main_process:
                 self.push_to_hub()
         acc.end_training()
-        summary = self._summarize(start_step, time.perf_counter() - started, weights, interrupted, checkpoint)
-        return TrainOutput(self.global_step, dict(self.history), cfg.output_dir, summary, interrupted, checkpoint)
+        seconds, changes = time.perf_counter() - started, self.config_changes
+        return finish_run(
+            self.history,
+            cfg,
+            self.global_step,
+            seconds,
+            weights,
+            interrupted,
+            checkpoint,
+            changes,
+            acc.is_main_process,
+        )
 
     def _run_loop(self) -> None:
         """`train()`'s steps: evaluations, logs and checkpoints; a stop signal raises `Preempted` at a boundary."""
@@ -718,58 +589,30 @@ class GRPOTrainer:
         evaluated = any(k.startswith("eval_") for k in self.history)  # a resume from checkpoint-0 has its eval
         if self.global_step == 0 and self.eval_prompts and cfg.validation_steps and not evaluated:
             self._log_eval()
-        self._bar = bar = tqdm(
-            total=cfg.max_train_steps,
-            initial=self.global_step,
-            desc="MixGRPO",
-            disable=not acc.is_local_main_process,
-        )
+        self.progress.open(cfg.max_train_steps, self.global_step, disable=not acc.is_local_main_process)
         while self.global_step < cfg.max_train_steps:
             logs = self.train_step()
             if self.global_step % cfg.logging_steps == 0:
                 acc.log(logs, step=self.global_step)
-            bar.update(1)
-            bar.set_postfix(reward=f"{logs.get('reward/mean', float('nan')):.3f}", window=logs["window/start"])
+            self.progress.step(logs)
             self._check_stop("the end of the step")
             if cfg.validation_steps and self.eval_prompts and self.global_step % cfg.validation_steps == 0:
                 self._log_eval()
             if cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0:
                 self.save_checkpoint()
-        bar.close()
-        self._bar = None
+        self.progress.close()
         evals = self.history.get("eval_reward", [])
         if cfg.validation_steps and self.eval_prompts and (not evals or evals[-1][0] != self.global_step):
             self._log_eval()  # the summary's evaluation reward is that of the weights being saved
-
-    def _summarize(self, start_step, seconds, weights, interrupted, checkpoint) -> RunSummary:
-        summary = RunSummary.from_history(
-            self.history,
-            output_dir=self.config.output_dir,
-            weights=weights,
-            steps=self.global_step,
-            max_train_steps=self.config.max_train_steps,
-            seconds=seconds,
-            interrupted_by=interrupted,
-            checkpoint=checkpoint,
-            config_changes=list(self.config_changes),
-        )
-        if self.accelerator.is_main_process:
-            summary.report()
-        return summary
 
     # ------------------------------------------------------------------ saving
     def save_model(self, output_dir: str) -> Optional[str]:
         """LoRA: the family's diffusers LoRA file (`pytorch_lora_weights.safetensors`, loadable by a stock pipeline's
         `load_lora_weights`); full fine-tune: the whole pipeline folder. Plus the reward curve and config. Returns
         the path of the weights (on the main process). A full disk raises `DiskFullError`."""
-        acc = self.accelerator
-        acc.wait_for_everyone()
-        # every rank takes part in gathering sharded weights (rank 0 gets them)
-        gathered = self.backend.full_state_dict(self.pipeline.denoiser, trainable_only=self.config.use_lora)
-        if not acc.is_main_process:
-            return None
+        pipe, acc = self.pipeline, self.accelerator
         return export_final_model(
-            output_dir, self.pipeline, acc, self.config, self.history, self.ema, self.trainable, gathered
+            output_dir, pipe, acc, self.backend, self.config, self.history, self.ema, self.trainable
         )
 
     def push_to_hub(self) -> str:
