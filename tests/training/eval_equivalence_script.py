@@ -66,6 +66,7 @@ def main(output_dir: str, result: str, mode: str = "") -> None:
                 f,
             )
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # leave the process group together (a live gloo group can abort a rank at exit)
 
 
 if __name__ == "__main__":

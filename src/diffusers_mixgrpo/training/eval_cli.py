@@ -343,10 +343,24 @@ def main(argv=None):
 
     args = parse_args(argv)
     try:
-        return evaluate(args)
+        summary = evaluate(args)
     except MixGRPOError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    _leave_process_group()
+    return summary
+
+
+def _leave_process_group() -> None:
+    """Under `accelerate launch`, every rank leaves the process group together once the evaluation is done: a
+    gloo group still alive at interpreter exit can abort a rank ("terminate called without an active exception")."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
