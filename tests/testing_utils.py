@@ -7,6 +7,9 @@ import runpy
 import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Optional
@@ -123,3 +126,28 @@ def run_ranks(script, *args, port: int, env: dict, timeout: float = 600, **kwarg
     """Run `script args` on `nproc` (2) ranks under torchrun: it must exit with status 0 within `timeout` s."""
     rc = wait_ranks(start_ranks(script, *args, port=port, env=env, **kwargs), timeout)
     assert rc == 0, f"torchrun {Path(script).name} {' '.join(map(str, args))} exited with status {rc}"
+
+
+# -- HTTP servers on 127.0.0.1 (the HTTP rewards' tests) -----------------------------------------------------------
+
+
+class _LoopbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a client that timed out closed its socket before the slow answer: expected here
+
+
+@contextmanager
+def loopback_http_server(handler):
+    """Serve `handler` (a `BaseHTTPRequestHandler` class) on a free port of 127.0.0.1 in a thread; yields the
+    server's `/v1` base URL and shuts the server down on exit."""
+    server = _LoopbackServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

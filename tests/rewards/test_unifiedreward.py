@@ -5,7 +5,7 @@ import io
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ from PIL import Image
 
 from diffusers_mixgrpo.rewards import load_reward
 from diffusers_mixgrpo.rewards.unifiedreward import MalformedAnswerError, UnifiedRewardError, parse_score
+from testing_utils import loopback_http_server
 
 
 class _Judge(BaseHTTPRequestHandler):
@@ -72,24 +73,12 @@ class _Judge(BaseHTTPRequestHandler):
         )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out closed its socket before the slow answer: expected here
-
-
 @pytest.fixture
 def judge():
     _Judge.calls = {}
     _Judge.hung_up = []
-    server = _Server(("127.0.0.1", 0), _Judge)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with loopback_http_server(_Judge) as base_url:
+        yield base_url
 
 
 def _gray(levels):

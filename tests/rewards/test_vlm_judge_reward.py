@@ -11,7 +11,7 @@ import pickle
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -19,6 +19,7 @@ from PIL import Image
 
 from diffusers_mixgrpo.rewards import load_reward
 from diffusers_mixgrpo.rewards.vlm_judge import VLMJudgeError, VLMJudgeReward, parse_number, yes_probability
+from testing_utils import loopback_http_server
 
 KEY_ENV = "VLM_JUDGE_TEST_KEY"
 SECRET = "sk-test-SECRET-4242"
@@ -98,25 +99,13 @@ class _Judge(BaseHTTPRequestHandler):
         return self._answer("5")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out closed its socket before the slow answer: expected here
-
-
 @pytest.fixture
 def judge():
     state = {"calls": {}, "bodies": [], "auth": [], "in_flight": 0, "max_in_flight": 0, "lock": threading.Lock()}
     handler = type("Judge", (_Judge,), {"state": state})
-    server = _Server(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state["base_url"] = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield state
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with loopback_http_server(handler) as base_url:
+        state["base_url"] = base_url
+        yield state
 
 
 def _gray(levels):
