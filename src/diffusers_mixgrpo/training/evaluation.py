@@ -93,7 +93,7 @@ def resolve_eval_prompts(
     """The prompts of the trainer's periodic evaluation and where they come from: `eval_prompts`, else
     `validation_prompts`, else the prompts of `validation_prompt_file` (`file_prompts`), else the first
     `DEFAULT_NUM_VALIDATION_PROMPTS` training prompts, with a warning (that measures fit, not generalisation)."""
-    from .config import DEFAULT_NUM_VALIDATION_PROMPTS
+    from .run_arguments import DEFAULT_NUM_VALIDATION_PROMPTS
 
     if eval_prompts is not None:
         return list(eval_prompts), "eval_prompts"
