@@ -355,6 +355,26 @@ class GRPOConfig(RunArguments):
             "range": "[0, inf)",
         },
     )
+    ratio_check_steps: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "The consistency check: the log-probs of the rollout's own samples recomputed before any "
+            "parameter change must give back the recorded ones (max |ratio - 1| <= `ratio_check_tolerance`), or "
+            "the run stops. `None`: at the run's first update only; `n`: also every `n` training steps; `0`: "
+            'never. See docs/training.md, "Trusting a run".',
+            "range": "[0, inf)",
+        },
+    )
+    ratio_check_tolerance: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "The largest on-policy max |log ratio| (about max |ratio - 1|; per latent element with "
+            "`log_prob_reduction='sum'`) the consistency check allows. `None`: by `mixed_precision`, 1e-4 for "
+            "`'no'` (1e-3 on CUDA with `allow_tf32`), 1e-3 for `'fp16'`, 1e-2 for `'bf16'` "
+            "(`training.consistency`).",
+            "range": "(0, inf)",
+        },
+    )
     rewards: Optional[Union[dict[str, float], str]] = field(
         default=None,
         metadata={

@@ -1,5 +1,6 @@
 """The run's health checks between iterations: how many steps in a row had non-finite rewards, took no optimiser step,
-or left every advantage at 0, and when that stops the run (`TrainingStopped`) or warns."""
+left every advantage at 0, or left most groups without reward spread, and when that stops the run (`TrainingStopped`)
+or warns. (The warnings about settings and the first optimiser step are in `health_warnings.py`.)"""
 
 import logging
 from collections.abc import Callable
@@ -14,6 +15,21 @@ logger = logging.getLogger(__name__)
 
 #: Training steps in a row whose rewards leave every advantage at 0 before the run warns.
 CONSTANT_REWARD_WARN_STEPS = 3
+#: The share of groups with zero reward spread (logged as `reward/zero_spread_groups`) above which a step counts
+#: towards the zero-spread warning, and the steps in a row that trigger it (once per run).
+ZERO_SPREAD_WARN_SHARE = 0.5
+ZERO_SPREAD_WARN_STEPS = 5
+
+
+def zero_spread_share(advantages: torch.Tensor, group_ids: torch.Tensor) -> float:
+    """The share of the groups in `group_ids` whose advantages are all exactly 0: every member got the same reward
+    (of every reward, with `advantage_aggr`), so the group adds nothing to the gradient. 0 without groups."""
+    groups, inverse = torch.unique(group_ids, return_inverse=True)
+    if not len(groups):
+        return 0.0
+    nonzero = torch.zeros(len(groups), dtype=torch.bool, device=advantages.device)
+    nonzero.index_put_((inverse.to(advantages.device),), advantages != 0, accumulate=True)
+    return float((~nonzero).float().mean())
 
 
 @dataclass
@@ -31,6 +47,9 @@ class RunHealth:
     bad_group_streak: int = 0
     skipped_update_streak: int = 0
     constant_reward_streak: int = 0
+    zero_spread_streak: int = 0
+    zero_spread_low: float = 1.0  # the lowest share of the current zero-spread streak
+    zero_spread_warned: bool = False
 
     def check_dropped_groups(self, step: int, dropped: int) -> None:
         """Warn when groups with non-finite rewards were dropped; stop after `max_consecutive_bad_groups` such steps."""
@@ -74,6 +93,29 @@ class RunHealth:
                 self._warn_constant_rewards(scores)
         elif any_kept:
             self.constant_reward_streak = 0
+
+    def check_zero_spread(self, step: int, share: Optional[float]) -> None:
+        """Warn once per run when more than `ZERO_SPREAD_WARN_SHARE` of the groups had zero reward spread for
+        `ZERO_SPREAD_WARN_STEPS` steps in a row (`share`: this step's share of the kept groups; `None`: none kept)."""
+        if share is None:
+            return
+        if share <= ZERO_SPREAD_WARN_SHARE:
+            self.zero_spread_streak, self.zero_spread_low = 0, 1.0
+            return
+        self.zero_spread_streak += 1
+        self.zero_spread_low = min(self.zero_spread_low, share)
+        if self.zero_spread_streak >= ZERO_SPREAD_WARN_STEPS and not self.zero_spread_warned:
+            self.zero_spread_warned = True
+            logger.warning(
+                "Up to step %d, for %d training steps in a row at least %.0f%% of the groups (%.0f%% at this step) had "
+                "zero reward spread: every image of the group got the same reward, so its advantages are 0 and it "
+                "teaches nothing (logged as reward/zero_spread_groups). Raise num_generations or the SDE noise (eta), "
+                "use a reward with finer resolution, or use prompts the model neither always nor never gets right.",
+                step,
+                self.zero_spread_streak,
+                100 * self.zero_spread_low,
+                100 * share,
+            )
 
     def _warn_constant_rewards(self, scores: dict[str, torch.Tensor]) -> None:
         constant = {k: float(v[0]) for k, v in scores.items() if v.numel() and bool((v == v[0]).all())}

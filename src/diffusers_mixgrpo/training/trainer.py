@@ -24,6 +24,7 @@ from .advantages import compute_advantages, finite_group_mask
 from .backends import all_ranks, make_backend
 from .checkpointing import CheckpointManager
 from .config import GRPOConfig
+from .consistency import RatioCheck
 from .distributed import FSDP2Options
 from .errors import TrainingStopped
 from .evaluation import (
@@ -35,7 +36,8 @@ from .evaluation import (
     resolve_eval_prompts,
 )
 from .export import export_final_model, push_run_to_hub
-from .health import RunHealth
+from .health import RunHealth, zero_spread_share
+from .health_warnings import GradientWarning, warn_on_settings
 from .interrupts import GracefulInterrupt, Preempted, signal_name
 from .iteration_plan import (
     draw_train_steps,
@@ -133,6 +135,7 @@ class GRPOTrainer:
         self.accelerator = accelerator or build_accelerator(config)
         set_seed(config.seed)
         apply_tf32(config.allow_tf32, self.accelerator.device)
+        warn_on_settings(config, self.accelerator, fsdp2)  # LoRA update size, fp16 loss scaling (health_warnings.py)
         check_reward_device_available(config.reward_device)  # before FLUX loads, not after
         file_prompts = read_eval_prompt_file(config, eval_prompts)  # before the model loads
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
@@ -151,6 +154,8 @@ class GRPOTrainer:
             self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest
         )
         self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest)
+        self.ratio_check = RatioCheck.from_config(config, self.accelerator.device)
+        self.gradient_warning = GradientWarning(config.adam_epsilon, getattr(self.accelerator, "scaler", None))
         self.global_step = 0
         self.config_changes: list[dict[str, Any]] = []
         self.history: dict[str, list[tuple[int, float]]] = {}
@@ -274,6 +279,7 @@ class GRPOTrainer:
             )
             adv[keep] = kept_adv
         self._all_advantages_zero = bool(keep.any() and (adv[keep] == 0).all())
+        self._zero_spread = zero_spread_share(adv[keep], all_groups[keep]) if keep.any() else None
         n_local = batch.batch_size
         lo = acc.process_index * n_local  # every process rolls out the same number of samples
         return adv[lo : lo + n_local], keep[lo : lo + n_local], all_scores, keep, per_reward
@@ -306,6 +312,8 @@ class GRPOTrainer:
         stats: dict[str, list[float]] = {}
         taken = skipped = micro_done = 0
         order = torch.Generator().manual_seed(cfg.seed + step)
+        elements = batch.latents[0, 0].numel() if cfg.log_prob_reduction == "sum" else 1
+        self.ratio_check.begin(step, elements)  # checked in the first accumulation group that runs (consistency.py)
         if cfg.preemption_snapshot and not backend.steps_in_backward:
             self.preemption.snapshot(
                 self.trainable, self.optimizer, self.lr_scheduler, self.ema, getattr(acc, "scaler", None)
@@ -325,6 +333,7 @@ class GRPOTrainer:
                 where = (micro_done + start, cfg.num_inner_epochs * len(micro)) if rewindable else None
                 non_finite = self._accumulate(batch, advantages, train_steps, group, runs, kept_by_rank, stats, where)
                 if all_ranks(acc, backend.grads_finite() and non_finite == 0):
+                    self.gradient_warning.check(self.trainable)  # once, at the run's first step (before clipping)
                     stats.setdefault("grad_norm", []).append(backend.clip_and_step())
                     if self.ema is not None:
                         self.ema.step(self.trainable)
@@ -365,6 +374,7 @@ class GRPOTrainer:
                 boundary = i == len(runs) - 1 and pi == len(pieces) - 1
                 with self.backend.accumulation_context(boundary):
                     out = self._window_step_loss(batch, t, sub, advantages, autocast)
+                    self.ratio_check.observe(out.policy.ratio_min, out.policy.ratio_max)
                     loss = out.loss * (weight * len(sub) / len(idx))
                     finite_loss = bool(torch.isfinite(loss))
                     if not finite_loss:
@@ -373,6 +383,8 @@ class GRPOTrainer:
                         # gradients, so a non-finite loss must give non-finite gradients.
                         non_finite += 1
                         loss = loss * float("nan")
+                    if boundary and (deviation := self.ratio_check.finish(self.accelerator)) is not None:
+                        stats["ratio_check_deviation"] = [deviation]  # before the group's parameter change
                     self.backend.backward(loss, boundary)
                 if finite_loss and len(kept):
                     for key, value in {"loss": out.loss, "kl": out.kl, **out.policy.stats()}.items():
@@ -444,6 +456,7 @@ class GRPOTrainer:
         finite = {k: v[all_keep] for k, v in all_scores.items()}
         stepped = "grad_norm" in update_stats
         self.health.check_update(step, bool(all_keep.any()), stepped, self._all_advantages_zero, finite)
+        self.health.check_zero_spread(step, self._zero_spread)
         self.window.step()
         self.global_step += 1
         self.preemption.end_iteration()
@@ -453,6 +466,8 @@ class GRPOTrainer:
         logs = step_logs(
             update_stats, finite, self.reward.weights, per_reward, advantages[keep], all_keep, window, nfe, lr, times
         )
+        if self._zero_spread is not None:
+            logs["reward/zero_spread_groups"] = self._zero_spread
         if "reward/mean" in logs:
             self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
         return logs
