@@ -44,6 +44,7 @@ from .reward_spec import (
     check_reward_device,
     check_reward_options,
     is_secret_option,
+    parse_monitor_rewards,
     parse_reward_kwargs,
     parse_reward_weights,
 )
@@ -362,6 +363,16 @@ class GRPOConfig:
         },
     )
     kl_coeff: float = field(default=0.0, metadata={"help": "Weight of the KL term.", "range": "[0, inf)"})
+    ratio_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "GRPO-Guard's regulated clipping (arXiv 2510.22319): the log importance ratio of each window step "
+            "is de-biased (+ ||mu_theta - mu_old||^2 / (2 tau^2), so its mean is 0 instead of negative) and scaled "
+            "by the step's noise scale tau (the same spread at every step) before the clip, and each step's loss is "
+            "weighted by 1/|dt| (normalised to mean 1 over the window). Flow-matching schedulers only; the rollout "
+            "then records each step's mean (one latent per window step). See docs/training.md, \"Loss\"."
+        },
+    )
     max_consecutive_bad_groups: int = field(
         default=5,
         metadata={
@@ -377,6 +388,18 @@ class GRPOConfig:
             "help": 'Registered reward name -> weight, e.g. `{"hpsv2.1": 1.0, "pickscore": 1.0}`. On the command line: '
             "a JSON object or `'hpsv2.1=1.0,pickscore=1.0'`. `None`: reward functions are handed to the "
             "trainer.",
+        },
+    )
+    monitor_rewards: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": "Rewards that are scored and logged but never trained on (a reward-hacking guard): every step "
+            "logs `monitor/<name>` (the mean over all rollouts) beside each trained `reward/<name>`, and the "
+            "evaluation logs `eval/monitor/<name>`, so a monitor that falls while the trained reward rises shows "
+            "over-optimisation. Same syntax as `rewards` (names; weights are ignored); loaded like the training "
+            "rewards (`reward_device`, `reward_dtype`, `reward_kwargs`, `reward_timeout`). A monitor that fails, "
+            "hangs or returns non-finite scores is logged as NaN with a warning and never stops or changes the run. "
+            "See docs/training.md, \"Reward hacking\"."
         },
     )
     reward_mix: str = field(
@@ -704,6 +727,7 @@ class GRPOConfig:
         apply_method_preset(self)
         self.rewards = parse_reward_weights(self.rewards)
         self.reward_kwargs = parse_reward_kwargs(self.reward_kwargs)
+        self.monitor_rewards = parse_monitor_rewards(self.monitor_rewards, self.rewards)
         if self.report_to is not None:
             self.report_to = self.report_to.strip().lower()
         for f in dataclasses.fields(self):  # choices, ranges, ... as the field's metadata declares them
@@ -715,7 +739,7 @@ class GRPOConfig:
             self.lora_target_modules = default_lora_target_modules(self.model_family)
         if self.reward_device is not None:
             self.reward_device = check_reward_device(self.reward_device)
-        check_reward_options(self.rewards, self.reward_kwargs)
+        check_reward_options(self.rewards, self.reward_kwargs, self.monitor_rewards)
         self._check_combinations()
 
     def _check_combinations(self) -> None:

@@ -65,7 +65,7 @@ from .model_setup import (
     setup_frozen_modules,
 )
 from .preflight import check_reward_device_available, load_train_prompts
-from .reward_runner import RewardRunner, RewardSpec, build_rewards
+from .reward_runner import RewardRunner, RewardSpec, build_monitor_rewards, build_rewards
 from .run_state import (
     Preemption,
     apply_trainer_state,
@@ -115,6 +115,8 @@ class GRPOTrainer:
             accelerate's FSDP2 config (`examples/accelerate/fsdp2.yaml`) takes this path too, with the config's
             settings. See `training/distributed.py`. `None`: `config.fsdp2` (with `fsdp2_reshard_after_forward`,
             `fsdp2_cpu_offload`), else the launch config.
+        monitor_rewards (list, mapping or `MultiReward`, *optional*): rewards scored and logged (`monitor/<name>`,
+            `eval/monitor/<name>`) but never trained on: names or callables; default: `config.monitor_rewards`.
     """
 
     def __init__(
@@ -127,6 +129,7 @@ class GRPOTrainer:
         accelerator: Optional[Accelerator] = None,
         fsdp2: Optional[Union[bool, "FSDP2Options"]] = None,
         overlap_rewards: Optional[bool] = None,
+        monitor_rewards: Optional[Union[RewardSpec, Sequence[Union[str, Callable]]]] = None,
     ):
         self.config = config
         self.overlap_rewards = config.overlap_rewards if overlap_rewards is None else bool(overlap_rewards)
@@ -144,11 +147,12 @@ class GRPOTrainer:
             config, eval_prompts, file_prompts, self.train_prompts
         )
         self.reward = build_rewards(rewards, config, self.reward_device)
+        self.monitor = build_monitor_rewards(monitor_rewards, config, self.reward_device)
         self.config = record_run_inputs(config, self.pipeline, self.reward.weights, eval_prompts, self._prompts_given)
         self.window = SlidingWindowSchedule(**config.sliding_window_kwargs())
         self.checkpoints = CheckpointManager(config.output_dir, config.checkpoints_total_limit)
         self.reward_runner = RewardRunner(
-            self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest
+            self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest, self.monitor
         )
         self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest)
         self.global_step = 0
@@ -252,6 +256,18 @@ class GRPOTrainer:
     def _score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """`{reward name: (B,) scores}` of `batch` (`reward_runner.RewardRunner`)."""
         return self.reward_runner.score(batch, self.global_step)
+
+    def _monitor_scores(self, batch: RolloutBatch, times: dict[str, float]) -> dict[str, torch.Tensor]:
+        """The monitor rewards' scores of every process's rollout, gathered (NaN where a monitor failed); empty without
+        monitors. Never used by the update."""
+        if self.monitor is None:
+            return {}
+        t0 = time.perf_counter()
+        self.progress.phase("monitor")
+        local = self.reward_runner.score_monitors(batch, self.global_step)
+        gathered = {k: self.accelerator.gather(v.contiguous()) for k, v in local.items()}
+        times["time/monitor"] = time.perf_counter() - t0
+        return gathered
 
     def _advantages(self, batch: RolloutBatch, scores: dict[str, torch.Tensor]):
         """Gather scores of every process (global group ids), drop non-finite groups, normalise; this rank's slice."""
@@ -432,6 +448,7 @@ class GRPOTrainer:
         self.preemption.start_iteration(self, counters=("bad_group_streak",))
         window = self.window.current()
         batch, scores = self._rollout_and_score(step, times)
+        monitor = self._monitor_scores(batch, times)
         self._check_stop("its rewards")
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
         self.health.check_dropped_groups(step, int((~all_keep).sum()))
@@ -451,10 +468,14 @@ class GRPOTrainer:
         nfe_train = num_train_steps(len(batch.step_indices), cfg.train_timestep_fraction) * cfg.num_inner_epochs
         nfe, lr = (batch.nfe / batch.batch_size, nfe_train), self.lr_scheduler.get_last_lr()[0]
         logs = step_logs(
-            update_stats, finite, self.reward.weights, per_reward, advantages[keep], all_keep, window, nfe, lr, times
-        )
+            update_stats, finite, self.reward.weights, per_reward, advantages[keep], all_keep, window, nfe, lr, times,
+            monitor,
+        )  # fmt: skip
         if "reward/mean" in logs:
             self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
+        for name in monitor:
+            if logs[f"monitor/{name}"] == logs[f"monitor/{name}"]:  # not NaN
+                self.history.setdefault(f"monitor_{name}", []).append((self.global_step, logs[f"monitor/{name}"]))
         return logs
 
     # ------------------------------------------------------------------ evaluation
@@ -483,8 +504,23 @@ class GRPOTrainer:
         source = self.eval_prompts_source if prompts == self.eval_prompts else "evaluate(prompts=...)"
         with self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext():
             return evaluate_policy(
-                self._eval_sample, self._score, prompts, self.reward, acc, n, seed, chunk, grid_prompts, source
+                self._eval_sample,
+                self._eval_score,
+                prompts,
+                self.reward,
+                acc,
+                n,
+                seed,
+                chunk,
+                grid_prompts,
+                source,
+                self.reward_runner.monitor_names,
             )
+
+    def _eval_score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The evaluation's scores of `batch`: every training reward, and each monitor as `"monitor/<name>"`."""
+        monitors = self.reward_runner.score_monitors(batch, self.global_step)
+        return {**self._score(batch), **{f"monitor/{k}": v for k, v in monitors.items()}}
 
     def _eval_sample(self, prompts: list[str], generators: list[torch.Generator]) -> RolloutBatch:
         """Deterministic samples of the evaluation: one image per prompt, ODE only (no SDE window)."""
