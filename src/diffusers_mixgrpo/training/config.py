@@ -370,7 +370,7 @@ class GRPOConfig:
             "is de-biased (+ ||mu_theta - mu_old||^2 / (2 tau^2), so its mean is 0 instead of negative) and scaled "
             "by the step's noise scale tau (the same spread at every step) before the clip, and each step's loss is "
             "weighted by 1/|dt| (normalised to mean 1 over the window). Flow-matching schedulers only; the rollout "
-            "then records each step's mean (one latent per window step). See docs/training.md, \"Loss\"."
+            'then records each step\'s mean (one latent per window step). See docs/training.md, "Loss".'
         },
     )
     max_consecutive_bad_groups: int = field(
@@ -399,7 +399,7 @@ class GRPOConfig:
             "over-optimisation. Same syntax as `rewards` (names; weights are ignored); loaded like the training "
             "rewards (`reward_device`, `reward_dtype`, `reward_kwargs`, `reward_timeout`). A monitor that fails, "
             "hangs or returns non-finite scores is logged as NaN with a warning and never stops or changes the run. "
-            "See docs/training.md, \"Reward hacking\"."
+            'See docs/training.md, "Reward hacking".'
         },
     )
     reward_mix: str = field(
@@ -787,6 +787,16 @@ class GRPOConfig:
         if self.kl_type != "none" and self.kl_coeff == 0:
             logger.warning(
                 "kl_type=%r with kl_coeff=0: the KL is computed and logged but not trained on.", self.kl_type
+            )
+        if self.ratio_norm and self.sde_type == "cps" and self.cps_log_prob == "flow_grpo":
+            fail(
+                "ratio_norm=True needs the Gaussian log-prob (its bias correction is the Gaussian's); with "
+                "sde_type='cps' set cps_log_prob='gaussian', or ratio_norm=False."
+            )
+        if self.ratio_norm and self.model_family in ("sd15", "sdxl"):
+            fail(
+                f"ratio_norm=True needs a flow-matching model; model_family={self.model_family!r} is VP diffusion: "
+                "set ratio_norm=False."
             )
         if self.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
             fail("optimizer='adamw8bit' needs the bitsandbytes package; install it or use optimizer='adamw'.")

@@ -25,7 +25,7 @@ from .backends import all_ranks, make_backend
 from .checkpointing import CheckpointManager
 from .config import GRPOConfig
 from .distributed import FSDP2Options
-from .errors import TrainingStopped
+from .errors import ConfigError, TrainingStopped
 from .evaluation import (
     VALIDATION_GRID_PROMPTS,
     EvaluationResult,
@@ -52,7 +52,7 @@ from .logging_utils import (
     quiet_prompt_truncation,
     step_logs,
 )
-from .losses import grpo_loss
+from .losses import grpo_loss, guard_step_weights
 from .model_setup import (
     apply_model_defaults,
     apply_tf32,
@@ -140,6 +140,11 @@ class GRPOTrainer:
         file_prompts = read_eval_prompt_file(config, eval_prompts)  # before the model loads
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
+        if config.ratio_norm and getattr(self.pipeline.family, "scheduler_kind", "flow") != "flow":
+            raise ConfigError(
+                f"ratio_norm=True needs a flow-matching model (its 1/|dt| step weights and SDE means); "
+                f"{self.pipeline.model_family!r} is a VP diffusion model: set ratio_norm=False."
+            )
         apply_model_defaults(config, self.pipeline)
         self._prompts_given = train_prompts is not None
         self.train_prompts = load_train_prompts(train_prompts, config.prompt_file)
@@ -251,6 +256,7 @@ class GRPOTrainer:
             sde_window=self.window.current(),
             share_prefix=cfg.sample_share_prefix,
             same_initial_noise=cfg.sample_same_noise,
+            record_means=cfg.ratio_norm,
         )
 
     def _score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
@@ -404,6 +410,15 @@ class GRPOTrainer:
         if cfg.kl_type == "reference" and cfg.kl_coeff > 0:
             with torch.no_grad(), self._reference_policy():
                 _, ref_mean, _ = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
+        guard = {}
+        if cfg.ratio_norm:  # GRPO-Guard: the rollout's means, and the step's 1/|dt| weight (`losses.py`)
+            sigmas = pipe._log_prob_scheduler(batch).sigmas
+            guard = dict(
+                ratio_norm=True,
+                old_prev_sample_mean=batch.means[idx.to(batch.means.device), batch.step_position(t)].to(mean.device),
+                step_weight=guard_step_weights(sigmas, batch.step_indices)[t],
+                log_prob_reduction=cfg.log_prob_reduction,
+            )
         return grpo_loss(
             logp,
             batch.log_probs[idx, batch.step_position(t)].to(logp.device),
@@ -414,6 +429,7 @@ class GRPOTrainer:
             prev_sample_mean=mean,
             ref_prev_sample_mean=ref_mean,
             std_dev=std,
+            **guard,
         )
 
     def _rollout_and_score(self, step: int, times: dict[str, float]) -> tuple[RolloutBatch, dict[str, torch.Tensor]]:
