@@ -178,3 +178,26 @@ def test_toy_world_train_on_the_aesthetic_and_monitor_the_preference_product(tmp
     for name in ("monitor_toy_preference", "monitor_toy_world", "train_reward"):
         assert [s for s, _ in out.reward_history[name]] == [1, 2], name
         assert all(math.isfinite(v) for _, v in out.reward_history[name])
+
+
+def test_a_monitor_failing_on_one_rank_leaves_the_ranks_in_step(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo, CPU): the monitor fails on rank 1 only; both ranks train the same step (the
+    same gathered collectives), log the same reward and monitor numbers, and end with the same weights."""
+    import json
+    import os
+    from pathlib import Path
+
+    from testing_utils import run_ranks
+
+    script = Path(__file__).with_name("monitor_ranks_script.py")
+    run_ranks(script, tmp_path / "run", tmp_path / "out", port=29611, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r0, r1 = (json.loads((tmp_path / f"out.{r}.json").read_text()) for r in (0, 1))
+    assert r0["logs"].keys() == r1["logs"].keys()
+    for key in r0["logs"]:  # the gathered ones (advantage/* and train/* are this rank's)
+        if key.startswith(("monitor/", "reward/", "data/")) or key == "train/optimizer_steps":
+            assert r0["logs"][key] == r1["logs"][key], key
+    assert math.isfinite(r0["logs"]["monitor/flaky"])  # rank 0's half of the samples
+    assert r0["lora"] == r1["lora"]
+    flaky = r0["eval"]["flaky"]  # items 0, 2 on rank 0, 1, 3 on rank 1 (round-robin)
+    assert json.dumps(r0["eval"]) == json.dumps(r1["eval"])  # NaN included
+    assert math.isfinite(flaky[0]) and math.isnan(flaky[1]) and math.isfinite(flaky[2]) and math.isnan(flaky[3])
