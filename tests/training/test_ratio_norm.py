@@ -144,6 +144,10 @@ def test_the_rollout_records_the_means_the_training_pass_recomputes(tmp_path):
                 assert torch.equal(mean.float(), batch.means[chunk, j])  # the same arithmetic, the same batch
     sub = batch.select(torch.tensor([5, 1]))
     assert torch.equal(sub.means, batch.means[[5, 1]])
+    from diffusers_mixgrpo.training.overlap import concat_rollouts  # overlap_rewards joins the rollout's pieces
+
+    joined = concat_rollouts([batch.select(torch.arange(4)), batch.select(torch.arange(4, 8))])
+    assert torch.equal(joined.means, batch.means)
 
 
 def test_a_ratio_norm_run_starts_on_policy_and_trains(tmp_path):
