@@ -169,3 +169,15 @@ def test_ratio_norm_is_refused_where_it_does_not_apply(tmp_path):
         tiny_config(tmp_path, ratio_norm=True, sde_type="cps", eta=0.8, cps_log_prob="flow_grpo")
     with pytest.raises(ConfigError, match="ratio_norm=True needs a flow-matching model"):
         tiny_config(tmp_path, ratio_norm=True, model_family="sd15")
+
+
+def test_tau_on_the_papers_grid_is_what_the_docs_say():
+    # docs/training.md ("Loss"): ratio_norm scales the policy gradient by tau, 0.088 to 0.72 on N = 25, shift 3, eta 0.7
+    from diffusers_mixgrpo.schedulers.scheduling_mix_ode_sde import MixODESDEScheduler
+
+    sched = MixODESDEScheduler(shift=3.0, eta=0.7, sde_type="flow_grpo")
+    sched.set_sde_window(0, 24)
+    sched.set_timesteps(25)
+    x = torch.zeros(1, 4)
+    taus = [float(sched.step_log_prob(x, x, x, i)[2]) for i in range(24)]
+    assert min(taus) == pytest.approx(0.0883, abs=1e-3) and max(taus) == pytest.approx(0.7151, abs=1e-3)
