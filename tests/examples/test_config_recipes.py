@@ -15,6 +15,7 @@ RECIPE_STEPS = {
     "flux_mixgrpo_flash": 4,
     "flux_mixgrpo_flash_star": 4,
     "flux_mixgrpo_cps": 4,
+    "flux_mixgrpo_guarded": 4,
     "flux_dancegrpo": 4,
     # Flow-Factory's LoRA examples: gradient_step_per_epoch 2
     "flux2_mixgrpo": 2,
@@ -44,3 +45,9 @@ def test_config_takes_its_recipes_optimizer_steps_per_iteration(name):
     assert steps == config.optimizer_steps_per_iteration == RECIPE_STEPS[name]
     if config.use_lora and config.model_family == "flux":
         assert config.learning_rate >= 1e-4  # not the paper's full fine-tune rate 1e-5
+
+
+def test_the_guarded_config_trains_on_one_reward_and_watches_the_others_with_the_lora_reference_kl():
+    config = GRPOConfig.from_yaml(CONFIGS / "flux_mixgrpo_guarded.yaml")
+    assert config.rewards == {"hpsv2.1": 1.0} and config.monitor_rewards == ["pickscore", "imagereward"]
+    assert config.kl_type == "reference" and config.kl_coeff > 0 and config.use_lora

@@ -353,6 +353,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         autocast_dtype: Optional[torch.dtype] = None,
         num_frames: Optional[int] = None,
         step_callback: Optional[Callable[[], None]] = None,
+        record_means: bool = False,
     ) -> RolloutBatch:
         r"""
         Sample `num_generations` images (videos) for each prompt and record the SDE-window steps for training.
@@ -388,6 +389,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             step_callback (`Callable[[], None]`, *optional*): called after every denoiser call (the trainer checks
                 there whether to stop; it may raise to abandon the rollout). Called as often on every process for
                 the same settings, so it may run collectives.
+            record_means (`bool`, defaults to `False`): also record each SDE step's mean in `RolloutBatch.means`
+                (float32, one latent per sample and window step), for GRPO-Guard's ratio normalisation.
 
         Returns:
             `RolloutBatch`.
@@ -471,6 +474,9 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             (batch, len(sde_steps) + 1 if sde_steps else 0, *noise.shape[1:]), dtype=noise.dtype, device=device
         )
         log_probs = torch.zeros((batch, len(sde_steps)), dtype=torch.float32, device=device)
+        means = None
+        if record_means:  # float32: GRPO-Guard uses mu_theta - mu_old, far below a bf16 latent's resolution
+            means = torch.empty((batch, len(sde_steps), *noise.shape[1:]), dtype=torch.float32, device=device)
         images = [None] * len(chunks)
         nfe_before = self.nfe_counter
         prefix_cache: dict[tuple[int, ...], tuple[torch.Tensor, SchedulerMixin]] = {}
@@ -512,7 +518,9 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     rows = sample_groups if same_initial_noise else sample_ids
                     x = denoise(sched, noise[rows.to(noise.device)], embeds, 0, start)
                 generators = [sample_generators[b] for b in sample_ids.tolist()]
-                x = denoise(sched, x, embeds, start, num_steps, generators, (recorded, log_probs, sample_ids, start))
+                x = denoise(
+                    sched, x, embeds, start, num_steps, generators, (recorded, log_probs, sample_ids, start, means)
+                )
                 with self.onloaded(("vae",)):
                     images[ci] = self.family.decode(x, height, width)
 
@@ -536,6 +544,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             height=height,
             width=width,
             nfe=self.nfe_counter - nfe_before,
+            means=means,
         )
 
     @staticmethod
@@ -607,13 +616,15 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device) for g in generators])
             step = sched.step(out, t, x, noise=noise)
             if record is not None and step.log_prob is not None:
-                recorded, log_probs, sample_ids, start = record
+                recorded, log_probs, sample_ids, start, means = record
                 j = i - start
                 rows = sample_ids.to(recorded.device)
                 if j == 0:
                     recorded[rows, 0] = x
                 recorded[rows, j + 1] = step.prev_sample
                 log_probs[rows, j] = step.log_prob.float()
+                if means is not None:
+                    means[rows, j] = step.prev_sample_mean.float()
             x = step.prev_sample
             bar.update(x.shape[0])
             if step_callback is not None:

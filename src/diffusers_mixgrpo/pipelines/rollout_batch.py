@@ -4,7 +4,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import torch
 
@@ -112,6 +112,8 @@ class RolloutBatch:
         height, width (`int`): image size.
         nfe (`int`): denoiser evaluations (per sample-step; a CFG step counts once) spent on this batch.
         extras (`dict`): room for rewards, advantages, per-model scores added by the trainer.
+        means (`torch.Tensor`, *optional*): `(B, K, ...)` float32 mean of each recorded SDE step under the rollout
+            policy (`rollout(record_means=True)`; GRPO-Guard's ratio normalisation needs it), else `None`.
     """
 
     images: torch.Tensor
@@ -131,6 +133,7 @@ class RolloutBatch:
     width: int
     nfe: int = 0
     extras: dict = field(default_factory=dict)
+    means: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
@@ -182,6 +185,7 @@ class RolloutBatch:
             group_ids=self.group_ids[index],
             latents=self.latents[index],
             log_probs=self.log_probs[index],
+            means=self.means[index] if self.means is not None else None,
             chunks=[torch.arange(len(index))],
             extras={
                 k: (v[index] if isinstance(v, torch.Tensor) and v.shape[:1] == (self.batch_size,) else v)

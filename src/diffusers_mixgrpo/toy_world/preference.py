@@ -49,7 +49,7 @@ class ToyContrastReward:
     """The aesthetic term alone, ``toy_contrast(images)``: an *unguarded* preference reward (it ignores the prompt).
 
     Registered as "toy_contrast" so the reward-hacking experiment (docs/toy_world.md) can train on it; use it as a
-    monitor (`monitor_rewards`-style logging) or inside `ToyPreferenceReward`, not alone.
+    monitor (`monitor_rewards`) or inside `ToyPreferenceReward`, not alone.
     """
 
     def __init__(self, device: Optional[Union[str, torch.device]] = None, dtype: Optional[torch.dtype] = None):

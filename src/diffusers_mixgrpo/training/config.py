@@ -37,6 +37,7 @@ from .presets import METHODS, apply_method_preset
 from .reward_spec import (
     check_reward_device,
     check_reward_options,
+    parse_monitor_rewards,
     parse_reward_kwargs,
     parse_reward_weights,
 )
@@ -347,6 +348,16 @@ class GRPOConfig(RunArguments):
         },
     )
     kl_coeff: float = field(default=0.0, metadata={"help": "Weight of the KL term.", "range": "[0, inf)"})
+    ratio_norm: bool = field(
+        default=False,
+        metadata={
+            "help": "GRPO-Guard's regulated clipping (arXiv 2510.22319): the log importance ratio of each window step "
+            "is de-biased (+ ||mu_theta - mu_old||^2 / (2 tau^2), so its mean is 0 instead of negative) and scaled "
+            "by the step's noise scale tau (the same spread at every step) before the clip, and each step's loss is "
+            "weighted by 1/|dt| (normalised to mean 1 over the window). Flow-matching schedulers only; the rollout "
+            'then records each step\'s mean (one latent per window step). See docs/training.md, "Loss".'
+        },
+    )
     max_consecutive_bad_groups: int = field(
         default=5,
         metadata={
@@ -382,6 +393,18 @@ class GRPOConfig(RunArguments):
             "help": 'Registered reward name -> weight, e.g. `{"hpsv2.1": 1.0, "pickscore": 1.0}`. On the command line: '
             "a JSON object or `'hpsv2.1=1.0,pickscore=1.0'`. `None`: reward functions are handed to the "
             "trainer.",
+        },
+    )
+    monitor_rewards: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={
+            "help": "Rewards that are scored and logged but never trained on (a reward-hacking guard): every step "
+            "logs `monitor/<name>` (the mean over all rollouts) beside each trained `reward/<name>`, and the "
+            "evaluation logs `eval/monitor/<name>`, so a monitor that falls while the trained reward rises shows "
+            "over-optimisation. Same syntax as `rewards` (names; weights are ignored); loaded like the training "
+            "rewards (`reward_device`, `reward_dtype`, `reward_kwargs`, `reward_timeout`). A monitor that fails, "
+            "hangs or returns non-finite scores is logged as NaN with a warning and never stops or changes the run. "
+            'See docs/training.md, "Reward hacking".'
         },
     )
     reward_mix: str = field(
@@ -470,6 +493,7 @@ class GRPOConfig(RunArguments):
         apply_method_preset(self)
         self.rewards = parse_reward_weights(self.rewards)
         self.reward_kwargs = parse_reward_kwargs(self.reward_kwargs)
+        self.monitor_rewards = parse_monitor_rewards(self.monitor_rewards, self.rewards)
         if self.report_to is not None:
             self.report_to = self.report_to.strip().lower()
         for f in dataclasses.fields(self):  # choices, ranges, ... as the field's metadata declares them
@@ -481,7 +505,7 @@ class GRPOConfig(RunArguments):
             self.lora_target_modules = default_lora_target_modules(self.model_family)
         if self.reward_device is not None:
             self.reward_device = check_reward_device(self.reward_device)
-        check_reward_options(self.rewards, self.reward_kwargs)
+        check_reward_options(self.rewards, self.reward_kwargs, self.monitor_rewards)
         self._check_combinations()
 
     def _check_combinations(self) -> None:
@@ -529,6 +553,16 @@ class GRPOConfig(RunArguments):
         if self.kl_type != "none" and self.kl_coeff == 0:
             logger.warning(
                 "kl_type=%r with kl_coeff=0: the KL is computed and logged but not trained on.", self.kl_type
+            )
+        if self.ratio_norm and self.sde_type == "cps" and self.cps_log_prob == "flow_grpo":
+            fail(
+                "ratio_norm=True needs the Gaussian log-prob (its bias correction is the Gaussian's); with "
+                "sde_type='cps' set cps_log_prob='gaussian', or ratio_norm=False."
+            )
+        if self.ratio_norm and self.model_family in ("sd15", "sdxl"):
+            fail(
+                f"ratio_norm=True needs a flow-matching model; model_family={self.model_family!r} is VP diffusion: "
+                "set ratio_norm=False."
             )
         if self.fsdp2 and self.use_ema:
             fail("use_ema=True is not supported with fsdp2=True (sharded weights); set use_ema=False.")

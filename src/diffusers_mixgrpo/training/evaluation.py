@@ -154,7 +154,10 @@ def log_evaluation(accelerator: Any, result: "EvaluationResult", step: int) -> N
     image grid (one row per prompt)."""
     from .logging_utils import log_image_grid, log_table
 
-    accelerator.log({"eval/reward": result.reward, **{f"eval/{k}": v for k, v in result.means.items()}}, step=step)
+    monitors = {f"eval/monitor/{k}": v for k, v in result.monitor_means.items()}
+    accelerator.log(
+        {"eval/reward": result.reward, **{f"eval/{k}": v for k, v in result.means.items()}, **monitors}, step=step
+    )
     if not accelerator.is_main_process:
         return
     log_table(accelerator, "eval/per_prompt", result.table_columns(), result.table_rows(), step)
@@ -176,11 +179,13 @@ def evaluate_policy(
     chunk: int,
     grid_prompts: int,
     prompts_source: str,
+    monitor_names: Sequence[str] = (),
 ) -> "EvaluationResult":
     """`GRPOTrainer.evaluate` on explicit arguments: `prompts` x `images_per_prompt` items split across the processes
     (`shard_items`), sampled with `sample` and scored with `score` (`score_items`, `chunk` items at a time), gathered
     (`gather_items`) into the same `EvaluationResult` on every process. `reward`: the run's `MultiReward` (its names
-    and weights)."""
+    and weights). `monitor_names`: monitor rewards, whose scores `score` returns as `"monitor/<name>"` (NaN where one
+    failed); they go to `EvaluationResult.monitor_scores`, outside the weighted reward."""
     acc = accelerator
     items = eval_items(len(prompts), images_per_prompt)
     slots = shard_items(len(items), acc.process_index, acc.num_processes)
@@ -191,6 +196,7 @@ def evaluate_policy(
         images_per_prompt=images_per_prompt,
         seeds=[eval_seed(seed, i, j) for i, j in items],
         scores={name: [values[name] for _, values in scored] for name in reward.rewards},
+        monitor_scores={name: [values[f"monitor/{name}"] for _, values in scored] for name in monitor_names},
         weights=dict(reward.weights),
         images=[image for _, image in pictures],
         seed=seed,
@@ -235,6 +241,8 @@ class EvaluationResult:
         images (`list`): the images of the first prompts (for the grid), in item order; may be empty.
         seed (`int`): the evaluation seed.
         prompts_source (`str`): where the prompts came from (`"validation_prompt_file=..."`, ...).
+        monitor_scores (`dict[str, list[float]]`): each monitor reward's score of each item (NaN where it failed);
+            not part of `reward`.
     """
 
     prompts: list[str]
@@ -245,6 +253,7 @@ class EvaluationResult:
     images: list = field(default_factory=list)
     seed: int = 0
     prompts_source: str = ""
+    monitor_scores: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def item_prompts(self) -> list[str]:
@@ -255,6 +264,11 @@ class EvaluationResult:
     def means(self) -> dict[str, float]:
         """Each reward's mean over every image."""
         return {name: _mean(values) for name, values in self.scores.items()}
+
+    @property
+    def monitor_means(self) -> dict[str, float]:
+        """Each monitor reward's mean over the images it scored (NaN when it scored none)."""
+        return {name: _mean([v for v in values if math.isfinite(v)]) for name, values in self.monitor_scores.items()}
 
     @property
     def reward(self) -> float:

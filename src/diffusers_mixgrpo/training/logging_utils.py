@@ -148,11 +148,16 @@ def step_logs(
     nfe: tuple[float, int],
     lr: float,
     times: Mapping[str, float],
+    monitor: Optional[Mapping[str, Any]] = None,
 ) -> dict:
     """The scalars `GRPOTrainer.train_step` logs: update statistics, rewards (`finite`: the scores of the kept samples,
-    mixed with `weights`), advantages (`per_reward`, `kept_advantages`), the SDE window, the denoiser calls per image
-    (`nfe`: rollout, training), the learning rate and the phases' seconds."""
+    mixed with `weights`; `reward/mean` and one `reward/<name>` per trained reward), advantages (`per_reward`,
+    `kept_advantages`), the SDE window, the denoiser calls per image (`nfe`: rollout, training), the learning rate, the
+    phases' seconds and the monitor rewards (`monitor`: `{name: scores of every sample}`, NaN where a monitor failed;
+    `monitor/<name>` is the mean of the finite scores, NaN when there is none)."""
     logs = {f"train/{k}": v for k, v in update_stats.items()}
+    for k, v in (monitor or {}).items():
+        logs[f"monitor/{k}"] = float(v.float().nanmean()) if v.numel() else math.nan
     if all_keep.any():
         total = sum(weights[k] * finite[k] for k in finite)
         logs["reward/mean"] = float(total.mean())

@@ -50,6 +50,7 @@ def concat_rollouts(parts: Sequence[RolloutBatch]) -> RolloutBatch:
         height=first.height,
         width=first.width,
         nfe=sum(p.nfe for p in parts),
+        means=torch.cat([p.means for p in parts]) if first.means is not None else None,
     )
 
 

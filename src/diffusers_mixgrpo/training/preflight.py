@@ -94,8 +94,11 @@ def _accepted_options(factory: Any, _depth: int = 0) -> Optional[set[str]]:
     return None
 
 
-def check_reward_options(rewards: Mapping[str, float], reward_kwargs: Optional[Mapping[str, Mapping]]) -> None:
-    """Every reward name is registered and every option in `reward_kwargs` is one its factory accepts."""
+def check_reward_options(
+    rewards: Mapping[str, float], reward_kwargs: Optional[Mapping[str, Mapping]], field: str = "rewards"
+) -> None:
+    """Every reward name is registered and every option in `reward_kwargs` is one its factory accepts (`field`: the
+    config field that names the rewards, for the message)."""
     from ..rewards.registry import available_rewards, get_reward_factory
 
     for name in rewards:
@@ -103,7 +106,7 @@ def check_reward_options(rewards: Mapping[str, float], reward_kwargs: Optional[M
             factory = get_reward_factory(name)
         except KeyError:
             raise ConfigError(
-                f"rewards names {name!r}, which is not a registered reward; available: "
+                f"{field} names {name!r}, which is not a registered reward; available: "
                 f"{', '.join(available_rewards())}."
             ) from None
         options = dict((reward_kwargs or {}).get(name, {}))
@@ -152,6 +155,8 @@ def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
         if not config.rewards:
             raise ConfigError("No reward: set rewards, e.g. --rewards hpsv2.1=1.0 (see --help for the names).")
         check_reward_options(config.rewards, config.reward_kwargs)
+        if getattr(config, "monitor_rewards", None):
+            check_reward_options(dict.fromkeys(config.monitor_rewards, 1.0), config.reward_kwargs, "monitor_rewards")
     check_reward_device_available(getattr(config, "reward_device", None))
     if not config.prompt_file:
         raise ConfigError("No training prompts: set prompt_file (a text file, one prompt per line).")

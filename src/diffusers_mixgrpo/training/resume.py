@@ -64,6 +64,7 @@ APPLIED_ON_RESUME = frozenset(
         "hub_private",
         "hub_base_model",
         "reward_kwargs",
+        "monitor_rewards",  # watched, never trained on
         "reward_timeout",
         "reward_batch_size",
         "reward_device",

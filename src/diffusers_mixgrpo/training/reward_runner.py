@@ -1,9 +1,14 @@
 """The rewards of a training run: the `MultiReward` built from what the user gave (registered names loaded on the reward
 device in the reward dtype, callables as they are), and scoring a rollout with each reward (within `reward_timeout`;
-a reward that fails, hangs or returns the wrong number of scores stops the run, naming it)."""
+a reward that fails, hangs or returns the wrong number of scores stops the run, naming it).
+
+The monitor rewards (`monitor_rewards`) are built the same way and scored on the same rollouts, but are never trained
+on: a monitor that fails, hangs or returns the wrong number of scores gives NaN scores and a warning naming it, and the
+run goes on unchanged (`RewardRunner.score_monitors`)."""
 
 import concurrent.futures
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import torch
@@ -15,6 +20,8 @@ from .errors import ConfigError, RewardLoadError, TrainingStopped
 
 #: What `GRPOTrainer(rewards=...)` accepts: a `MultiReward`, `{name_or_callable: weight}`, or one callable.
 RewardSpec = Union[MultiReward, Mapping[Union[str, Callable], float], Callable]
+
+logger = logging.getLogger(__name__)
 
 
 def is_registered_reward(name: str) -> bool:
@@ -70,6 +77,21 @@ def build_rewards(rewards: Optional[RewardSpec], config: GRPOConfig, device: tor
         raise RewardLoadError(f"Could not load the rewards {names}: {message}") from err
 
 
+def build_monitor_rewards(
+    monitors: Optional[Union[RewardSpec, Sequence[Union[str, Callable]]]], config: GRPOConfig, device: torch.device
+) -> Optional[MultiReward]:
+    """The run's monitor rewards (default: `config.monitor_rewards`) as a `MultiReward` built by `build_rewards` (same
+    device, dtype and options as the training rewards; the weights are unused), or `None` without monitors. A list
+    of names or callables is accepted beside what `build_rewards` takes."""
+    if monitors is None:
+        monitors = config.monitor_rewards
+    if not monitors:
+        return None
+    if isinstance(monitors, (list, tuple)):
+        monitors = {m: 1.0 for m in monitors}
+    return build_rewards(monitors, config, device)
+
+
 class RewardRunner:
     """Scores rollouts with every reward of `reward`, as float32 tensors on `device`.
 
@@ -78,6 +100,7 @@ class RewardRunner:
         device (`torch.device`): where the scores go (the training device, where advantages are computed).
         timeout (`float`, *optional*): seconds a reward call may take (`reward_timeout`); a hung call stops the run.
         latest_checkpoint (`Callable[[], Optional[str]]`): the last complete checkpoint, named when the run stops.
+        monitor (`MultiReward`, *optional*): the monitor rewards (`score_monitors`).
     """
 
     def __init__(
@@ -86,15 +109,17 @@ class RewardRunner:
         device: torch.device,
         timeout: Optional[float],
         latest_checkpoint: Callable[[], Optional[str]],
+        monitor: Optional[MultiReward] = None,
     ):
         self.reward = reward
+        self.monitor = monitor
         self.device = device
         self.timeout = timeout
         self.latest_checkpoint = latest_checkpoint
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     def call(self, name: str, fn: Callable, images: Any, prompts: list[str], step: int) -> Any:
-        """`fn(images, prompts)`, within `timeout` seconds when set (a hung reward stops the run)."""
+        """`fn(images, prompts)`, within `timeout` seconds when set (a hung reward raises `TrainingStopped`)."""
         if self.timeout is None:
             return fn(images, prompts)
         if self._pool is None:
@@ -127,6 +152,53 @@ class RewardRunner:
             if s.numel() != batch.batch_size:
                 raise TrainingStopped(
                     f"Reward model {name!r} returned {s.numel()} scores for {batch.batch_size} images."
+                )
+            scores[name] = s
+        return scores
+
+    @property
+    def monitor_names(self) -> list[str]:
+        """The names of the monitor rewards (empty without monitors)."""
+        return list(self.monitor.rewards) if self.monitor is not None else []
+
+    def score_monitors(self, batch: RolloutBatch, step: int) -> dict[str, torch.Tensor]:
+        """`{monitor name: (B,) float32 scores}` of `batch`; never raises for a monitor's fault: a monitor that fails,
+        hangs past `timeout` or returns the wrong number of scores gives NaN scores and a warning naming it (a
+        non-finite score is kept as it is and warned about). Every process returns the same names, so gathering the
+        scores runs the same collectives on every rank whatever failed where."""
+        scores = {}
+        for name, fn in (self.monitor.rewards if self.monitor is not None else {}).items():
+            s = torch.full((batch.batch_size,), float("nan"), dtype=torch.float32, device=self.device)
+            try:
+                raw = torch.as_tensor(self.call(name, fn, batch.images, batch.prompts, step)).reshape(-1).float()
+                if raw.numel() != batch.batch_size:
+                    raise ValueError(f"it returned {raw.numel()} scores for {batch.batch_size} images")
+                s = raw.to(self.device)
+                if not bool(torch.isfinite(s).all()):
+                    logger.warning(
+                        "Step %d: monitor reward %r returned %d non-finite score(s); they are logged as NaN and "
+                        "left out of its mean. The training is not affected.",
+                        step,
+                        name,
+                        int((~torch.isfinite(s)).sum()),
+                    )
+                    s = torch.where(torch.isfinite(s), s, torch.full_like(s, float("nan")))
+            except TrainingStopped:  # `call`'s timeout: the hung call keeps its thread, the next gets a fresh one
+                logger.warning(
+                    "Step %d: monitor reward %r did not answer within reward_timeout=%g s; its scores are NaN this "
+                    "step. The training is not affected.",
+                    step,
+                    name,
+                    self.timeout,
+                )
+            except Exception as err:  # a monitor never stops or changes the run
+                logger.warning(
+                    "Step %d: monitor reward %r failed (%s: %s); its scores are NaN this step. The training is not "
+                    "affected.",
+                    step,
+                    name,
+                    type(err).__name__,
+                    err,
                 )
             scores[name] = s
         return scores

@@ -13,6 +13,7 @@ __all__ = [
     "check_reward_device",
     "check_reward_options",
     "is_secret_option",
+    "parse_monitor_rewards",
     "parse_reward_kwargs",
     "parse_reward_weights",
 ]
@@ -36,18 +37,20 @@ def _json_or_items(name: str, value: Any, separator: Optional[str]) -> Any:
     return [part for part in text.split(separator) if part.strip()]
 
 
-def parse_reward_weights(value: Union[None, str, Mapping[str, Any], Sequence[str]]) -> Optional[dict[str, float]]:
-    """Normalise a `rewards` value to `{name: weight}`.
+def parse_reward_weights(
+    value: Union[None, str, Mapping[str, Any], Sequence[str]], field: str = "rewards"
+) -> Optional[dict[str, float]]:
+    """Normalise a `rewards` value to `{name: weight}` (`field` names the field in the error messages).
 
     Accepts a mapping, a JSON object string (`'{"hpsv2.1": 1.0}'`), a compact string (`"hpsv2.1=1.0,pickscore=0.5"`;
     a name without `=weight` gets 1.0), or a list of such names.
     """
-    value = _json_or_items("rewards", value, ",")
+    value = _json_or_items(field, value, ",")
     if value is None:
         return None
     if not isinstance(value, (Mapping, list, tuple)):
         raise ConfigError(
-            f"rewards={value!r} is not allowed; give reward names with weights, e.g. "
+            f"{field}={value!r} is not allowed; give reward names with weights, e.g. "
             "{'hpsv2.1': 1.0, 'pickscore': 1.0} or 'hpsv2.1=1.0,pickscore=1.0'."
         )
     if not isinstance(value, Mapping):
@@ -59,19 +62,38 @@ def parse_reward_weights(value: Union[None, str, Mapping[str, Any], Sequence[str
     weights = {}
     for name, weight in value.items():
         if not isinstance(name, str) or not name.strip():
-            raise ConfigError(f"rewards has an empty or non-string reward name: {name!r}.")
+            raise ConfigError(f"{field} has an empty or non-string reward name: {name!r}.")
         if isinstance(weight, bool):
-            raise ConfigError(f"rewards[{name!r}]={weight!r} is not a number; weights must be finite floats.")
+            raise ConfigError(f"{field}[{name!r}]={weight!r} is not a number; weights must be finite floats.")
         try:
             w = float(weight)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"rewards[{name!r}]={weight!r} is not a number; weights must be finite floats."
+                f"{field}[{name!r}]={weight!r} is not a number; weights must be finite floats."
             ) from None
         if not math.isfinite(w):
-            raise ConfigError(f"rewards[{name!r}]={weight!r} is not finite; weights must be finite floats.")
+            raise ConfigError(f"{field}[{name!r}]={weight!r} is not finite; weights must be finite floats.")
         weights[name.strip()] = w
     return weights
+
+
+def parse_monitor_rewards(
+    value: Union[None, str, Mapping[str, Any], Sequence[str]], rewards: Optional[Mapping[str, float]] = None
+) -> Optional[list[str]]:
+    """Normalise a `monitor_rewards` value to a list of reward names (the `rewards` syntax; weights are accepted and
+    ignored: a monitor never enters the advantage). A name that is also a training reward (in `rewards`) fails."""
+    names = parse_reward_weights(value, field="monitor_rewards")
+    if names is None:
+        return None
+    if not names:
+        raise ConfigError("monitor_rewards names no reward; give reward names, or leave monitor_rewards unset.")
+    both = sorted(set(names) & set(rewards or {}))
+    if both:
+        raise ConfigError(
+            f"monitor_rewards names {', '.join(map(repr, both))}, which is also in rewards; a reward is either "
+            "trained on (rewards) or only watched (monitor_rewards), not both."
+        )
+    return list(names)
 
 
 def parse_reward_kwargs(value: Union[None, str, Mapping[str, Any], Sequence[str]]) -> Optional[dict[str, dict]]:
@@ -119,15 +141,21 @@ def parse_reward_kwargs(value: Union[None, str, Mapping[str, Any], Sequence[str]
     return out
 
 
-def check_reward_options(rewards: Optional[Mapping[str, float]], reward_kwargs: Optional[Mapping[str, dict]]) -> None:
-    """The parsed `rewards` and `reward_kwargs` fit together: options only for named rewards, at least one reward
-    when the mapping is given, and no per-reward `dtype` / `device` (`reward_dtype` / `reward_device` set them)."""
+def check_reward_options(
+    rewards: Optional[Mapping[str, float]],
+    reward_kwargs: Optional[Mapping[str, dict]],
+    monitor_rewards: Optional[Sequence[str]] = None,
+) -> None:
+    """The parsed `rewards`, `monitor_rewards` and `reward_kwargs` fit together: options only for named rewards
+    (training or monitor), at least one reward when the mapping is given, and no per-reward `dtype` / `device`
+    (`reward_dtype` / `reward_device` set them)."""
     if reward_kwargs and rewards is not None:
-        extra = sorted(set(reward_kwargs) - set(rewards))
+        named = [*rewards, *(monitor_rewards or [])]
+        extra = sorted(set(reward_kwargs) - set(named))
         if extra:
             raise ConfigError(
-                f"reward_kwargs names {', '.join(map(repr, extra))}, which is not among rewards "
-                f"({', '.join(map(repr, rewards))}); fix the name or add the reward."
+                f"reward_kwargs names {', '.join(map(repr, extra))}, which is not among rewards or monitor_rewards "
+                f"({', '.join(map(repr, named))}); fix the name or add the reward."
             )
     if rewards is not None and not rewards:
         raise ConfigError("rewards={} names no reward; give at least one name -> weight, or leave rewards unset.")

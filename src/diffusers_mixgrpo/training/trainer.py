@@ -26,7 +26,7 @@ from .checkpointing import CheckpointManager
 from .config import GRPOConfig
 from .consistency import RatioCheck
 from .distributed import FSDP2Options
-from .errors import TrainingStopped
+from .errors import ConfigError, TrainingStopped
 from .evaluation import (
     VALIDATION_GRID_PROMPTS,
     EvaluationResult,
@@ -54,7 +54,7 @@ from .logging_utils import (
     quiet_prompt_truncation,
     step_logs,
 )
-from .losses import grpo_loss
+from .losses import grpo_loss, guard_step_weights
 from .model_setup import (
     apply_model_defaults,
     apply_tf32,
@@ -67,7 +67,7 @@ from .model_setup import (
     setup_frozen_modules,
 )
 from .preflight import check_reward_device_available, load_train_prompts
-from .reward_runner import RewardRunner, RewardSpec, build_rewards
+from .reward_runner import RewardRunner, RewardSpec, build_monitor_rewards, build_rewards
 from .run_state import (
     Preemption,
     apply_trainer_state,
@@ -117,6 +117,8 @@ class GRPOTrainer:
             accelerate's FSDP2 config (`examples/accelerate/fsdp2.yaml`) takes this path too, with the config's
             settings. See `training/distributed.py`. `None`: `config.fsdp2` (with `fsdp2_reshard_after_forward`,
             `fsdp2_cpu_offload`), else the launch config.
+        monitor_rewards (list, mapping or `MultiReward`, *optional*): rewards scored and logged (`monitor/<name>`,
+            `eval/monitor/<name>`) but never trained on: names or callables; default: `config.monitor_rewards`.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class GRPOTrainer:
         accelerator: Optional[Accelerator] = None,
         fsdp2: Optional[Union[bool, "FSDP2Options"]] = None,
         overlap_rewards: Optional[bool] = None,
+        monitor_rewards: Optional[Union[RewardSpec, Sequence[Union[str, Callable]]]] = None,
     ):
         self.config = config
         self.overlap_rewards = config.overlap_rewards if overlap_rewards is None else bool(overlap_rewards)
@@ -140,6 +143,11 @@ class GRPOTrainer:
         file_prompts = read_eval_prompt_file(config, eval_prompts)  # before the model loads
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
+        if config.ratio_norm and getattr(self.pipeline.family, "scheduler_kind", "flow") != "flow":
+            raise ConfigError(
+                f"ratio_norm=True needs a flow-matching model (its 1/|dt| step weights and SDE means); "
+                f"{self.pipeline.model_family!r} is a VP diffusion model: set ratio_norm=False."
+            )
         apply_model_defaults(config, self.pipeline)
         self._prompts_given = train_prompts is not None
         self.train_prompts = load_train_prompts(train_prompts, config.prompt_file)
@@ -147,11 +155,12 @@ class GRPOTrainer:
             config, eval_prompts, file_prompts, self.train_prompts
         )
         self.reward = build_rewards(rewards, config, self.reward_device)
+        self.monitor = build_monitor_rewards(monitor_rewards, config, self.reward_device)
         self.config = record_run_inputs(config, self.pipeline, self.reward.weights, eval_prompts, self._prompts_given)
         self.window = SlidingWindowSchedule(**config.sliding_window_kwargs())
         self.checkpoints = CheckpointManager(config.output_dir, config.checkpoints_total_limit)
         self.reward_runner = RewardRunner(
-            self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest
+            self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest, self.monitor
         )
         self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest)
         self.ratio_check = RatioCheck.from_config(config, self.accelerator.device)
@@ -252,11 +261,24 @@ class GRPOTrainer:
             sde_window=self.window.current(),
             share_prefix=cfg.sample_share_prefix,
             same_initial_noise=cfg.sample_same_noise,
+            record_means=cfg.ratio_norm,
         )
 
     def _score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """`{reward name: (B,) scores}` of `batch` (`reward_runner.RewardRunner`)."""
         return self.reward_runner.score(batch, self.global_step)
+
+    def _monitor_scores(self, batch: RolloutBatch, times: dict[str, float]) -> dict[str, torch.Tensor]:
+        """The monitor rewards' scores of every process's rollout, gathered (NaN where a monitor failed); empty without
+        monitors. Never used by the update."""
+        if self.monitor is None:
+            return {}
+        t0 = time.perf_counter()
+        self.progress.phase("monitor")
+        local = self.reward_runner.score_monitors(batch, self.global_step)
+        gathered = {k: self.accelerator.gather(v.contiguous()) for k, v in local.items()}
+        times["time/monitor"] = time.perf_counter() - t0
+        return gathered
 
     def _advantages(self, batch: RolloutBatch, scores: dict[str, torch.Tensor]):
         """Gather scores of every process (global group ids), drop non-finite groups, normalise; this rank's slice."""
@@ -400,6 +422,15 @@ class GRPOTrainer:
         if cfg.kl_type == "reference" and cfg.kl_coeff > 0:
             with torch.no_grad(), self._reference_policy():
                 _, ref_mean, _ = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
+        guard = {}
+        if cfg.ratio_norm:  # GRPO-Guard: the rollout's means, and the step's 1/|dt| weight (`losses.py`)
+            sigmas = pipe._log_prob_scheduler(batch).sigmas
+            guard = dict(
+                ratio_norm=True,
+                old_prev_sample_mean=batch.means[idx.to(batch.means.device), batch.step_position(t)].to(mean.device),
+                step_weight=guard_step_weights(sigmas, batch.step_indices)[t],
+                log_prob_reduction=cfg.log_prob_reduction,
+            )
         return grpo_loss(
             logp,
             batch.log_probs[idx, batch.step_position(t)].to(logp.device),
@@ -410,6 +441,7 @@ class GRPOTrainer:
             prev_sample_mean=mean,
             ref_prev_sample_mean=ref_mean,
             std_dev=std,
+            **guard,
         )
 
     def _rollout_and_score(self, step: int, times: dict[str, float]) -> tuple[RolloutBatch, dict[str, torch.Tensor]]:
@@ -444,6 +476,7 @@ class GRPOTrainer:
         self.preemption.start_iteration(self, counters=("bad_group_streak",))
         window = self.window.current()
         batch, scores = self._rollout_and_score(step, times)
+        monitor = self._monitor_scores(batch, times)
         self._check_stop("its rewards")
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
         self.health.check_dropped_groups(step, int((~all_keep).sum()))
@@ -464,12 +497,16 @@ class GRPOTrainer:
         nfe_train = num_train_steps(len(batch.step_indices), cfg.train_timestep_fraction) * cfg.num_inner_epochs
         nfe, lr = (batch.nfe / batch.batch_size, nfe_train), self.lr_scheduler.get_last_lr()[0]
         logs = step_logs(
-            update_stats, finite, self.reward.weights, per_reward, advantages[keep], all_keep, window, nfe, lr, times
-        )
+            update_stats, finite, self.reward.weights, per_reward, advantages[keep], all_keep, window, nfe, lr, times,
+            monitor,
+        )  # fmt: skip
         if self._zero_spread is not None:
             logs["reward/zero_spread_groups"] = self._zero_spread
         if "reward/mean" in logs:
             self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
+        for name in monitor:
+            if logs[f"monitor/{name}"] == logs[f"monitor/{name}"]:  # not NaN
+                self.history.setdefault(f"monitor_{name}", []).append((self.global_step, logs[f"monitor/{name}"]))
         return logs
 
     # ------------------------------------------------------------------ evaluation
@@ -498,8 +535,23 @@ class GRPOTrainer:
         source = self.eval_prompts_source if prompts == self.eval_prompts else "evaluate(prompts=...)"
         with self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext():
             return evaluate_policy(
-                self._eval_sample, self._score, prompts, self.reward, acc, n, seed, chunk, grid_prompts, source
+                self._eval_sample,
+                self._eval_score,
+                prompts,
+                self.reward,
+                acc,
+                n,
+                seed,
+                chunk,
+                grid_prompts,
+                source,
+                self.reward_runner.monitor_names,
             )
+
+    def _eval_score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """The evaluation's scores of `batch`: every training reward, and each monitor as `"monitor/<name>"`."""
+        monitors = self.reward_runner.score_monitors(batch, self.global_step)
+        return {**self._score(batch), **{f"monitor/{k}": v for k, v in monitors.items()}}
 
     def _eval_sample(self, prompts: list[str], generators: list[torch.Generator]) -> RolloutBatch:
         """Deterministic samples of the evaluation: one image per prompt, ODE only (no SDE window)."""
