@@ -82,3 +82,12 @@ def test_drawn_steps_resume_exactly(tmp_path):
     got, reference = lora_weights(resumed), lora_weights(straight)
     for name, value in reference.items():
         torch.testing.assert_close(got[name], value, rtol=0, atol=1e-6)
+
+
+def test_a_trained_fraction_of_listed_steps_is_drawn_among_them():
+    """`train_timestep_fraction` < 1 (DanceGRPO's per-sample subset) works on steps with gaps: 2 of [0, 3, 5, 9]."""
+    from diffusers_mixgrpo.training.iteration_plan import draw_train_steps
+
+    chosen = draw_train_steps([0, 3, 5, 9], 16, seed=1, step=0, train_timestep_fraction=0.5, first=0)
+    assert all(len(c) == 2 and c == sorted(c) and set(c) <= {0, 3, 5, 9} for c in chosen)
+    assert len({tuple(c) for c in chosen}) > 1
