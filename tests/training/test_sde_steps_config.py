@@ -46,6 +46,14 @@ def test_a_saved_config_with_resolved_window_fields_loads_again():
     assert GRPOConfig(**saved).num_sde_steps == [1, 2]
 
 
+def test_a_short_grid_needs_no_window_size_that_fits():
+    """N = 4 with the preset's window_size 4 (> N - 1): no window is built, so it does not stand in the way."""
+    c = config(num_inference_steps=4, sde_steps=[0, 2])
+    assert c.sde_steps == [0, 2] and c.window_size == 4
+    with pytest.raises(ConfigError, match="window_size=4 is not allowed"):
+        config(num_inference_steps=4)  # the window, by contrast, must fit
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
@@ -71,3 +79,16 @@ def test_a_saved_config_with_resolved_window_fields_loads_again():
 def test_bad_combinations_fail_with_one_sentence(values, message):
     with pytest.raises(ConfigError, match=message):
         config(**values)
+
+
+def test_the_model_card_names_the_sde_steps_only_when_they_replace_the_window(tmp_path):
+    from diffusers_mixgrpo.training.hub import write_model_card
+
+    card = {}
+    for name, extra in (("window", {}), ("listed", {"sde_steps": [0, 3, 5]})):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_model_card(folder, config(pretrained_model_name_or_path="black-forest-labs/FLUX.1-dev", **extra))
+        card[name] = (folder / "README.md").read_text()
+    assert "| SDE steps (instead of the window) | [0, 3, 5] |" in card["listed"]
+    assert "instead of the window" not in card["window"]

@@ -763,7 +763,8 @@ class GRPOConfig:
                 "sample_share_prefix=True needs sample_same_noise=True (a group only shares its pre-window "
                 "trajectory when its members start from the same noise); set one of them accordingly."
             )
-        if not 1 <= self.window_size <= n - 1:
+        window_unused = self.sde_steps is not None or self.num_sde_steps is not None  # `_check_sde_steps`
+        if not window_unused and not 1 <= self.window_size <= n - 1:
             fail(
                 f"window_size={self.window_size!r} is not allowed; it must be an integer in "
                 f"[1, num_inference_steps - 1] = [1, {n - 1}] (the last sampling step is never trained)."
