@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diffusers_mixgrpo import GRPOTrainingPipeline
-from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
+from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline, build_tiny_sd_pipeline
 
 PROMPTS = ["a red circle on the left", "a blue square on the right"]
 SIZE = 32
@@ -83,6 +83,31 @@ def test_recomputed_log_probs_match_the_rollout_so_the_first_ratio_is_one(stock)
                 log_prob = pipe.log_prob(batch, step, chunk)
                 ratio = torch.exp(log_prob - batch.log_probs[chunk, j])
                 assert torch.equal(ratio, torch.ones_like(ratio))  # measured: exactly 1
+
+
+def test_a_flash_tail_after_the_last_sde_step_keeps_the_first_ratio_at_one(stock):
+    """MixGRPO-Flash settings (DPM-Solver++ tail, r = 0.4) with SDE steps [1, 3] of N = 10: the loop runs steps 0..3 of
+    the grid then one tail step (5 forwards per sample), and the recomputation rebuilds that grid (ratio exactly 1)."""
+    pipe = grpo(stock, tail_ratio=0.4, tail_solver="dpmsolver++")
+    batch = rollout(pipe, sde_steps=[1, 3], num_inference_steps=10, share_prefix=False)
+    assert batch.nfe == batch.batch_size * 5
+    with torch.no_grad():
+        for j, step in enumerate(batch.step_indices):
+            log_prob = pipe.log_prob(batch, step, batch.chunks[0])
+            assert torch.equal(log_prob, batch.log_probs[batch.chunks[0], j])
+
+
+def test_ddim_sde_steps_with_gaps_on_sd15():
+    """The VP scheduler (SD1.5, DDIM-eta SDE) takes the same list: recorded at [0, 2] only, recomputed exactly."""
+    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_sd_pipeline())
+    pipe.set_progress_bar_config(disable=True)
+    batch = pipe.rollout(
+        PROMPTS, 2, 5, sde_steps=[0, 2], height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(0)
+    )
+    assert batch.step_indices == [0, 2] and batch.latent_index == [(0, 1), (2, 3)]
+    with torch.no_grad():
+        for j, step in enumerate(batch.step_indices):
+            assert torch.equal(pipe.log_prob(batch, step, batch.chunks[0]), batch.log_probs[batch.chunks[0], j])
 
 
 def test_consecutive_steps_give_the_window_rollout_bit_for_bit(stock):
