@@ -10,6 +10,7 @@ _import_structure = {
     ".schedulers.scheduling_mix_ode_sde": ["MixODESDEScheduler", "MixODESDESchedulerOutput"],
     ".schedulers.scheduling_mix_ddim_sde": ["MixDDIMSDEScheduler"],
     ".schedulers.sliding_window": ["SlidingWindowSchedule"],
+    ".schedulers.sde_steps": ["SDEStepSchedule"],
     ".pipelines.pipeline_grpo": ["GRPOTrainingPipeline"],
     ".pipelines.rollout_batch": ["RolloutBatch", "PromptEmbeds"],
     ".pipelines.prompt_cache": ["PromptEmbedsCache"],

@@ -17,6 +17,7 @@ RECIPE_STEPS = {
     "flux_mixgrpo_cps": 4,
     "flux_mixgrpo_guarded": 4,
     "flux_dancegrpo": 4,
+    "flux_flow_grpo_fast": 4,  # flux_mixgrpo's batches with Flow-GRPO-Fast's SDE steps
     # Flow-Factory's LoRA examples: gradient_step_per_epoch 2
     "flux2_mixgrpo": 2,
     "flux2_klein_mixgrpo": 2,

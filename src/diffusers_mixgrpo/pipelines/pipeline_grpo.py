@@ -340,6 +340,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         num_inference_steps: int = 25,
         sde_window: Optional[tuple[int, int]] = None,
         *,
+        sde_steps: Optional[Sequence[int]] = None,
         prompt_embeds: Optional[PromptEmbeds] = None,
         guidance_scale: Optional[float] = None,
         negative_prompt: Optional[str] = None,
@@ -366,6 +367,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             sde_window (`tuple[int, int]`, *optional*): `(start, size)` of the SDE window on the N-step grid;
                 `None` keeps the scheduler's window (`set_sde_window` / config). `(0, N)` samples every step with the
                 SDE (DanceGRPO); `(w, 0)` is a pure ODE rollout.
+            sde_steps (`list[int]`, *optional*): instead of `sde_window`, the grid indices of the SDE steps, sorted
+                and unique, gaps allowed (e.g. `[0, 3, 5]`); every other step is ODE. Consecutive indices are the same
+                rollout as the window they form. With gaps the latents before and after each SDE step are recorded
+                (`batch.latent_index`), and a Flash tail starts after the last SDE step.
             prompt_embeds (`PromptEmbeds`, *optional*): precomputed `encode_prompts(prompts)` rows (one per prompt).
             guidance_scale (`float`, *optional*): FLUX: the embedded guidance (default 3.5); SD3 / SD1.5: the CFG scale
                 (CFG runs when > 1); Qwen-Image: the stock `true_cfg_scale`; FLUX.2 [dev]: embedded; FLUX.2 [klein]:
@@ -409,6 +414,10 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             raise ValueError(
                 f"prompt_embeds has {len(prompt_embeds)} rows but {len(prompts)} prompts were given; pass one row "
                 f"per distinct prompt (the {num_generations} generations of a prompt share its row)."
+            )
+        if sde_window is not None and sde_steps is not None:
+            raise ValueError(
+                f"rollout got both sde_window={tuple(sde_window)} and sde_steps={list(sde_steps)}; pass one of them."
             )
         if not same_initial_noise:
             share_prefix = False
@@ -463,16 +472,17 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             seeds = draw_seeds(batch, generator)
         sample_generators = [torch.Generator(device).manual_seed(s) for s in seeds]
 
-        scheduler, timestep_kwargs = self._configured_scheduler(noise, num_inference_steps, sde_window, device)
+        scheduler, timestep_kwargs = self._configured_scheduler(
+            noise, num_inference_steps, sde_window, device, sde_steps
+        )
         start, end = scheduler.sde_window
         num_steps = len(scheduler.timesteps)
-        sde_steps = list(range(start, end))
+        sde_steps = scheduler.sde_steps
+        latent_index, num_slots = self._latent_layout(sde_steps)
 
         group_of_sample = torch.arange(batch, device=device) // group
         chunks = self._chunk_plan(num_prompts, group, max_batch_size or batch)
-        recorded = torch.empty(
-            (batch, len(sde_steps) + 1 if sde_steps else 0, *noise.shape[1:]), dtype=noise.dtype, device=device
-        )
+        recorded = torch.empty((batch, num_slots, *noise.shape[1:]), dtype=noise.dtype, device=device)
         log_probs = torch.zeros((batch, len(sde_steps)), dtype=torch.float32, device=device)
         means = None
         if record_means:  # float32: GRPO-Guard uses mu_theta - mu_old, far below a bf16 latent's resolution
@@ -518,9 +528,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                     rows = sample_groups if same_initial_noise else sample_ids
                     x = denoise(sched, noise[rows.to(noise.device)], embeds, 0, start)
                 generators = [sample_generators[b] for b in sample_ids.tolist()]
-                x = denoise(
-                    sched, x, embeds, start, num_steps, generators, (recorded, log_probs, sample_ids, start, means)
-                )
+                record = (recorded, log_probs, sample_ids, sde_steps, latent_index, means)
+                x = denoise(sched, x, embeds, start, num_steps, generators, record)
                 with self.onloaded(("vae",)):
                     images[ci] = self.family.decode(x, height, width)
 
@@ -535,8 +544,8 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             latents=recorded,
             log_probs=log_probs,
             step_indices=sde_steps,
-            timesteps=scheduler.timesteps[start:end].clone(),
-            latent_index=[(j, j + 1) for j in range(len(sde_steps))],
+            timesteps=scheduler.timesteps[sde_steps].clone(),
+            latent_index=latent_index,
             chunks=chunks,
             scheduler_kwargs=timestep_kwargs,
             sde_window=(start, end),
@@ -546,6 +555,20 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             nfe=self.nfe_counter - nfe_before,
             means=means,
         )
+
+    @staticmethod
+    def _latent_layout(sde_steps: Sequence[int]) -> tuple[list[tuple[int, int]], int]:
+        """Where each SDE step's input and output go in the recorded latents, and how many slots that takes.
+
+        A run of consecutive SDE steps shares latents (the output of one step is the input of the next): a run of L
+        steps takes L + 1 slots, so a contiguous window of K steps takes K + 1 and `[0, 3, 5]` takes 6."""
+        index, slot = [], -1
+        for k, s in enumerate(sde_steps):
+            if k == 0 or s != sde_steps[k - 1] + 1:
+                slot += 1  # a new run: its first input gets a slot of its own
+            index.append((slot, slot + 1))
+            slot += 1
+        return index, slot + 1
 
     @staticmethod
     def _chunk_plan(num_prompts: int, group: int, max_batch_size: int) -> list[torch.Tensor]:
@@ -569,9 +592,21 @@ class GRPOTrainingPipeline(DiffusionPipeline):
             scheduler.register_to_config(record_trajectory=False)
         return scheduler
 
-    def _configured_scheduler(self, noise, num_inference_steps, sde_window, device) -> tuple[SchedulerMixin, dict]:
-        """A private copy of the scheduler with the rollout's grid and window, and the `set_timesteps` kwargs used."""
+    def _configured_scheduler(
+        self, noise, num_inference_steps, sde_window, device, sde_steps=None
+    ) -> tuple[SchedulerMixin, dict]:
+        """A private copy of the scheduler with the rollout's grid and window (or SDE steps), and the `set_timesteps`
+        kwargs used."""
         scheduler = self._private_scheduler()
+        if sde_steps is not None:
+            steps = list(sde_steps)
+            bad = [s for s in steps if isinstance(s, bool) or int(s) != s or not 0 <= s < num_inference_steps]
+            if bad or any(b <= a for a, b in zip(steps, steps[1:])):
+                raise ValueError(
+                    f"sde_steps={steps} is not allowed; it must be sorted, unique grid indices in "
+                    f"[0, {num_inference_steps - 1}] of the {num_inference_steps}-step grid."
+                )
+            scheduler.set_sde_steps(steps)
         if sde_window is not None:
             if len(sde_window) != 2:
                 raise ValueError(f"sde_window must be a (start, size) pair, got {sde_window!r}.")
@@ -605,7 +640,7 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         step_callback=None,
     ) -> torch.Tensor:
         """Steps `[first, last)` of `sched`'s grid on `x` (one generator per row for SDE noise); with `record`,
-        store the window latents and log-probs."""
+        store the latents around each SDE step and its log-prob (`_latent_layout`)."""
         for i in range(first, last):
             t = sched.timesteps[i]
             out = self._predict(x, t, embeds, guidance_scale, height, width, autocast_dtype)
@@ -616,12 +651,13 @@ class GRPOTrainingPipeline(DiffusionPipeline):
                 noise = torch.stack([torch.randn(x.shape[1:], generator=g, device=x.device) for g in generators])
             step = sched.step(out, t, x, noise=noise)
             if record is not None and step.log_prob is not None:
-                recorded, log_probs, sample_ids, start, means = record
-                j = i - start
+                recorded, log_probs, sample_ids, sde_steps, latent_index, means = record
+                j = sde_steps.index(i)
+                src, dst = latent_index[j]
                 rows = sample_ids.to(recorded.device)
-                if j == 0:
-                    recorded[rows, 0] = x
-                recorded[rows, j + 1] = step.prev_sample
+                if j == 0 or latent_index[j - 1][1] != src:  # the first step of a run: its input is not stored yet
+                    recorded[rows, src] = x
+                recorded[rows, dst] = step.prev_sample
                 log_probs[rows, j] = step.log_prob.float()
                 if means is not None:
                     means[rows, j] = step.prev_sample_mean.float()
@@ -678,13 +714,12 @@ class GRPOTrainingPipeline(DiffusionPipeline):
         return (log_prob, mean, std) if return_stats else log_prob
 
     def _log_prob_scheduler(self, batch: RolloutBatch) -> SchedulerMixin:
-        key = (repr(sorted(batch.scheduler_kwargs.items(), key=lambda kv: kv[0])), batch.sde_window)
+        key = (repr(sorted(batch.scheduler_kwargs.items(), key=lambda kv: kv[0])), tuple(batch.step_indices))
         cached = getattr(self, "_log_prob_sched_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         sched = self._private_scheduler()
-        start, end = batch.sde_window
-        sched.set_sde_window(start, end - start)
+        sched.set_sde_steps(batch.step_indices)  # consecutive steps: the window `batch.sde_window`
         sched.set_timesteps(device=batch.latents.device, **batch.scheduler_kwargs)
         self._log_prob_sched_cache = (key, sched)
         return sched

@@ -89,8 +89,9 @@ class RolloutBatch:
     """A batch of grouped rollouts: `num_prompts` prompts x `num_generations` samples each (B samples in all).
 
     Sample `b` belongs to group `group_ids[b]` (= its prompt's row in `prompt_embeds`). Only the steps that are
-    trained are kept: `latents[:, j]` is the input of grid step `step_indices[j]` and `latents[:, j + 1]` its output
-    (for a contiguous window) — see `step_latent_index`.
+    trained are kept: for a contiguous window `latents[:, j]` is the input of grid step `step_indices[j]` and
+    `latents[:, j + 1]` its output; in general `latent_index[j]` gives the two positions (SDE steps with gaps: each run
+    of consecutive steps stores its L + 1 latents, so `[0, 3, 5]` takes 6 slots).
 
     Attributes:
         images (`torch.Tensor`): `(B, 3, H, W)` float32 in [0, 1]; video families `(B, F, 3, H, W)`.
@@ -107,7 +108,8 @@ class RolloutBatch:
             chunks sees the denoiser with the same batch composition as the rollout, so on-policy ratios are exactly 1.
         scheduler_kwargs (`dict`): `set_timesteps` arguments of the rollout (`num_inference_steps`, `sigmas`, `mu`),
             so the log-prob recomputation rebuilds the same grid.
-        sde_window (`tuple[int, int]`): the window `(start, end)` the rollout used.
+        sde_window (`tuple[int, int]`): the window `(start, end)` the rollout used (with gaps between the SDE steps:
+            their span, `(step_indices[0], step_indices[-1] + 1)`).
         guidance_scale (`float`): the guidance used (embedded for FLUX, CFG for SD3 / SD1.5); `log_prob` reuses it.
         height, width (`int`): image size.
         nfe (`int`): denoiser evaluations (per sample-step; a CFG step counts once) spent on this batch.

@@ -13,8 +13,13 @@ builder and the `trajectory` recorder. It must:
 Grid indices: step `i` takes the latent `x_i` to `x_{i+1}`, so a run of `M` steps has latents `x_0 .. x_M`. The window
 `[start, end)` is given on the uncompressed N-step grid; it always lies before any compressed tail, so its indices are
 the same on the grid that the sampling loop actually runs.
+
+Non-contiguous SDE steps (`set_sde_steps([0, 3, 5])`): the window is then the span `[first, last + 1)` and only the
+listed steps inside it are SDE steps; the others are ODE steps on the uncompressed grid. Anything that depends on
+where the window ends (the Flash tail) reads `end = last + 1`: the tail is compressed only after the last SDE step.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
@@ -66,6 +71,7 @@ class SDEWindowMixin:
     def _init_sde_window(self, start: int, size: int) -> None:
         """Set the initial window (from the config) and empty mask / trajectory; call from `__init__`."""
         self._set_window_values(start, size)
+        self._sde_step_set: Optional[frozenset[int]] = None  # set_sde_steps with gaps; None: the whole window
         self.sde_step_mask: Optional[torch.Tensor] = None
         self._trajectory: Optional[MixTrajectory] = None
 
@@ -90,8 +96,40 @@ class SDEWindowMixin:
         if num_steps is not None:
             resolve_window(start, size, num_steps)  # fail before changing anything
         self._set_window_values(start, size)
+        self._sde_step_set = None
         if num_steps is not None:
             self._apply_sde_window()
+
+    def set_sde_steps(self, steps: Sequence[int]) -> None:
+        """SDE steps at exactly the grid indices `steps` (sorted, unique; gaps allowed), ODE steps everywhere else.
+
+        Consecutive steps are the same as `set_sde_window(steps[0], len(steps))`; an empty list means no SDE step.
+        With gaps, `sde_window` is the span `(steps[0], steps[-1] + 1)` and the steps inside it that are not listed
+        are ODE steps; the Flash tail (`tail_ratio`) starts after the last SDE step. Takes effect like
+        `set_sde_window`; a step past the grid is a ValueError (it is never cut short, unlike a window).
+        """
+        steps = list(steps)
+        if any(isinstance(s, bool) or int(s) != s or s < 0 for s in steps):
+            raise ValueError(f"sde steps must be integers >= 0, got {steps!r}.")
+        steps = [int(s) for s in steps]
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"sde steps must be sorted and unique, got {steps!r}.")
+        num_steps = getattr(self, "num_inference_steps", None)
+        if steps and num_steps is not None and steps[-1] >= num_steps:
+            raise ValueError(
+                f"sde step {steps[-1]} is outside the {num_steps}-step grid; allowed: 0 <= step <= {num_steps - 1}."
+            )
+        start, size = (steps[0], steps[-1] - steps[0] + 1) if steps else (0, 0)
+        self._set_window_values(start, size)
+        self._sde_step_set = frozenset(steps) if size != len(steps) else None
+        if num_steps is not None:
+            self._apply_sde_window()
+
+    @property
+    def sde_steps(self) -> list[int]:
+        """The SDE step indices in grid order: the window's, or the `set_sde_steps` list."""
+        start, end = self.sde_window
+        return [i for i in range(start, end) if self._sde_step_set is None or i in self._sde_step_set]
 
     def _apply_sde_window(self) -> None:  # pragma: no cover - every scheduler defines it
         raise NotImplementedError
@@ -107,21 +145,29 @@ class SDEWindowMixin:
 
     def _resolve_sde_window(self, num_steps: int) -> tuple[int, int]:
         """Validate the window against an N-step grid (ValueError if it does not fit), store and return it."""
+        if self._sde_step_set is not None and max(self._sde_step_set) >= num_steps:
+            raise ValueError(
+                f"sde step {max(self._sde_step_set)} is outside the {num_steps}-step grid; allowed: 0 <= step <= "
+                f"{num_steps - 1}."
+            )
         self._sde_window = resolve_window(self._sde_window_start, self._sde_window_size, num_steps)
         return self._sde_window
 
     def _build_sde_step_mask(self, num_steps_run: int, device=None) -> torch.Tensor:
-        """`(M,)` bool mask of the steps inside the resolved window; stored as `self.sde_step_mask`."""
+        """`(M,)` bool mask of the SDE steps (the resolved window, or the `set_sde_steps` list); stored as
+        `self.sde_step_mask`."""
         start, end = self.sde_window
         mask = torch.zeros(num_steps_run, dtype=torch.bool, device=device)
         mask[start:end] = True
+        if self._sde_step_set is not None:
+            mask[start:end] = torch.tensor([i in self._sde_step_set for i in range(start, end)], device=device)
         self.sde_step_mask = mask
         return mask
 
     def is_sde_step(self, step_index: int) -> bool:
         """Whether step `step_index` of the current grid is an SDE step."""
         start, end = self.sde_window
-        return start <= step_index < end
+        return start <= step_index < end and (self._sde_step_set is None or step_index in self._sde_step_set)
 
     # -- trajectory ---------------------------------------------------------------------------------------------
 

@@ -508,7 +508,8 @@ class MixDDIMSDEScheduler(SDEWindowMixin, SchedulerMixin, ConfigMixin):
             if 0 <= i < self.num_inference_steps and not self.is_sde_step(i):
                 start, end = self.sde_window
                 raise ValueError(
-                    f"step_index={i} is an ODE step and has no log-prob; allowed: SDE steps [{start}, {end})."
+                    f"step_index={i} is an ODE step and has no log-prob; allowed: SDE steps "
+                    f"{f'[{start}, {end})' if self.sde_steps == list(range(start, end)) else self.sde_steps}."
                 )
         if prev_sample.shape != sample.shape:
             raise ValueError(

@@ -628,7 +628,8 @@ class MixODESDEScheduler(SchedulerMixin, ConfigMixin, SDEWindowMixin):
         if not self.is_sde_step(step_index):
             start, end = self.sde_window
             raise ValueError(
-                f"step_index={step_index} is an ODE step and has no log-prob; allowed: SDE steps [{start}, {end})."
+                f"step_index={step_index} is an ODE step and has no log-prob; allowed: SDE steps "
+                f"{f'[{start}, {end})' if self.sde_steps == list(range(start, end)) else self.sde_steps}."
             )
 
     def _log_prob(self, prev_sample: torch.Tensor, mean: torch.Tensor, std: float) -> torch.Tensor:

@@ -14,6 +14,7 @@ __all__ = [
     "REPORT_TO",
     "REWARD_DTYPES",
     "REWARD_MIXES",
+    "SDE_STEP_LAYOUTS",
     "SDE_TYPES",
     "TAIL_SOLVERS",
     "TEXT_ENCODER_OFFLOADS",
@@ -23,6 +24,7 @@ __all__ = [
 
 SDE_TYPES = ("flow_grpo", "dance_grpo", "cps")
 WINDOW_STRATEGIES = ("progressive", "random", "decay", "exp_decay")
+SDE_STEP_LAYOUTS = ("window", "scattered")
 TAIL_SOLVERS = ("euler", "dpmsolver++")
 LOG_PROB_REDUCTIONS = ("mean", "sum")
 CPS_LOG_PROBS = ("gaussian", "flow_grpo")

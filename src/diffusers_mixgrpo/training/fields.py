@@ -2,9 +2,9 @@
 
 A field declares what it accepts in its annotation and `metadata`; nothing else needs to know the field:
 
-- the annotation gives the kind (`bool`, `int`, `float`, `str`, `list[str]`, optional or not): `coerce_value` reads
-  strings that spell a value of that kind (`"no"` -> `False`, `"1e-4"` -> `1e-4`, `"to_q,to_k"` -> a list) and refuses
-  anything else in one sentence;
+- the annotation gives the kind (`bool`, `int`, `float`, `str`, `list[str]`, `list[int]`, optional or not):
+  `coerce_value` reads strings that spell a value of that kind (`"no"` -> `False`, `"1e-4"` -> `1e-4`, `"to_q,to_k"`
+  -> a list, `"0,3,5"` or `["0", "3", "5"]` -> `[0, 3, 5]`) and refuses anything else in one sentence;
 - `metadata["choices"]` (a tuple, or a function returning one), `metadata["range"]` (an interval such as
   `"[1, inf)"` or `"(0, 1]"`), `metadata["multiple_of"]` and `metadata["if_empty"]` are checked by `check_value`;
 - `metadata["group"]` on the first field of a group titles the `--help` section it starts, `metadata["whole_string"]`
@@ -103,6 +103,8 @@ def coerce_value(f: dataclasses.Field, value: Any, annotation: Any) -> Any:
     elif kind == "str":
         if not isinstance(value, str) and "choices" not in f.metadata:
             raise ConfigError(f"{f.name}={value!r} is not allowed; it must be a string.")
+    elif kind == "list" and _list_item(annotation) is int:
+        return _int_list(f.name, value)
     elif kind == "list":
         whole = f.metadata.get("whole_string", False)
         if isinstance(value, str):
@@ -111,6 +113,32 @@ def coerce_value(f: dataclasses.Field, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{f.name}={value!r} is not allowed; it must be a list of strings.")
         return list(value) if whole else [v for v in value if v.strip()]
     return value
+
+
+def _list_item(annotation: Any) -> Any:
+    """The item type of a `list[...]` or `Optional[list[...]]` annotation."""
+    if typing.get_origin(annotation) is Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    args = typing.get_args(annotation)
+    return args[0] if args else str
+
+
+def _int_list(name: str, value: Any) -> list[int]:
+    """A list of integers from YAML (`[0, 3, 5]`), one string (`"0,3,5"`) or the command line's strings (`0 3 5`,
+    `0,3,5`)."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out = []
+    for item in items:
+        parts = [p for p in item.replace(",", " ").split()] if isinstance(item, str) else [item]
+        for part in parts:
+            if isinstance(part, str) and part.strip().lstrip("+-").isdigit():
+                part = int(part)
+            if isinstance(part, bool) or not isinstance(part, int):
+                raise ConfigError(
+                    f"{name}={value!r} is not allowed; it must be a list of integers (e.g. 0,3,5 or [0, 3, 5])."
+                )
+            out.append(part)
+    return out
 
 
 def _interval(spec: str) -> tuple[float, float, bool, bool]:

@@ -87,6 +87,9 @@ _TABLE_FIELDS = [
     ("window_shift_interval", "shift interval tau"),
     ("window_stride", "window stride S"),
     ("window_strategy", "window strategy"),
+    ("sde_steps", "SDE steps (instead of the window)"),
+    ("num_sde_steps", "SDE steps drawn per iteration (instead of the window)"),
+    ("sde_step_range", "range of the drawn SDE steps"),
     ("tail_solver", "ODE solver after the window"),
     ("tail_ratio", "tail compression r"),
     ("num_generations", "group size G"),
@@ -225,7 +228,12 @@ def write_model_card(
             curve_md = "## Reward during training\n\n" + f"![reward curve]({REWARD_CURVE_NAME})\n\n" + "\n".join(lines)
 
     # Body
-    rows = [f"| {label} | {_format(config_values[name])} |" for name, label in _TABLE_FIELDS if name in config_values]
+    unset_hidden = ("sde_steps", "num_sde_steps", "sde_step_range")  # shown only when they replace the window
+    rows = [
+        f"| {label} | {_format(config_values[name])} |"
+        for name, label in _TABLE_FIELDS
+        if name in config_values and not (name in unset_hidden and config_values[name] is None)
+    ]
     table = "| hyper-parameter | value |\n| --- | --- |\n" + "\n".join(rows)
     steps = config_values.get("num_inference_steps", 25)
     guidance = config_values.get("guidance_scale", 3.5)

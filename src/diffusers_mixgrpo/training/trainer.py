@@ -19,6 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
 from ..pipelines.prompt_cache import PromptEmbedsCache, cached_rows
 from ..pipelines.rollout_batch import RolloutBatch
+from ..schedulers.sde_steps import SDEStepSchedule
 from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
 from .backends import all_ranks, make_backend
@@ -157,7 +158,12 @@ class GRPOTrainer:
         self.reward = build_rewards(rewards, config, self.reward_device)
         self.monitor = build_monitor_rewards(monitor_rewards, config, self.reward_device)
         self.config = record_run_inputs(config, self.pipeline, self.reward.weights, eval_prompts, self._prompts_given)
-        self.window = SlidingWindowSchedule(**config.sliding_window_kwargs())
+        step_schedule = config.sde_step_schedule_kwargs()  # sde_steps / num_sde_steps instead of the sliding window
+        self.window = (
+            SDEStepSchedule(**step_schedule)
+            if step_schedule
+            else SlidingWindowSchedule(**config.sliding_window_kwargs())
+        )
         self.checkpoints = CheckpointManager(config.output_dir, config.checkpoints_total_limit)
         self.reward_runner = RewardRunner(
             self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest, self.monitor
@@ -258,7 +264,7 @@ class GRPOTrainer:
             self._prompt_generators(step, slots),
             "its rollout",
             num_generations=cfg.num_generations,
-            sde_window=self.window.current(),
+            sde_steps=self.window.indices(),
             share_prefix=cfg.sample_share_prefix,
             same_initial_noise=cfg.sample_same_noise,
             record_means=cfg.ratio_norm,
