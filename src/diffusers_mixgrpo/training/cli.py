@@ -129,7 +129,13 @@ def train_from_command_line(
         raise ConfigError(
             family_mismatch(config.pretrained_model_name_or_path, pipeline.model_family, config.model_family)
         )
-    return GRPOTrainer(config, pipeline).train()
+    from .interrupts import StopNow
+
+    try:
+        return GRPOTrainer(config, pipeline).train()
+    except StopNow as stop:
+        stop.output_dir = config.output_dir  # for the command line's resume hint
+        raise
 
 
 def _resume_hint(output: Any) -> str:
@@ -146,11 +152,30 @@ def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None
 
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mixgrpo-train"
     setup_script_logging()
+    from .interrupts import StopNow, signal_name
+
     try:
         output = train_from_command_line(argv, description, prog=prog)
     except MixGRPOError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except StopNow as stop:  # a second SIGTERM / SIGINT: at once, no checkpoint of the unfinished step
+        from .checkpointing import CheckpointManager
+
+        where = ""
+        if stop.output_dir:
+            latest = CheckpointManager(stop.output_dir).latest()
+            where = (
+                f" (last complete checkpoint: {latest}; {_resume_hint(stop)})" if latest else " (no checkpoint yet)"
+            )
+        print(
+            f"Stopped at once by a second {signal_name(stop.signum)}: the unfinished step is lost{where}.",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + stop.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop's handlers (loading the model, the final export)
+        print("Interrupted by SIGINT outside the training steps; stopped without saving.", file=sys.stderr)
+        raise SystemExit(130) from None
     if output.interrupted_by:
         import signal
 

@@ -16,6 +16,13 @@ logger = logging.getLogger(__name__)
 CONSTANT_REWARD_WARN_STEPS = 3
 
 
+def describe_checkpoint(path: Optional[str]) -> str:
+    """The sentence that ends a stop message: where the last complete checkpoint is, or that there is none yet."""
+    if path is None:
+        return "No checkpoint has been written yet."
+    return f"The last complete checkpoint is {path}."
+
+
 @dataclass
 class RunHealth:
     """The streak counters of a run (`bad_group_streak` is saved in checkpoints) and the rules that read them.
@@ -42,8 +49,8 @@ class RunHealth:
         if self.bad_group_streak >= self.max_consecutive_bad_groups:
             raise TrainingStopped(
                 f"{self.bad_group_streak} training steps in a row had non-finite rewards "
-                f"(max_consecutive_bad_groups={self.max_consecutive_bad_groups}); stopping. The last good "
-                f"checkpoint is {self.latest_checkpoint()}."
+                f"(max_consecutive_bad_groups={self.max_consecutive_bad_groups}); stopping. "
+                f"{describe_checkpoint(self.latest_checkpoint())}"
             )
 
     def check_update(

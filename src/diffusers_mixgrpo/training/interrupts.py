@@ -6,7 +6,8 @@ or the `--signal=B:TERM@<s>` lead time; Kubernetes: `terminationGracePeriodSecon
 large model takes minutes, so "finish the iteration, then save" would be killed before it saves. Instead:
 
 - `GracefulInterrupt` records the first signal (and when it came) instead of dying; a second one stops at once
-  (`KeyboardInterrupt`; a checkpoint being written is then abandoned atomically, the previous one stays).
+  (`StopNow`, a `KeyboardInterrupt`; a checkpoint being written is then abandoned atomically, the previous one stays;
+  the command line prints one line and exits with 128 + the signal number, 143 for SIGTERM, without a traceback).
 - The trainer asks at every boundary of an iteration (after each denoiser call of the rollout, after the rewards,
   before each trained micro-batch / window step, at the end of the iteration) whether a stop is pending, and the
   ranks agree on the answer (one all-reduce of the signal number: a signal may reach only some ranks), so every rank
@@ -38,7 +39,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GracefulInterrupt", "IterationStart", "Preempted", "RestorePoint", "signal_name"]
+__all__ = ["GracefulInterrupt", "IterationStart", "Preempted", "RestorePoint", "StopNow", "signal_name"]
 
 
 def signal_name(signum: int) -> str:
@@ -49,10 +50,21 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+class StopNow(KeyboardInterrupt):
+    """A second SIGTERM / SIGINT: stop at once, without a checkpoint of the unfinished step (a `KeyboardInterrupt`, so
+    it unwinds through every `except Exception`). `signum` is the signal; `output_dir` is filled in on the way out when
+    known (the command line names it in the resume hint)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal_name(signum)} received twice; stopping at once.")
+        self.signum = signum
+        self.output_dir: Optional[str] = None
+
+
 class GracefulInterrupt:
     """Context manager: while active, the first SIGTERM/SIGINT sets `requested` (the signal number) and `received_at`
-    (`time.monotonic()`) and logs one line; a second one raises `KeyboardInterrupt`. Previous handlers are restored
-    on exit."""
+    (`time.monotonic()`) and logs one line; a second one raises `StopNow` (a `KeyboardInterrupt`). Previous handlers
+    are restored on exit."""
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = tuple(signals)
@@ -63,7 +75,7 @@ class GracefulInterrupt:
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.requested is not None:
             self._restore()
-            raise KeyboardInterrupt(f"{signal_name(signum)} received twice; stopping at once.")
+            raise StopNow(signum)
         self.requested, self.received_at = signum, time.monotonic()
         logger.warning(
             "%s received: stopping at the next micro-batch boundary and saving a checkpoint (send it again to stop "

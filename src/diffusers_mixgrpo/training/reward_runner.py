@@ -1,8 +1,12 @@
 """The rewards of a training run: the `MultiReward` built from what the user gave (registered names loaded on the reward
 device in the reward dtype, callables as they are), and scoring a rollout with each reward (within `reward_timeout`;
-a reward that fails, hangs or returns the wrong number of scores stops the run, naming it)."""
+a reward that fails, hangs or returns anything but one number per image stops the run, naming it).
 
-import concurrent.futures
+A call with a timeout runs in a daemon thread: when it hangs, the run stops at the timeout and the process can end
+at once (the interpreter does not wait for a daemon thread at exit, as it would for a `ThreadPoolExecutor` worker,
+so a reward that never returns cannot keep the job and its GPUs alive)."""
+
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Optional, Union
 
@@ -10,8 +14,10 @@ import torch
 
 from ..pipelines.rollout_batch import RolloutBatch
 from ..rewards import MultiReward
+from ..rewards.base import reward_scores
 from .config import GRPOConfig
 from .errors import ConfigError, RewardLoadError, TrainingStopped
+from .health import describe_checkpoint
 
 #: What `GRPOTrainer(rewards=...)` accepts: a `MultiReward`, `{name_or_callable: weight}`, or one callable.
 RewardSpec = Union[MultiReward, Mapping[Union[str, Callable], float], Callable]
@@ -91,24 +97,33 @@ class RewardRunner:
         self.device = device
         self.timeout = timeout
         self.latest_checkpoint = latest_checkpoint
-        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     def call(self, name: str, fn: Callable, images: Any, prompts: list[str], step: int) -> Any:
         """`fn(images, prompts)`, within `timeout` seconds when set (a hung reward stops the run)."""
         if self.timeout is None:
             return fn(images, prompts)
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reward")
-        future = self._pool.submit(fn, images, prompts)
-        try:
-            return future.result(timeout=self.timeout)
-        except concurrent.futures.TimeoutError:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None  # the hung call keeps its thread; the next call gets a fresh one
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn(images, prompts)
+            except BaseException as err:  # handed to the caller below
+                outcome["error"] = err
+            finally:
+                done.set()
+
+        # A daemon thread per call (thread start-up costs ~0.1 ms, a reward call far more): a hung call is left
+        # behind, and neither the next call nor the end of the process waits for it.
+        threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
+        if not done.wait(self.timeout):
             raise TrainingStopped(
                 f"Reward {name!r} did not answer within reward_timeout={self.timeout:g} s at step {step}; "
-                f"stopping. The last complete checkpoint is {self.latest_checkpoint()}."
-            ) from None
+                f"stopping. {describe_checkpoint(self.latest_checkpoint())}"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def score(self, batch: RolloutBatch, step: int) -> dict[str, torch.Tensor]:
         """`{reward name: (B,) float32 scores}` of the rollout `batch` at training step `step`."""
@@ -116,7 +131,6 @@ class RewardRunner:
         for name, fn in self.reward.rewards.items():
             try:
                 raw = self.call(name, fn, batch.images, batch.prompts, step)
-                s = torch.as_tensor(raw).reshape(-1).float().to(self.device)
             except TrainingStopped:
                 raise
             except Exception as err:  # a reward model that raises stops the run, naming the model and the prompt
@@ -124,9 +138,8 @@ class RewardRunner:
                     f"Reward model {name!r} failed at step {step} on prompts "
                     f"{sorted(set(batch.prompts))[:4]}: {type(err).__name__}: {err}"
                 ) from err
-            if s.numel() != batch.batch_size:
-                raise TrainingStopped(
-                    f"Reward model {name!r} returned {s.numel()} scores for {batch.batch_size} images."
-                )
-            scores[name] = s
+            try:
+                scores[name] = reward_scores(name, raw, batch.batch_size, where=f" at step {step}").to(self.device)
+            except ValueError as err:  # None, strings, the wrong number of scores: what came and what must come
+                raise TrainingStopped(str(err)) from None
         return scores

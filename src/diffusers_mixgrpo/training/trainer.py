@@ -560,6 +560,7 @@ class GRPOTrainer:
                 interrupted = signal_name(stop.signum)
             finally:
                 self.preemption.interrupt = None
+                self.progress.close()  # before an error's message, not after it
         weights = None
         if interrupted is None:
             weights = self.save_model(cfg.output_dir)
