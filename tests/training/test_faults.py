@@ -155,3 +155,68 @@ def test_scores_of_any_numeric_kind_are_accepted_as_float32():
         scores = MultiReward({(lambda images, prompts, v=value: v): 1.0}).score(None, ["p"] * 4)
         (s,) = scores.values()
         assert s.dtype == torch.float32 and s.shape == (4,)
+
+
+# -- report_to none, and a tracker that is not installed (items 2 and 7) -----------------------------------------------
+
+
+def test_report_to_none_on_the_command_line_is_no_tracker_as_in_yaml(tmp_path, monkeypatch):
+    from diffusers_mixgrpo.training import logging_utils
+    from diffusers_mixgrpo.training.arguments import parse_command_line
+    from diffusers_mixgrpo.training.config import GRPOConfig
+
+    monkeypatch.setattr(logging_utils, "_installed", lambda name: True)  # tensorboard would be the default
+    (tmp_path / "run.yaml").write_text("report_to: none\n")
+    for argv in (["--report_to", "none"], ["--report_to", "None"], ["--config", str(tmp_path / "run.yaml")]):
+        values = parse_command_line(argv, (GRPOConfig,)).values
+        config = GRPOConfig(**values)
+        assert config.report_to == "none", argv
+        assert logging_utils.resolve_report_to(config.report_to) is None, argv
+    unset = GRPOConfig(**parse_command_line(["--report_to", "null"], (GRPOConfig,)).values)
+    assert unset.report_to is None and logging_utils.resolve_report_to(unset.report_to) == ["tensorboard"]
+    # other optional fields still take `none` to unset them
+    assert parse_command_line(["--tracker_run_name", "none"], (GRPOConfig,)).values["tracker_run_name"] is None
+
+
+@pytest.mark.parametrize(
+    "tracker, modules, install",
+    [
+        ("wandb", ["wandb"], "pip install wandb"),
+        ("tensorboard", ["tensorboard", "tensorboardX"], "pip install tensorboard"),
+    ],
+)
+def test_a_tracker_that_is_not_installed_fails_before_the_model_loads(
+    tracker, modules, install, tiny_flux_dir, tmp_path, monkeypatch, capsys
+):
+    from diffusers_mixgrpo.training import cli
+
+    for module in modules:
+        monkeypatch.setitem(sys.modules, module, None)  # find_spec then answers None: not installed
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the trackers were checked")
+
+    monkeypatch.setattr("diffusers_mixgrpo.training.trainer.load_training_pipeline", no_model)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    argv = ["--pretrained_model_name_or_path", str(tiny_flux_dir), "--prompt_file", str(tmp_path / "p.txt"),
+            "--output_dir", str(tmp_path / "out"), "--rewards", "jpeg_compressibility=1", "--report_to", tracker]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 1 and len(err.splitlines()) == 1, err
+    assert err == (
+        f"error: report_to={tracker!r} needs the {modules[0]} package, which is not installed; install it with "
+        f"`{install}`, or set report_to to another tracker or 'none'."
+    )
+
+
+# -- a byte-order mark in a prompt file (item 5) -----------------------------------------------------------------------
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    from diffusers_mixgrpo.training.preflight import read_prompt_file
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a red circle\r\nthe second\r\n".encode("utf-8-sig"))  # as Windows Notepad saves UTF-8
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_prompt_file(str(path)) == ["a red circle", "the second"]

@@ -129,7 +129,7 @@ def train_from_command_line(
         raise ConfigError(
             family_mismatch(config.pretrained_model_name_or_path, pipeline.model_family, config.model_family)
         )
-    from .interrupts import StopNow
+    from .errors import StopNow
 
     try:
         return GRPOTrainer(config, pipeline).train()
@@ -147,13 +147,11 @@ def _resume_hint(output: Any) -> str:
 def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None):
     """The `mixgrpo-train` command: `train_from_command_line`, with the library's errors printed as one line (status 1)
     and a signal-stopped run ending with one line and status 128 + signal number. Returns the `TrainOutput`."""
-    from .errors import MixGRPOError
+    from .errors import MixGRPOError, StopNow
     from .logging_utils import setup_script_logging
 
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mixgrpo-train"
     setup_script_logging()
-    from .interrupts import StopNow, signal_name
-
     try:
         output = train_from_command_line(argv, description, prog=prog)
     except MixGRPOError as err:
@@ -169,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None
                 f" (last complete checkpoint: {latest}; {_resume_hint(stop)})" if latest else " (no checkpoint yet)"
             )
         print(
-            f"Stopped at once by a second {signal_name(stop.signum)}: the unfinished step is lost{where}.",
+            f"Stopped at once by a second {stop.signal_name}: the unfinished step is lost{where}.",
             file=sys.stderr,
         )
         raise SystemExit(128 + stop.signum) from None

@@ -572,8 +572,10 @@ class GRPOConfig:
     report_to: Optional[str] = field(
         default=None,
         metadata={
-            "help": "Trackers: `'tensorboard'`, `'wandb'`, `'all'`, `'none'` or a comma-separated list. `None`: "
-            "tensorboard if installed, else none."
+            "help": "Trackers: `'tensorboard'`, `'wandb'`, `'all'`, `'none'` (no tracker) or a comma-separated list. "
+            "`None` (`null`): tensorboard if installed, else none. A named tracker that is not installed fails before "
+            "the model loads.",
+            "none_is_a_value": True,
         },
     )
     tracker_project_name: str = field(default="mixgrpo", metadata={"help": "Project name given to the trackers."})

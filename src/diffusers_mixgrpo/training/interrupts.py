@@ -37,6 +37,8 @@ from typing import Any, Optional
 
 import torch
 
+from .errors import StopNow
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["GracefulInterrupt", "IterationStart", "Preempted", "RestorePoint", "StopNow", "signal_name"]
@@ -48,17 +50,6 @@ def signal_name(signum: int) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return f"signal {signum}"
-
-
-class StopNow(KeyboardInterrupt):
-    """A second SIGTERM / SIGINT: stop at once, without a checkpoint of the unfinished step (a `KeyboardInterrupt`, so
-    it unwinds through every `except Exception`). `signum` is the signal; `output_dir` is filled in on the way out when
-    known (the command line names it in the resume hint)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"{signal_name(signum)} received twice; stopping at once.")
-        self.signum = signum
-        self.output_dir: Optional[str] = None
 
 
 class GracefulInterrupt:
