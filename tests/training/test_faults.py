@@ -220,3 +220,138 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
     path.write_bytes("a red circle\r\nthe second\r\n".encode("utf-8-sig"))  # as Windows Notepad saves UTF-8
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     assert read_prompt_file(str(path)) == ["a red circle", "the second"]
+
+
+# -- reward weights that train nothing, or train downhill (item 3) -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "rewards, message",
+    [
+        ({"jpeg_compressibility": 0}, "rewards={'jpeg_compressibility': 0} gives every reward weight 0, so nothing is "
+         "trained (the LoRA stays exactly at its start); give the reward to raise a positive weight."),
+        ({"jpeg_compressibility": -1.0}, "rewards={'jpeg_compressibility': -1} gives the only reward a negative "
+         "weight, which trains the model to lower its scores; give the reward to raise a positive weight (a negative "
+         "weight is for a penalty beside it)."),
+        ({"jpeg_compressibility": 0, "jpeg_incompressibility": 0}, "gives every reward weight 0"),
+        ({"jpeg_compressibility": -1, "jpeg_incompressibility": 0}, "gives no reward a positive weight"),
+    ],
+)  # fmt: skip
+def test_weights_that_train_nothing_or_only_downhill_are_refused(rewards, message, tmp_path):
+    from diffusers_mixgrpo.training.config import GRPOConfig
+    from diffusers_mixgrpo.training.errors import ConfigError
+    from diffusers_mixgrpo.training.reward_runner import build_rewards
+
+    with pytest.raises(ConfigError) as info:
+        GRPOConfig(rewards=rewards)
+    assert message in str(info.value)
+    callables = {(lambda images, prompts: None): w for w in rewards.values()}  # noqa: B023
+    if len(callables) == 1:  # rewards handed to the trainer as objects: refused before any reward model loads
+        with pytest.raises(ConfigError, match="rewards=\\{'<lambda>': "):
+            build_rewards(callables, tiny_config(tmp_path), torch.device("cpu"))
+
+
+def test_a_zero_weight_beside_others_warns_by_name_once(tmp_path, caplog):
+    from diffusers_mixgrpo.training.config import GRPOConfig
+    from diffusers_mixgrpo.training.reward_runner import build_rewards
+
+    config = GRPOConfig(rewards={"jpeg_compressibility": 1.0, "jpeg_incompressibility": 0.0})
+    assert not caplog.records  # the config does not warn; the trainer's rewards do, once
+    build_rewards(None, config, torch.device("cpu"))
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        "rewards['jpeg_incompressibility']=0: this reward is computed and logged but not trained on; remove it to "
+        "save its time."
+    ]
+
+
+def test_a_zero_weight_is_refused_on_the_command_line_before_the_model_loads(
+    tiny_flux_dir, tmp_path, monkeypatch, capsys
+):
+    from diffusers_mixgrpo.training import cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the weights were checked")
+
+    monkeypatch.setattr("diffusers_mixgrpo.training.trainer.load_training_pipeline", no_model)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    argv = ["--pretrained_model_name_or_path", str(tiny_flux_dir), "--prompt_file", str(tmp_path / "p.txt"),
+            "--output_dir", str(tmp_path / "out"), "--rewards", "toy_world=0", "--report_to", "none"]  # fmt: skip
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 1
+    assert capsys.readouterr().err.startswith("error: rewards={'toy_world': 0} gives every reward weight 0")
+
+
+# -- settings far from where the method works (item 4) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"learning_rate": 1000}, "learning_rate=1000.0 is not allowed; it must lie in (0.0, 1.0]."),
+        ({"eta": 1e6}, "eta=1e+06 is not allowed with sde_type='flow_grpo'; above sqrt(2) = 1.414 the first SDE "
+         "step's mean keeps a negative share (1 - eta^2 / 2) of the sample, so eta must lie in (0, 1.414] (usual: "
+         "0.7)."),
+        ({"sde_type": "cps", "eta": 1.5}, "eta=1.5 is not allowed with sde_type='cps'; CPS adds noise sigma_next * "
+         "sin(eta * pi / 2), which is largest at eta=1 and shrinks again above it, so eta must lie in (0, 1] "
+         "(usual: 0.8)."),
+    ],
+)  # fmt: skip
+def test_settings_for_which_the_step_is_undefined_are_refused_in_one_sentence(values, message):
+    from diffusers_mixgrpo.training.config import GRPOConfig
+    from diffusers_mixgrpo.training.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        GRPOConfig(**values)
+    assert str(info.value) == message
+
+
+def test_flow_grpo_eta_above_sqrt2_makes_the_first_steps_mean_coefficient_negative():
+    """The bound behind the refusal: the scheduler's own first SDE step (sigma = 1) has `c_x = 1 - eta^2 / 2`."""
+    from diffusers_mixgrpo.schedulers.scheduling_mix_ode_sde import MixODESDEScheduler
+
+    for eta, expected in ((0.7, 1 - 0.49 / 2), (2**0.5, 0.0), (1.5, 1 - 2.25 / 2)):
+        scheduler = MixODESDEScheduler(eta=eta, sde_window_size=1, shift=3.0)
+        scheduler.set_timesteps(25)
+        x, v = torch.ones(1, 4), torch.zeros(1, 4)
+        mean, _ = scheduler._sde_transition(v, x, 0)
+        assert abs(float(mean[0, 0]) - expected) < 1e-6  # float32 of a float64 coefficient: measured < 1e-7
+
+
+def test_ddim_eta_above_1_is_refused():
+    from diffusers_mixgrpo.schedulers.scheduling_mix_ddim_sde import MixDDIMSDEScheduler
+
+    with pytest.raises(ValueError, match=r"eta=1.5 is not allowed; DDIM's eta must lie in \[0, 1\]"):
+        MixDDIMSDEScheduler(eta=1.5)
+
+
+def test_unusual_settings_warn_once_and_the_stop_names_them(tmp_path, caplog):
+    """A DanceGRPO eta of 1e6 is a defined SDE, but every sample is noise: the run warns at the start, and the stop
+    for non-finite rewards names eta instead of only blaming the reward."""
+    import dataclasses
+
+    config = tiny_config(tmp_path, method="dancegrpo", eta=1e6, max_train_steps=3, max_consecutive_bad_groups=1)
+    dataclasses.replace(config, seed=5)  # rebuilt configs (presets, recorded inputs) do not warn again
+    warned = [r.getMessage() for r in caplog.records if "far above" in r.getMessage()]
+    assert warned == [
+        "eta=1e+06 (usual 0.3 for sde_type='dance_grpo') is far above the usual range; a run that goes non-finite "
+        "or learns nothing names it again."
+    ]
+    trainer = tiny_flux_trainer(config, PROMPTS)
+    with pytest.raises(TrainingStopped) as info:
+        trainer.train()
+    assert str(info.value) == (
+        "1 training steps in a row had non-finite rewards (max_consecutive_bad_groups=1); eta=1e+06 (usual 0.3 for "
+        "sde_type='dance_grpo') is far above the usual range; stopping. No checkpoint has been written yet."
+    )
+
+
+def test_a_learning_rate_far_above_the_usual_range_warns_naming_it(caplog):
+    from diffusers_mixgrpo.training.config import GRPOConfig
+
+    GRPOConfig(learning_rate=0.0517)
+    assert [r.getMessage() for r in caplog.records] == [
+        "learning_rate=0.0517 (usual 1e-5 to 1e-3) is far above the usual range; a run that goes non-finite or "
+        "learns nothing names it again."
+    ]

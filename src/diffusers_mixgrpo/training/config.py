@@ -43,10 +43,12 @@ from .presets import METHODS, apply_method_preset
 from .reward_spec import (
     check_reward_device,
     check_reward_options,
+    check_reward_weights,
     is_secret_option,
     parse_reward_kwargs,
     parse_reward_weights,
 )
+from .setting_ranges import check_setting_ranges
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +235,11 @@ class GRPOConfig:
     )
     eta: Optional[float] = field(
         default=None,
-        metadata={"help": "Noise level of the SDE. Preset: 0.7 (0.3 for DanceGRPO).", "range": "(0, inf)"},
+        metadata={
+            "help": "Noise level of the SDE. Preset: 0.7 (0.3 for DanceGRPO). At most 1 for `'cps'` and for the DDIM "
+            "window of SD1.5 / SDXL, sqrt(2) for `'flow_grpo'`; above 1 warns.",
+            "range": "(0, inf)",
+        },
     )
     window_size: Optional[int] = field(
         default=None,
@@ -435,7 +441,14 @@ class GRPOConfig:
             "choices": OPTIMIZERS,
         },
     )
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate.", "range": "(0, inf)"})
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={
+            "help": "Peak learning rate (usual: 1e-5 for a full fine-tune as in the paper, 1e-4 to 3e-4 for a LoRA; "
+            "above 1e-2 warns).",
+            "range": "(0, 1]",
+        },
+    )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1.", "range": "[0, 1)"})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2.", "range": "[0, 1)"})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon.", "range": "(0, inf)"})
@@ -718,7 +731,9 @@ class GRPOConfig:
         if self.reward_device is not None:
             self.reward_device = check_reward_device(self.reward_device)
         check_reward_options(self.rewards, self.reward_kwargs)
+        check_reward_weights(self.rewards, warn=False)  # the trainer warns about a weight of 0, once (build_rewards)
         self._check_combinations()
+        check_setting_ranges(self)
 
     def _check_combinations(self) -> None:
         """The rules that tie several fields together; each failure names the values and how to fix them."""

@@ -3,12 +3,13 @@ or left every advantage at 0, and when that stops the run (`TrainingStopped`) or
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from .errors import TrainingStopped
+from .setting_ranges import far_above
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,13 @@ class RunHealth:
         max_consecutive_bad_groups (`int`): steps in a row with dropped groups, or without an optimiser step, that
             stop the run.
         latest_checkpoint (`Callable[[], Optional[str]]`): the last complete checkpoint, named when the run stops.
+        unusual (`list[str]`): the settings far above their usual range (`setting_ranges.unusual_settings`), named
+            first in the advice when the run goes non-finite or learns nothing.
     """
 
     max_consecutive_bad_groups: int
     latest_checkpoint: Callable[[], Optional[str]]
+    unusual: list[str] = field(default_factory=list)
     bad_group_streak: int = 0
     skipped_update_streak: int = 0
     constant_reward_streak: int = 0
@@ -49,7 +53,7 @@ class RunHealth:
         if self.bad_group_streak >= self.max_consecutive_bad_groups:
             raise TrainingStopped(
                 f"{self.bad_group_streak} training steps in a row had non-finite rewards "
-                f"(max_consecutive_bad_groups={self.max_consecutive_bad_groups}); stopping. "
+                f"(max_consecutive_bad_groups={self.max_consecutive_bad_groups}){self._suspects()}; stopping. "
                 f"{describe_checkpoint(self.latest_checkpoint())}"
             )
 
@@ -68,10 +72,15 @@ class RunHealth:
                     for k, v in scores.items()
                     if v.numel()
                 )
+                advice = (
+                    f"Bring {' and '.join(self.unusual)} back into range"
+                    if self.unusual
+                    else "Lower the learning rate or rescale the reward"
+                )
                 raise TrainingStopped(
                     f"{self.skipped_update_streak} training steps in a row skipped every optimiser step (non-finite "
-                    f"loss or gradients) up to step {step}; rewards: {described}. Lower the learning rate or rescale "
-                    f"the reward; the last complete checkpoint is {self.latest_checkpoint()}."
+                    f"loss or gradients) up to step {step}; rewards: {described}. {advice}. "
+                    f"{describe_checkpoint(self.latest_checkpoint())}"
                 )
         elif any_kept:
             self.skipped_update_streak = 0
@@ -82,6 +91,10 @@ class RunHealth:
         elif any_kept:
             self.constant_reward_streak = 0
 
+    def _suspects(self) -> str:
+        """`"; eta=1e+06 (usual 0.7 for sde_type='flow_grpo') is far above the usual range"`, or `""`."""
+        return f"; {far_above(self.unusual)}" if self.unusual else ""
+
     def _warn_constant_rewards(self, scores: dict[str, torch.Tensor]) -> None:
         constant = {k: float(v[0]) for k, v in scores.items() if v.numel() and bool((v == v[0]).all())}
         what = (
@@ -90,9 +103,11 @@ class RunHealth:
             else "every image of each group got the same reward"
         )
         logger.warning(
-            "!!! For %d training steps in a row %s, so every advantage is 0 and nothing is learned. Look at the "
-            "samples (all black or identical? a prompt length the model was not trained with, see "
-            "max_sequence_length) and at the reward.",
+            "!!! For %d training steps in a row %s, so every advantage is 0 and nothing is learned. %s",
             self.constant_reward_streak,
             what,
+            f"Bring {' and '.join(self.unusual)} back into range first."
+            if self.unusual
+            else "Look at the samples (all black or identical? a prompt length the model was not trained with, see "
+            "max_sequence_length) and at the reward.",
         )

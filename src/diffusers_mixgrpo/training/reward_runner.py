@@ -15,9 +15,11 @@ import torch
 from ..pipelines.rollout_batch import RolloutBatch
 from ..rewards import MultiReward
 from ..rewards.base import reward_scores
+from ..rewards.multi import _reward_name
 from .config import GRPOConfig
 from .errors import ConfigError, RewardLoadError, TrainingStopped
 from .health import describe_checkpoint
+from .reward_spec import check_reward_weights
 
 #: What `GRPOTrainer(rewards=...)` accepts: a `MultiReward`, `{name_or_callable: weight}`, or one callable.
 RewardSpec = Union[MultiReward, Mapping[Union[str, Callable], float], Callable]
@@ -58,13 +60,16 @@ def build_rewards(rewards: Optional[RewardSpec], config: GRPOConfig, device: tor
     if rewards is None:
         raise ConfigError("No reward: pass rewards={...} or set `rewards` in the config.")
     if isinstance(rewards, MultiReward):
+        check_reward_weights(rewards.weights)
         return rewards
     if callable(rewards) and not isinstance(rewards, Mapping):
         rewards = {rewards: 1.0}
     names = [k for k in rewards if isinstance(k, str)]
+    if all(isinstance(w, (int, float)) for w in rewards.values()):  # before any reward model loads
+        check_reward_weights({k if isinstance(k, str) else _reward_name(k): float(w) for k, w in rewards.items()})
     options = {name: reward_options(name, config) for name in names}
     try:
-        return MultiReward(
+        multi = MultiReward(
             rewards,
             mix=config.reward_mix,
             device=device,
@@ -74,6 +79,7 @@ def build_rewards(rewards: Optional[RewardSpec], config: GRPOConfig, device: tor
     except (OSError, KeyError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise RewardLoadError(f"Could not load the rewards {names}: {message}") from err
+    return multi
 
 
 class RewardRunner:

@@ -77,6 +77,7 @@ from .run_state import (
     write_run_config,
 )
 from .run_summary import TrainOutput, finish_run
+from .setting_ranges import unusual_settings
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class GRPOTrainer:
         self.reward_runner = RewardRunner(
             self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest
         )
-        self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest)
+        self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest, unusual_settings(config))
         self.global_step = 0
         self.config_changes: list[dict[str, Any]] = []
         self.history: dict[str, list[tuple[int, float]]] = {}
