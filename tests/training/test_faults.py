@@ -355,3 +355,20 @@ def test_a_learning_rate_far_above_the_usual_range_warns_naming_it(caplog):
         "learning_rate=0.0517 (usual 1e-5 to 1e-3) is far above the usual range; a run that goes non-finite or "
         "learns nothing names it again."
     ]
+
+
+def test_a_hung_reward_beside_the_rollout_stops_at_the_timeout_without_waiting_for_the_queued_scores(tmp_path):
+    """overlap_rewards: the first piece's reward call hangs; the error comes at reward_timeout, not after the second
+    piece's call (queued behind it, hanging too) has also timed out."""
+
+    def hangs(images, prompts):
+        time.sleep(30)
+
+    config = tiny_config(tmp_path, reward_timeout=1.0, sample_prompts_per_device=2, sample_max_batch_size=2)
+    trainer = tiny_flux_trainer(config, PROMPTS, rewards={hangs: 1.0}, overlap_rewards=True)
+    start = time.perf_counter()
+    with pytest.raises(TrainingStopped, match=r"Reward 'hangs' did not answer within reward_timeout=1 s"):
+        trainer.train_step()
+    elapsed = time.perf_counter() - start
+    print(f"overlap: hung reward to error {elapsed:.2f} s")
+    assert elapsed < 1.0 * 2  # measured 1.16 s; before (a pool that waited for the queued call): 2.16 s
