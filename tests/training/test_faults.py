@@ -372,3 +372,20 @@ def test_a_hung_reward_beside_the_rollout_stops_at_the_timeout_without_waiting_f
     elapsed = time.perf_counter() - start
     print(f"overlap: hung reward to error {elapsed:.2f} s")
     assert elapsed < 1.0 * 2  # measured 1.16 s; before (a pool that waited for the queued call): 2.16 s
+
+
+def test_an_eta_above_1_for_a_ddim_model_is_one_sentence(tmp_path):
+    from diffusers_mixgrpo import GRPOTrainingPipeline
+    from diffusers_mixgrpo.training.errors import ConfigError
+    from diffusers_mixgrpo.training.model_setup import configure_rollout_scheduler
+    from diffusers_mixgrpo.utils.tiny_models import build_tiny_sd_pipeline
+
+    pipe = GRPOTrainingPipeline.from_pipe(build_tiny_sd_pipeline())
+    with pytest.raises(ConfigError) as info:
+        configure_rollout_scheduler(tiny_config(tmp_path, eta=1.2), pipe)
+    assert str(info.value) == (
+        "eta=1.2 is not allowed for a 'sd15' model, whose window is a DDIM step: DDIM's eta must lie in (0, 1] "
+        "(usual: 1.0, DDPM-like), as above 1 its sqrt(1 - a_prev - std^2) is undefined."
+    )
+    configure_rollout_scheduler(tiny_config(tmp_path, eta=1.0), pipe)  # the shipped SD1.5 / SDXL value
+    assert pipe.scheduler.config.eta == 1.0
