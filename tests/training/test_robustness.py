@@ -202,9 +202,12 @@ def test_a_run_whose_every_update_is_skipped_stops_instead_of_finishing_untraine
         return torch.rand(len(prompts), generator=g)
 
     trainer = make_trainer(
-        make_config(tmp_path, max_train_steps=6, learning_rate=1e30, max_consecutive_bad_groups=2),
-        rewards={finite_anyway: 1.0},
-    )  # the first step blows the LoRA up; from then on every loss is non-finite while the rewards stay finite
+        make_config(tmp_path, max_train_steps=6, max_consecutive_bad_groups=2), rewards={finite_anyway: 1.0}
+    )
+    with torch.no_grad():  # a LoRA blown up (as by a diverging update): every loss is non-finite, the rewards are not
+        for name, p in trainer.pipeline.denoiser.named_parameters():
+            if "lora_B" in name:
+                p.fill_(1e30)
     with pytest.raises(TrainingStopped, match=r"2 training steps in a row skipped every optimiser step"):
         trainer.train()
     assert trainer.global_step < 6

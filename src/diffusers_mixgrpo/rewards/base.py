@@ -83,6 +83,39 @@ def batch_size_of(images: ImageBatch) -> int:
     return len(images)
 
 
+def describe_output(value: Any) -> str:
+    """What a reward returned, for a message: `None`, `a list of 8 str`, `a Tensor of shape (3,) and dtype float32`."""
+    if value is None:
+        return "None"
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        dtype = str(value.dtype).replace("torch.", "")
+        return f"a {type(value).__name__} of shape {tuple(value.shape)} and dtype {dtype}"
+    if isinstance(value, (list, tuple)):
+        kinds = ", ".join(sorted({type(v).__name__ for v in value})) or "nothing"
+        return f"a {type(value).__name__} of {len(value)} {kinds}"
+    text = repr(value)
+    return f"a {type(value).__name__} ({text[:40] + '...' if len(text) > 40 else text})"
+
+
+def reward_scores(name: str, value: Any, batch_size: int, where: str = "") -> torch.Tensor:
+    """What reward `name` returned for `batch_size` images, as `(batch_size,)` float32 scores; anything else (`None`,
+    strings, a complex or wrong-sized result) is a `ValueError` in one sentence naming the reward, what it returned and
+    what a reward must return (`where`, e.g. `" at step 3"`, goes after the name)."""
+    expected = f"a reward must return one number per image (a float tensor, array or list of length {batch_size})"
+    try:
+        scores = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        scores = None
+    if scores is None or scores.is_complex() or value is None:
+        raise ValueError(f"Reward {name!r} returned {describe_output(value)}{where}; {expected}.")
+    if scores.numel() != batch_size:
+        raise ValueError(
+            f"Reward {name!r} returned {scores.numel()} scores ({describe_output(value)}) for {batch_size} "
+            f"images{where}; {expected}."
+        )
+    return scores.detach().reshape(-1).to(torch.float32)
+
+
 def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 

@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from .base import ImageBatch, Reward
+from .base import ImageBatch, Reward, batch_size_of, reward_scores
 from .registry import load_reward
 
 MixMode = Literal["reward_aggr", "advantage_aggr"]
@@ -73,14 +73,12 @@ class MultiReward:
     def score(self, images: ImageBatch, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Each reward's (B,) float32 scores, keyed by name (also stored in `last_scores`)."""
         scores = {}
+        n = batch_size_of(images) if images is not None else len(prompts)
         for name, fn in self.rewards.items():
-            s = torch.as_tensor(fn(images, prompts)).reshape(-1).to(torch.float32)
+            s = reward_scores(name, fn(images, prompts), n)  # one float per image, or one sentence saying what came
             if self.device is not None:
                 s = s.to(self.device)
             scores[name] = s
-        sizes = {name: s.numel() for name, s in scores.items()}
-        if len(set(sizes.values())) > 1:
-            raise ValueError(f"Rewards returned different numbers of scores: {sizes}.")
         self.last_scores = scores
         return scores
 

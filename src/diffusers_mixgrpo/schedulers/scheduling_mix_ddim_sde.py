@@ -117,7 +117,8 @@ class MixDDIMSDEScheduler(SDEWindowMixin, SchedulerMixin, ConfigMixin):
             Number of SDE steps K (MixGRPO: 4). The default 0 means no SDE step: a plain swap samples exactly like
             DDIM (eta = 0) until a window is set.
         eta (`float`, defaults to 1.0):
-            DDIM's eta inside the window (1.0 is DDPO's default; 0 makes the window deterministic). Must be >= 0.
+            DDIM's eta inside the window (1.0 is DDPO's default; 0 makes the window deterministic). Must lie in
+            [0, 1]: above 1 the step's `sqrt(1 - a_prev - std^2)` is undefined on coarse grids.
         log_prob_reduction (`str`, defaults to `"mean"`):
             How the per-element log-density is reduced over non-batch dimensions: `"mean"` (reference
             implementations) or `"sum"` (the true log-density of the sample).
@@ -159,8 +160,10 @@ class MixDDIMSDEScheduler(SDEWindowMixin, SchedulerMixin, ConfigMixin):
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
         if timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0 (0: deterministic window, 1: DDPM-like), got {eta}.")
+        if not 0 <= eta <= 1:  # above 1, sqrt(1 - a_prev - std^2) of the step's mean is that of a negative number
+            raise ValueError(
+                f"eta={eta!r} is not allowed; DDIM's eta must lie in [0, 1] (0: deterministic window, 1: DDPM-like)."
+            )
         if log_prob_reduction not in LOG_PROB_REDUCTIONS:
             raise ValueError(f"log_prob_reduction must be one of {LOG_PROB_REDUCTIONS}, got {log_prob_reduction!r}.")
         if trajectory_latents not in TRAJECTORY_LATENTS:

@@ -3,7 +3,8 @@
 Only the standard library is imported here (no torch, transformers or diffusers), so `train_*.py --help` answers at
 once. Every field becomes a flag with its `metadata["help"]`, in the sections its `metadata["group"]` starts.
 Booleans take `--flag`, `--flag true|false` or `--no_flag`; lists take several values; an optional field takes
-`none` to unset it. Unlike `HfArgumentParser`, the parser remembers which values were *given* (in the YAML file or as
+`none` (or `null`) to unset it, except a field for which `none` is a value of its own (`metadata["none_is_a_value"]`:
+`--report_to none` means no tracker, as `report_to: none` does in YAML), which only `null` unsets. Unlike `HfArgumentParser`, the parser remembers which values were *given* (in the YAML file or as
 flags) as opposed to left at their defaults, which is what lets a model folder's sampling defaults and a resumed run's
 saved config fill in everything else.
 """
@@ -22,9 +23,9 @@ __all__ = ["CommandLine", "build_parser", "parse_command_line"]
 _NONE_STRINGS = ("none", "null")
 
 
-def _optional(convert):
+def _optional(convert, none_strings=_NONE_STRINGS):
     def parse(value: str):
-        return None if str(value).strip().lower() in _NONE_STRINGS else convert(value)
+        return None if str(value).strip().lower() in none_strings else convert(value)
 
     parse.__name__ = getattr(convert, "__name__", "value")
     return parse
@@ -51,7 +52,8 @@ def _add_field(group: argparse._ArgumentGroup, f: dataclasses.Field, annotation:
         return
     if kind in ("int", "float", "str"):
         convert = {"int": int, "float": float, "str": str}[kind]
-        group.add_argument(flag, type=_optional(convert) if optional else convert, **common)
+        none_strings = ("null",) if f.metadata.get("none_is_a_value") else _NONE_STRINGS
+        group.add_argument(flag, type=_optional(convert, none_strings) if optional else convert, **common)
         return
     if kind == "choice":
         args = typing.get_args(annotation)

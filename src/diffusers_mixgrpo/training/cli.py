@@ -129,7 +129,13 @@ def train_from_command_line(
         raise ConfigError(
             family_mismatch(config.pretrained_model_name_or_path, pipeline.model_family, config.model_family)
         )
-    return GRPOTrainer(config, pipeline).train()
+    from .errors import StopNow
+
+    try:
+        return GRPOTrainer(config, pipeline).train()
+    except StopNow as stop:
+        stop.output_dir = config.output_dir  # for the command line's resume hint
+        raise
 
 
 def _resume_hint(output: Any) -> str:
@@ -141,7 +147,7 @@ def _resume_hint(output: Any) -> str:
 def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None):
     """The `mixgrpo-train` command: `train_from_command_line`, with the library's errors printed as one line (status 1)
     and a signal-stopped run ending with one line and status 128 + signal number. Returns the `TrainOutput`."""
-    from .errors import MixGRPOError
+    from .errors import MixGRPOError, StopNow
     from .logging_utils import setup_script_logging
 
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "mixgrpo-train"
@@ -151,6 +157,23 @@ def main(argv: Optional[Sequence[str]] = None, description: Optional[str] = None
     except MixGRPOError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except StopNow as stop:  # a second SIGTERM / SIGINT: at once, no checkpoint of the unfinished step
+        from .checkpointing import CheckpointManager
+
+        where = ""
+        if stop.output_dir:
+            latest = CheckpointManager(stop.output_dir).latest()
+            where = (
+                f" (last complete checkpoint: {latest}; {_resume_hint(stop)})" if latest else " (no checkpoint yet)"
+            )
+        print(
+            f"Stopped at once by a second {stop.signal_name}: the unfinished step is lost{where}.",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + stop.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop's handlers (loading the model, the final export)
+        print("Interrupted by SIGINT outside the training steps; stopped without saving.", file=sys.stderr)
+        raise SystemExit(130) from None
     if output.interrupted_by:
         import signal
 

@@ -38,11 +38,13 @@ from .presets import METHOD_PRESETS, METHODS, apply_method_preset
 from .reward_spec import (
     check_reward_device,
     check_reward_options,
+    check_reward_weights,
     parse_monitor_rewards,
     parse_reward_kwargs,
     parse_reward_weights,
 )
 from .run_arguments import DEFAULT_NUM_VALIDATION_PROMPTS, RunArguments
+from .setting_ranges import check_setting_ranges
 
 __all__ = ["DEFAULT_NUM_VALIDATION_PROMPTS", "GRPOConfig", "parse_args"]
 
@@ -220,7 +222,11 @@ class GRPOConfig(RunArguments):
     )
     eta: Optional[float] = field(
         default=None,
-        metadata={"help": "Noise level of the SDE. Preset: 0.7 (0.3 for DanceGRPO).", "range": "(0, inf)"},
+        metadata={
+            "help": "Noise level of the SDE. Preset: 0.7 (0.3 for DanceGRPO). At most 1 for `'cps'` and for the DDIM "
+            "window of SD1.5 / SDXL, sqrt(2) for `'flow_grpo'`; above 1 warns.",
+            "range": "(0, inf)",
+        },
     )
     window_size: Optional[int] = field(
         default=None,
@@ -539,7 +545,9 @@ class GRPOConfig(RunArguments):
         if self.reward_device is not None:
             self.reward_device = check_reward_device(self.reward_device)
         check_reward_options(self.rewards, self.reward_kwargs, self.monitor_rewards)
+        check_reward_weights(self.rewards, warn=False)  # the trainer warns about a weight of 0, once (build_rewards)
         self._check_combinations()
+        check_setting_ranges(self)
 
     def _check_combinations(self) -> None:
         """The rules that tie several fields together; each failure names the values and how to fix them."""

@@ -12,6 +12,7 @@ __all__ = [
     "MixGRPOError",
     "ModelLoadError",
     "RewardLoadError",
+    "StopNow",
     "TrainingStopped",
 ]
 
@@ -49,3 +50,22 @@ class DiskFullError(MixGRPOError, OSError):
 
 class TrainingStopped(MixGRPOError, RuntimeError):
     """The run cannot go on safely (non-finite rewards or updates step after step, a failing or hanging reward)."""
+
+
+class StopNow(KeyboardInterrupt):
+    """A second SIGTERM / SIGINT during training (`interrupts.GracefulInterrupt`): stop at once, without a checkpoint
+    of the unfinished step. A `KeyboardInterrupt`, so it unwinds through every `except Exception`; the command line
+    prints one line and exits with 128 + `signum`. `output_dir` is filled in on the way out when known (for the
+    resume hint)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        super().__init__(f"{name} received twice; stopping at once.")
+        self.signum = signum
+        self.signal_name = name
+        self.output_dir = None

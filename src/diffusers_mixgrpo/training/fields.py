@@ -8,7 +8,8 @@ A field declares what it accepts in its annotation and `metadata`; nothing else 
 - `metadata["choices"]` (a tuple, or a function returning one), `metadata["range"]` (an interval such as
   `"[1, inf)"` or `"(0, 1]"`), `metadata["multiple_of"]` and `metadata["if_empty"]` are checked by `check_value`;
 - `metadata["group"]` on the first field of a group titles the `--help` section it starts, `metadata["whole_string"]`
-  keeps a string given for a list as one item, `metadata["secret"]` keeps a value out of saved configs.
+  keeps a string given for a list as one item, `metadata["secret"]` keeps a value out of saved configs,
+  `metadata["none_is_a_value"]` makes the command line keep `none` as the string `"none"` (only `null` unsets it).
 
 `load_yaml_values` reads the `field: value` pairs of a YAML file for `GRPOConfig.from_yaml` and `--config` alike.
 Only the standard library is imported (PyYAML on use), so `--help` answers at once.

@@ -4,12 +4,13 @@ or warns. (The warnings about settings and the first optimiser step are in `heal
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from .errors import TrainingStopped
+from .setting_ranges import far_above
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,13 @@ def zero_spread_share(advantages: torch.Tensor, group_ids: torch.Tensor) -> floa
     return float((~nonzero).float().mean())
 
 
+def describe_checkpoint(path: Optional[str]) -> str:
+    """The sentence that ends a stop message: where the last complete checkpoint is, or that there is none yet."""
+    if path is None:
+        return "No checkpoint has been written yet."
+    return f"The last complete checkpoint is {path}."
+
+
 @dataclass
 class RunHealth:
     """The streak counters of a run (`bad_group_streak` is saved in checkpoints) and the rules that read them.
@@ -40,10 +48,13 @@ class RunHealth:
         max_consecutive_bad_groups (`int`): steps in a row with dropped groups, or without an optimiser step, that
             stop the run.
         latest_checkpoint (`Callable[[], Optional[str]]`): the last complete checkpoint, named when the run stops.
+        unusual (`list[str]`): the settings far above their usual range (`setting_ranges.unusual_settings`), named
+            first in the advice when the run goes non-finite or learns nothing.
     """
 
     max_consecutive_bad_groups: int
     latest_checkpoint: Callable[[], Optional[str]]
+    unusual: list[str] = field(default_factory=list)
     bad_group_streak: int = 0
     skipped_update_streak: int = 0
     constant_reward_streak: int = 0
@@ -61,8 +72,8 @@ class RunHealth:
         if self.bad_group_streak >= self.max_consecutive_bad_groups:
             raise TrainingStopped(
                 f"{self.bad_group_streak} training steps in a row had non-finite rewards "
-                f"(max_consecutive_bad_groups={self.max_consecutive_bad_groups}); stopping. The last good "
-                f"checkpoint is {self.latest_checkpoint()}."
+                f"(max_consecutive_bad_groups={self.max_consecutive_bad_groups}){self._suspects()}; stopping. "
+                f"{describe_checkpoint(self.latest_checkpoint())}"
             )
 
     def check_update(
@@ -80,10 +91,15 @@ class RunHealth:
                     for k, v in scores.items()
                     if v.numel()
                 )
+                advice = (
+                    f"Bring {' and '.join(self.unusual)} back into range"
+                    if self.unusual
+                    else "Lower the learning rate or rescale the reward"
+                )
                 raise TrainingStopped(
                     f"{self.skipped_update_streak} training steps in a row skipped every optimiser step (non-finite "
-                    f"loss or gradients) up to step {step}; rewards: {described}. Lower the learning rate or rescale "
-                    f"the reward; the last complete checkpoint is {self.latest_checkpoint()}."
+                    f"loss or gradients) up to step {step}; rewards: {described}. {advice}. "
+                    f"{describe_checkpoint(self.latest_checkpoint())}"
                 )
         elif any_kept:
             self.skipped_update_streak = 0
@@ -117,6 +133,10 @@ class RunHealth:
                 100 * share,
             )
 
+    def _suspects(self) -> str:
+        """`"; eta=1e+06 (usual 0.7 for sde_type='flow_grpo') is far above the usual range"`, or `""`."""
+        return f"; {far_above(self.unusual)}" if self.unusual else ""
+
     def _warn_constant_rewards(self, scores: dict[str, torch.Tensor]) -> None:
         constant = {k: float(v[0]) for k, v in scores.items() if v.numel() and bool((v == v[0]).all())}
         what = (
@@ -125,9 +145,11 @@ class RunHealth:
             else "every image of each group got the same reward"
         )
         logger.warning(
-            "!!! For %d training steps in a row %s, so every advantage is 0 and nothing is learned. Look at the "
-            "samples (all black or identical? a prompt length the model was not trained with, see "
-            "max_sequence_length) and at the reward.",
+            "!!! For %d training steps in a row %s, so every advantage is 0 and nothing is learned. %s",
             self.constant_reward_streak,
             what,
+            f"Bring {' and '.join(self.unusual)} back into range first."
+            if self.unusual
+            else "Look at the samples (all black or identical? a prompt length the model was not trained with, see "
+            "max_sequence_length) and at the reward.",
         )

@@ -6,7 +6,8 @@ or the `--signal=B:TERM@<s>` lead time; Kubernetes: `terminationGracePeriodSecon
 large model takes minutes, so "finish the iteration, then save" would be killed before it saves. Instead:
 
 - `GracefulInterrupt` records the first signal (and when it came) instead of dying; a second one stops at once
-  (`KeyboardInterrupt`; a checkpoint being written is then abandoned atomically, the previous one stays).
+  (`StopNow`, a `KeyboardInterrupt`; a checkpoint being written is then abandoned atomically, the previous one stays;
+  the command line prints one line and exits with 128 + the signal number, 143 for SIGTERM, without a traceback).
 - The trainer asks at every boundary of an iteration (after each denoiser call of the rollout, after the rewards,
   before each trained micro-batch / window step, at the end of the iteration) whether a stop is pending, and the
   ranks agree on the answer (one all-reduce of the signal number: a signal may reach only some ranks), so every rank
@@ -36,9 +37,11 @@ from typing import Any, Optional
 
 import torch
 
+from .errors import StopNow
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["GracefulInterrupt", "IterationStart", "Preempted", "RestorePoint", "signal_name"]
+__all__ = ["GracefulInterrupt", "IterationStart", "Preempted", "RestorePoint", "StopNow", "signal_name"]
 
 
 def signal_name(signum: int) -> str:
@@ -51,8 +54,8 @@ def signal_name(signum: int) -> str:
 
 class GracefulInterrupt:
     """Context manager: while active, the first SIGTERM/SIGINT sets `requested` (the signal number) and `received_at`
-    (`time.monotonic()`) and logs one line; a second one raises `KeyboardInterrupt`. Previous handlers are restored
-    on exit."""
+    (`time.monotonic()`) and logs one line; a second one raises `StopNow` (a `KeyboardInterrupt`). Previous handlers
+    are restored on exit."""
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
         self.signals = tuple(signals)
@@ -63,7 +66,7 @@ class GracefulInterrupt:
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
         if self.requested is not None:
             self._restore()
-            raise KeyboardInterrupt(f"{signal_name(signum)} received twice; stopping at once.")
+            raise StopNow(signum)
         self.requested, self.received_at = signum, time.monotonic()
         logger.warning(
             "%s received: stopping at the next micro-batch boundary and saving a checkpoint (send it again to stop "

@@ -48,31 +48,48 @@ def _installed(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+#: The trackers `report_to` can name (accelerate's names): the modules any one of which provides it, and how to
+#: install it. `resolve_report_to` reads it; adding a tracker starts here (and in `choices.REPORT_TO`).
+TRACKER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tensorboard": (("tensorboard", "tensorboardX"), "pip install tensorboard"),
+    "wandb": (("wandb",), "pip install wandb"),
+}
+
+
+def _tracker_installed(name: str) -> bool:
+    return any(_installed(module) for module in TRACKER_PACKAGES[name][0])
+
+
 def resolve_report_to(report_to: Optional[str]) -> Optional[list[str]]:
     """The `log_with` list for `Accelerator`, or `None` for no tracker.
 
     `None` (the config default): `["tensorboard"]` when tensorboard (or tensorboardX) is installed, else no tracker.
-    `"none"`: no tracker. `"all"`: every installed tracker among tensorboard and wandb. Otherwise a comma-separated
-    list; a named tracker that is not installed fails with the package to install.
+    `"none"`: no tracker. `"all"`: every installed tracker of `TRACKER_PACKAGES`. Otherwise a comma-separated list;
+    a named tracker that is not installed is a `ConfigError` naming the package and the command that installs it
+    (the command line checks this before the model loads, `preflight.check_run_inputs`).
     """
-    tensorboard_ok = _installed("tensorboard") or _installed("tensorboardX")
+    from .errors import ConfigError
+
     if report_to is None:
-        return ["tensorboard"] if tensorboard_ok else None
+        return ["tensorboard"] if _tracker_installed("tensorboard") else None
     names = [t.strip().lower() for t in str(report_to).split(",") if t.strip()]
     if not names or names == ["none"]:
         return None
     if "none" in names:
-        raise ValueError(f"report_to={report_to!r} mixes 'none' with trackers; use one or the other.")
+        raise ConfigError(f"report_to={report_to!r} mixes 'none' with trackers; use one or the other.")
     if names == ["all"]:
-        found = [n for n, ok in (("tensorboard", tensorboard_ok), ("wandb", _installed("wandb"))) if ok]
+        found = [name for name in TRACKER_PACKAGES if _tracker_installed(name)]
         return found or None
     for name in names:
-        if name == "tensorboard" and not tensorboard_ok:
-            raise ValueError("report_to='tensorboard' needs the tensorboard package (pip install tensorboard).")
-        if name == "wandb" and not _installed("wandb"):
-            raise ValueError("report_to='wandb' needs the wandb package (pip install wandb).")
-        if name not in ("tensorboard", "wandb"):
-            raise ValueError(f"report_to names {name!r}; allowed: tensorboard, wandb, all, none.")
+        if name not in TRACKER_PACKAGES:
+            allowed = ", ".join([*TRACKER_PACKAGES, "all", "none"])
+            raise ConfigError(f"report_to names {name!r}; allowed: {allowed}.")
+        if not _tracker_installed(name):
+            modules, install = TRACKER_PACKAGES[name]
+            raise ConfigError(
+                f"report_to={report_to!r} needs the {modules[0]} package, which is not installed; install it with "
+                f"`{install}`, or set report_to to another tracker or 'none'."
+            )
     return names
 
 

@@ -163,6 +163,12 @@ def place_modules(config: GRPOConfig, pipe: GRPOTrainingPipeline, device: torch.
 def configure_rollout_scheduler(config: GRPOConfig, pipe: GRPOTrainingPipeline) -> None:
     """The pipeline's scheduler rebuilt with the run's SDE settings (and, for flow models, its timestep grid)."""
     overrides = {"sde_type": config.sde_type, "eta": config.eta, "log_prob_reduction": config.log_prob_reduction}
+    if pipe.family.scheduler_kind == "vp" and config.eta is not None and config.eta > 1:
+        raise ConfigError(
+            f"eta={config.eta:g} is not allowed for a {pipe.model_family!r} model, whose window is a DDIM step: "
+            f"DDIM's eta must lie in (0, 1] (usual: 1.0, DDPM-like), as above 1 its sqrt(1 - a_prev - std^2) is "
+            f"undefined."
+        )
     if pipe.family.scheduler_kind == "flow":
         # The paper's grid: a fixed shift s (no resolution-dependent `mu`), Flash tail per the method preset.
         if config.shift is not None and pipe.scheduler.config.get("use_flow_sigmas", False):

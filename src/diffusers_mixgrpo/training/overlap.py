@@ -8,6 +8,8 @@ rollout time. `concat_rollouts` joins the pieces into the `RolloutBatch` the upd
 """
 
 import concurrent.futures
+import queue
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -60,17 +62,40 @@ def rollout_with_rewards_alongside(
     """`rollout(piece)` for each piece in order while `score(batch)` of the previous piece runs in a thread.
 
     Returns the joined batch, the joined scores (`{reward name: (B,) tensor}`) and the seconds spent waiting for the
-    last scores after the last rollout (the reward time that was not hidden). A reward that raises re-raises here."""
+    last scores after the last rollout (the reward time that was not hidden). A reward that raises re-raises here, at
+    once: the scores still queued are dropped, and the worker is a daemon thread, so a reward call still running
+    (hung past `reward_timeout`) neither delays the error nor keeps the process alive at exit."""
+    import time
+
+    jobs: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            future, batch = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(score(batch))
+            except BaseException as err:  # handed to the waiting caller
+                future.set_exception(err)
+
+    threading.Thread(target=work, name="reward-alongside", daemon=True).start()
     batches, futures = [], []
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reward-alongside") as pool:
+    try:
         for piece in pieces:
             batch = rollout(piece)
             batches.append(batch)
-            futures.append(pool.submit(score, batch))
-        import time
-
+            futures.append(concurrent.futures.Future())
+            jobs.put((futures[-1], batch))
         t0 = time.perf_counter()
         results = [f.result() for f in futures]
         waited = time.perf_counter() - t0
+    finally:
+        for f in futures:
+            f.cancel()  # those not started yet (a no-op for the finished ones)
+        jobs.put(None)
     scores = {name: torch.cat([r[name] for r in results]) for name in results[0]}
     return concat_rollouts(batches), scores, waited

@@ -1,8 +1,8 @@
 """Checks that run before the model loads, so that a bad input fails in seconds with one sentence, not after minutes.
 
 `check_run_inputs(config)` covers what `GRPOConfig.__post_init__` cannot (it only sees values, not the machine):
-reward names and options, the prompt file, the output folder, and what resuming needs. The trainer reads prompts with
-`read_prompt_file`, so the same messages appear from Python.
+reward names and options, the trackers (installed?), the prompt file, the output folder, and what resuming needs.
+The trainer reads prompts with `read_prompt_file`, so the same messages appear from Python.
 """
 
 import inspect
@@ -27,14 +27,15 @@ __all__ = [
 
 
 def read_prompt_file(path: str, what: str = "prompt_file") -> list[str]:
-    """The non-blank lines of a UTF-8 text file, stripped. A missing file, a folder, undecodable bytes (the byte
-    offset is named) or a file without a prompt fail with `ConfigError` (`what` names the setting)."""
+    """The non-blank lines of a UTF-8 text file, stripped (a byte-order mark, as Windows editors write, is not part of
+    the first prompt). A missing file, a folder, undecodable bytes (the byte offset is named) or a file without a
+    prompt fail with `ConfigError` (`what` names the setting)."""
     if not os.path.exists(path):
         raise ConfigError(f"{what}={path!r} does not exist.")
     if not os.path.isfile(path):
         raise ConfigError(f"{what}={path!r} is not a file.")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             prompts = [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as err:
         raise ConfigError(
@@ -150,6 +151,7 @@ def check_reward_device_available(reward_device: Optional[str]) -> None:
 def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
     """Everything about a `GRPOConfig` that can be checked before the model loads (see the module docstring)."""
     from .checkpointing import CheckpointManager
+    from .logging_utils import resolve_report_to
 
     if check_rewards:
         if not config.rewards:
@@ -158,6 +160,7 @@ def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
         if getattr(config, "monitor_rewards", None):
             check_reward_options(dict.fromkeys(config.monitor_rewards, 1.0), config.reward_kwargs, "monitor_rewards")
     check_reward_device_available(getattr(config, "reward_device", None))
+    resolve_report_to(getattr(config, "report_to", None))  # a named tracker that is not installed fails here
     if not config.prompt_file:
         raise ConfigError("No training prompts: set prompt_file (a text file, one prompt per line).")
     read_prompt_file(config.prompt_file)

@@ -1,13 +1,17 @@
 """The rewards of a training run: the `MultiReward` built from what the user gave (registered names loaded on the reward
 device in the reward dtype, callables as they are), and scoring a rollout with each reward (within `reward_timeout`;
-a reward that fails, hangs or returns the wrong number of scores stops the run, naming it).
+a reward that fails, hangs or returns anything but one number per image stops the run, naming it).
+
+A call with a timeout runs in a daemon thread: when it hangs, the run stops at the timeout and the process can end
+at once (the interpreter does not wait for a daemon thread at exit, as it would for a `ThreadPoolExecutor` worker,
+so a reward that never returns cannot keep the job and its GPUs alive).
 
 The monitor rewards (`monitor_rewards`) are built the same way and scored on the same rollouts, but are never trained
 on: a monitor that fails, hangs or returns the wrong number of scores gives NaN scores and a warning naming it, and the
 run goes on unchanged (`RewardRunner.score_monitors`)."""
 
-import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -15,8 +19,12 @@ import torch
 
 from ..pipelines.rollout_batch import RolloutBatch
 from ..rewards import MultiReward
+from ..rewards.base import reward_scores
+from ..rewards.multi import _reward_name
 from .config import GRPOConfig
 from .errors import ConfigError, RewardLoadError, TrainingStopped
+from .health import describe_checkpoint
+from .reward_spec import check_reward_weights
 
 #: What `GRPOTrainer(rewards=...)` accepts: a `MultiReward`, `{name_or_callable: weight}`, or one callable.
 RewardSpec = Union[MultiReward, Mapping[Union[str, Callable], float], Callable]
@@ -59,13 +67,16 @@ def build_rewards(rewards: Optional[RewardSpec], config: GRPOConfig, device: tor
     if rewards is None:
         raise ConfigError("No reward: pass rewards={...} or set `rewards` in the config.")
     if isinstance(rewards, MultiReward):
+        check_reward_weights(rewards.weights)
         return rewards
     if callable(rewards) and not isinstance(rewards, Mapping):
         rewards = {rewards: 1.0}
     names = [k for k in rewards if isinstance(k, str)]
+    if all(isinstance(w, (int, float)) for w in rewards.values()):  # before any reward model loads
+        check_reward_weights({k if isinstance(k, str) else _reward_name(k): float(w) for k, w in rewards.items()})
     options = {name: reward_options(name, config) for name in names}
     try:
-        return MultiReward(
+        multi = MultiReward(
             rewards,
             mix=config.reward_mix,
             device=device,
@@ -75,6 +86,7 @@ def build_rewards(rewards: Optional[RewardSpec], config: GRPOConfig, device: tor
     except (OSError, KeyError, TypeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         raise RewardLoadError(f"Could not load the rewards {names}: {message}") from err
+    return multi
 
 
 def build_monitor_rewards(
@@ -116,24 +128,33 @@ class RewardRunner:
         self.device = device
         self.timeout = timeout
         self.latest_checkpoint = latest_checkpoint
-        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
 
     def call(self, name: str, fn: Callable, images: Any, prompts: list[str], step: int) -> Any:
         """`fn(images, prompts)`, within `timeout` seconds when set (a hung reward raises `TrainingStopped`)."""
         if self.timeout is None:
             return fn(images, prompts)
-        if self._pool is None:
-            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reward")
-        future = self._pool.submit(fn, images, prompts)
-        try:
-            return future.result(timeout=self.timeout)
-        except concurrent.futures.TimeoutError:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None  # the hung call keeps its thread; the next call gets a fresh one
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["value"] = fn(images, prompts)
+            except BaseException as err:  # handed to the caller below
+                outcome["error"] = err
+            finally:
+                done.set()
+
+        # A daemon thread per call (thread start-up costs ~0.1 ms, a reward call far more): a hung call is left
+        # behind, and neither the next call nor the end of the process waits for it.
+        threading.Thread(target=run, name=f"reward-{name}", daemon=True).start()
+        if not done.wait(self.timeout):
             raise TrainingStopped(
                 f"Reward {name!r} did not answer within reward_timeout={self.timeout:g} s at step {step}; "
-                f"stopping. The last complete checkpoint is {self.latest_checkpoint()}."
-            ) from None
+                f"stopping. {describe_checkpoint(self.latest_checkpoint())}"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
 
     def score(self, batch: RolloutBatch, step: int) -> dict[str, torch.Tensor]:
         """`{reward name: (B,) float32 scores}` of the rollout `batch` at training step `step`."""
@@ -141,7 +162,6 @@ class RewardRunner:
         for name, fn in self.reward.rewards.items():
             try:
                 raw = self.call(name, fn, batch.images, batch.prompts, step)
-                s = torch.as_tensor(raw).reshape(-1).float().to(self.device)
             except TrainingStopped:
                 raise
             except Exception as err:  # a reward model that raises stops the run, naming the model and the prompt
@@ -149,11 +169,10 @@ class RewardRunner:
                     f"Reward model {name!r} failed at step {step} on prompts "
                     f"{sorted(set(batch.prompts))[:4]}: {type(err).__name__}: {err}"
                 ) from err
-            if s.numel() != batch.batch_size:
-                raise TrainingStopped(
-                    f"Reward model {name!r} returned {s.numel()} scores for {batch.batch_size} images."
-                )
-            scores[name] = s
+            try:
+                scores[name] = reward_scores(name, raw, batch.batch_size, where=f" at step {step}").to(self.device)
+            except ValueError as err:  # None, strings, the wrong number of scores: what came and what must come
+                raise TrainingStopped(str(err)) from None
         return scores
 
     @property

@@ -2,6 +2,7 @@
 `reward_kwargs` (name -> options), `reward_device`, and which reward options are credentials (used, never saved)."""
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional, Union
@@ -9,9 +10,12 @@ from typing import Any, Optional, Union
 from .choices import REWARD_DTYPES
 from .errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "check_reward_device",
     "check_reward_options",
+    "check_reward_weights",
     "is_secret_option",
     "parse_monitor_rewards",
     "parse_reward_kwargs",
@@ -94,6 +98,33 @@ def parse_monitor_rewards(
             "trained on (rewards) or only watched (monitor_rewards), not both."
         )
     return list(names)
+
+
+def check_reward_weights(weights: Optional[Mapping[str, float]], warn: bool = True) -> None:
+    """Some reward must have a positive weight: all weights 0 train nothing (the LoRA stays exactly at its start) and
+    only negative weights train every score down; each is a `ConfigError` naming the weights. With `warn`, a weight
+    of 0 beside others is a warning naming the reward (computed, logged, not trained on)."""
+    if not weights:
+        return
+    shown = ", ".join(f"{name!r}: {w:g}" for name, w in weights.items())
+    if all(w == 0 for w in weights.values()):
+        raise ConfigError(
+            f"rewards={{{shown}}} gives every reward weight 0, so nothing is trained (the LoRA stays exactly at its "
+            f"start); give the reward to raise a positive weight."
+        )
+    if not any(w > 0 for w in weights.values()):
+        what = "the only reward a negative weight" if len(weights) == 1 else "no reward a positive weight"
+        raise ConfigError(
+            f"rewards={{{shown}}} gives {what}, which trains the model to lower its scores; give the reward to raise "
+            f"a positive weight (a negative weight is for a penalty beside it)."
+        )
+    if warn:
+        for name, w in weights.items():
+            if w == 0:
+                logger.warning(
+                    "rewards[%r]=0: this reward is computed and logged but not trained on; remove it to save its time.",
+                    name,
+                )
 
 
 def parse_reward_kwargs(value: Union[None, str, Mapping[str, Any], Sequence[str]]) -> Optional[dict[str, dict]]:

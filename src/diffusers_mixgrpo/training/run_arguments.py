@@ -44,7 +44,14 @@ class RunArguments:
             "choices": OPTIMIZERS,
         },
     )
-    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate.", "range": "(0, inf)"})
+    learning_rate: float = field(
+        default=1e-5,
+        metadata={
+            "help": "Peak learning rate (usual: 1e-5 for a full fine-tune as in the paper, 1e-4 to 3e-4 for a LoRA; "
+            "above 1e-2 warns).",
+            "range": "(0, 1]",
+        },
+    )
     adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1.", "range": "[0, 1)"})
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2.", "range": "[0, 1)"})
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon.", "range": "(0, inf)"})
@@ -151,8 +158,10 @@ class RunArguments:
     report_to: Optional[str] = field(
         default=None,
         metadata={
-            "help": "Trackers: `'tensorboard'`, `'wandb'`, `'all'`, `'none'` or a comma-separated list. `None`: "
-            "tensorboard if installed, else none."
+            "help": "Trackers: `'tensorboard'`, `'wandb'`, `'all'`, `'none'` (no tracker) or a comma-separated list. "
+            "`None` (`null`): tensorboard if installed, else none. A named tracker that is not installed fails before "
+            "the model loads.",
+            "none_is_a_value": True,
         },
     )
     tracker_project_name: str = field(default="mixgrpo", metadata={"help": "Project name given to the trackers."})

@@ -80,6 +80,7 @@ from .run_state import (
     write_run_config,
 )
 from .run_summary import TrainOutput, finish_run
+from .setting_ranges import unusual_settings
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class GRPOTrainer:
         self.reward_runner = RewardRunner(
             self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest, self.monitor
         )
-        self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest)
+        self.health = RunHealth(config.max_consecutive_bad_groups, self.checkpoints.latest, unusual_settings(config))
         self.ratio_check = RatioCheck.from_config(config, self.accelerator.device)
         self.gradient_warning = GradientWarning(config.adam_epsilon, getattr(self.accelerator, "scaler", None))
         self.global_step = 0
@@ -633,6 +634,7 @@ class GRPOTrainer:
                 interrupted = signal_name(stop.signum)
             finally:
                 self.preemption.interrupt = None
+                self.progress.close()  # before an error's message, not after it
         weights = None
         if interrupted is None:
             weights = self.save_model(cfg.output_dir)
