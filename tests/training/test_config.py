@@ -13,6 +13,7 @@ from diffusers_mixgrpo.schedulers.sliding_window import SlidingWindowSchedule
 from diffusers_mixgrpo.training.config import GRPOConfig, parse_args
 from diffusers_mixgrpo.training.presets import METHOD_PRESETS
 from diffusers_mixgrpo.training.reward_spec import parse_reward_weights
+from diffusers_mixgrpo.training.step_selection import sliding_window_kwargs
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "examples", "configs")
@@ -223,7 +224,7 @@ def test_parse_args_rejects_unknown_flags_and_yaml_keys(tmp_path):
 
 def test_sliding_window_kwargs_build_the_schedule():
     c = GRPOConfig(method="flash_star")
-    schedule = SlidingWindowSchedule(**c.sliding_window_kwargs())
+    schedule = SlidingWindowSchedule(**sliding_window_kwargs(c))
     assert schedule.current() == (0, 4) and schedule.stride == 0 and schedule.shift_interval == 20
     for _ in range(100):
         schedule.step()

@@ -5,6 +5,7 @@ import pytest
 
 from diffusers_mixgrpo.training.config import GRPOConfig, parse_args
 from diffusers_mixgrpo.training.errors import ConfigError
+from diffusers_mixgrpo.training.step_selection import sde_step_schedule_kwargs
 
 
 def config(**values) -> GRPOConfig:
@@ -15,7 +16,7 @@ def config(**values) -> GRPOConfig:
 def test_sde_steps_from_the_command_line(argv):
     c = parse_args(argv)
     assert c.sde_steps == [0, 3, 5]
-    assert c.sde_step_schedule_kwargs()["steps"] == [0, 3, 5]
+    assert sde_step_schedule_kwargs(c)["steps"] == [0, 3, 5]
 
 
 def test_num_sde_steps_and_range_from_yaml(tmp_path):
@@ -24,7 +25,7 @@ def test_num_sde_steps_and_range_from_yaml(tmp_path):
         "num_inference_steps: 10\nnum_sde_steps: [2]\nsde_step_range: [0, 5]\nsde_step_layout: scattered\n"
     )
     c = GRPOConfig.from_yaml(path, output_dir=str(tmp_path))
-    assert c.sde_step_schedule_kwargs() == {
+    assert sde_step_schedule_kwargs(c) == {
         "num_inference_steps": 10,
         "steps": None,
         "num_steps": [2],
@@ -35,7 +36,7 @@ def test_num_sde_steps_and_range_from_yaml(tmp_path):
 
 
 def test_without_the_new_fields_the_sliding_window_schedules_the_steps():
-    assert config().sde_step_schedule_kwargs() is None
+    assert sde_step_schedule_kwargs(config()) is None
 
 
 def test_a_saved_config_with_resolved_window_fields_loads_again():

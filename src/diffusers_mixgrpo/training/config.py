@@ -34,7 +34,7 @@ from .choices import (
 )
 from .errors import ConfigError
 from .fields import check_value, coerce_value
-from .presets import METHOD_PRESETS, METHODS, apply_method_preset
+from .presets import METHODS, apply_method_preset
 from .reward_spec import (
     check_reward_device,
     check_reward_options,
@@ -45,6 +45,7 @@ from .reward_spec import (
 )
 from .run_arguments import DEFAULT_NUM_VALIDATION_PROMPTS, RunArguments
 from .setting_ranges import check_setting_ranges
+from .step_selection import check_step_selection
 
 __all__ = ["DEFAULT_NUM_VALIDATION_PROMPTS", "GRPOConfig", "parse_args"]
 
@@ -555,29 +556,12 @@ class GRPOConfig(RunArguments):
         def fail(message: str) -> None:
             raise ConfigError(message)
 
-        n = self.num_inference_steps  # a trained step is never the last one, so window indices stop at N - 2
         if self.sample_share_prefix and not self.sample_same_noise:
             fail(
                 "sample_share_prefix=True needs sample_same_noise=True (a group only shares its pre-window "
                 "trajectory when its members start from the same noise); set one of them accordingly."
             )
-        window_unused = self.sde_steps is not None or self.num_sde_steps is not None  # `_check_sde_steps`
-        if not window_unused and not 1 <= self.window_size <= n - 1:
-            fail(
-                f"window_size={self.window_size!r} is not allowed; it must be an integer in "
-                f"[1, num_inference_steps - 1] = [1, {n - 1}] (the last sampling step is never trained)."
-            )
-        if self.window_max_start is not None and not 0 <= self.window_max_start <= n - 2:
-            fail(
-                f"window_max_start={self.window_max_start!r} is not allowed; it must lie in "
-                f"[0, num_inference_steps - 2] = [0, {n - 2}]."
-            )
-        if self.window_min_shift_interval is not None and self.window_min_shift_interval > self.window_shift_interval:
-            fail(
-                f"window_min_shift_interval={self.window_min_shift_interval} is not allowed; it must be <= "
-                f"window_shift_interval={self.window_shift_interval}."
-            )
-        self._check_sde_steps(fail)
+        check_step_selection(self)
         if self.num_generations - 2 * int(self.adv_trim * self.num_generations) < 2:
             fail(
                 f"adv_trim={self.adv_trim} leaves fewer than 2 of num_generations={self.num_generations} rewards "
@@ -611,73 +595,6 @@ class GRPOConfig(RunArguments):
             fail("use_ema=True is not supported with fsdp2=True (sharded weights); set use_ema=False.")
         self._check_run_combinations()
 
-    def _check_sde_steps(self, fail) -> None:
-        """`sde_steps` / `num_sde_steps` (SDE steps other than the sliding window) and what they rule out."""
-        n = self.num_inference_steps
-        explicit = self.sde_steps is not None or self.num_sde_steps is not None
-        if self.sde_steps is not None and self.num_sde_steps is not None:
-            fail(
-                f"sde_steps={self.sde_steps} and num_sde_steps={self.num_sde_steps} are both set; give the SDE steps "
-                f"one way (a fixed list, or the counts to draw from)."
-            )
-        if self.sde_steps is not None:
-            steps = self.sde_steps
-            if not steps or any(not 0 <= s <= n - 2 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
-                fail(
-                    f"sde_steps={steps} is not allowed; it must be a non-empty, sorted list of unique step indices "
-                    f"in [0, num_inference_steps - 2] = [0, {n - 2}] (the last sampling step is never trained)."
-                )
-        if self.sde_step_range is not None:
-            if self.num_sde_steps is None:
-                fail(
-                    f"sde_step_range={self.sde_step_range} has no effect without num_sde_steps; set num_sde_steps "
-                    f"or leave sde_step_range unset."
-                )
-            if len(self.sde_step_range) != 2 or not 0 <= self.sde_step_range[0] < self.sde_step_range[1] <= n - 1:
-                fail(
-                    f"sde_step_range={self.sde_step_range} is not allowed; it must be two indices [low, high) with "
-                    f"0 <= low < high <= num_inference_steps - 1 = {n - 1}."
-                )
-        if self.sde_step_layout != "window" and self.num_sde_steps is None:
-            fail(
-                f"sde_step_layout={self.sde_step_layout!r} has no effect without num_sde_steps; set num_sde_steps "
-                f"or leave sde_step_layout at 'window'."
-            )
-        if self.num_sde_steps is not None:
-            low, high = self.sde_step_range or (0, n - 1)
-            if not self.num_sde_steps or any(not 1 <= k <= high - low for k in self.num_sde_steps):
-                fail(
-                    f"num_sde_steps={self.num_sde_steps} is not allowed; each count must lie in [1, {high - low}], "
-                    f"the number of steps in sde_step_range [{low}, {high})."
-                )
-        if not explicit:
-            return
-        if self.method == "dancegrpo":
-            fail(
-                "method='dancegrpo' samples every step with the SDE, which sde_steps / num_sde_steps would "
-                "override; use method='mixgrpo' (or 'flash') with them, or drop them for DanceGRPO."
-            )
-        preset = METHOD_PRESETS[self.method]
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name in (
-            "window_size",
-            "window_shift_interval",
-            "window_stride",
-            "window_strategy",
-            "window_roll_back",
-            "window_max_start",
-            "window_min_shift_interval",
-            "window_exp_decay_k",
-            "window_exp_decay_threshold",
-        ):
-            expected = preset[name] if name in preset else defaults[name]
-            if getattr(self, name) != expected:
-                fail(
-                    f"{name}={getattr(self, name)!r} has no effect with "
-                    f"{'sde_steps' if self.sde_steps is not None else 'num_sde_steps'} set (they replace the "
-                    f"sliding window); leave {name} unset."
-                )
-
     # -- derived values --------------------------------------------------------------------------------------------
 
     @property
@@ -706,36 +623,6 @@ class GRPOConfig(RunArguments):
         return self.num_inner_epochs * math.ceil(
             self.train_micro_batches_per_iteration / self.gradient_accumulation_steps
         )
-
-    def sde_step_schedule_kwargs(self) -> Optional[dict[str, Any]]:
-        """Keyword arguments for `SDEStepSchedule(**kwargs)` when `sde_steps` or `num_sde_steps` is set; `None`
-        when the sliding window (`sliding_window_kwargs`) chooses the SDE steps."""
-        if self.sde_steps is None and self.num_sde_steps is None:
-            return None
-        return {
-            "num_inference_steps": self.num_inference_steps,
-            "steps": self.sde_steps,
-            "num_steps": self.num_sde_steps,
-            "step_range": self.sde_step_range,
-            "layout": self.sde_step_layout,
-            "seed": self.seed,
-        }
-
-    def sliding_window_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `SlidingWindowSchedule(**kwargs)`."""
-        return {
-            "num_inference_steps": self.num_inference_steps,
-            "window_size": self.window_size,
-            "shift_interval": self.window_shift_interval,
-            "stride": self.window_stride,
-            "strategy": self.window_strategy,
-            "roll_back": self.window_roll_back,
-            "max_start": self.window_max_start,
-            "min_shift_interval": self.window_min_shift_interval,
-            "exp_decay_k": self.window_exp_decay_k,
-            "exp_decay_threshold": self.window_exp_decay_threshold,
-            "seed": self.seed,
-        }
 
 
 def parse_args(

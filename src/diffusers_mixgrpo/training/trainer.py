@@ -19,8 +19,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..pipelines.pipeline_grpo import GRPOTrainingPipeline
 from ..pipelines.prompt_cache import PromptEmbedsCache, cached_rows
 from ..pipelines.rollout_batch import RolloutBatch
-from ..schedulers.sde_steps import SDEStepSchedule
-from ..schedulers.sliding_window import SlidingWindowSchedule
 from .advantages import compute_advantages, finite_group_mask
 from .backends import all_ranks, make_backend
 from .checkpointing import CheckpointManager
@@ -81,6 +79,7 @@ from .run_state import (
 )
 from .run_summary import TrainOutput, finish_run
 from .setting_ranges import unusual_settings
+from .step_selection import build_step_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -159,12 +158,7 @@ class GRPOTrainer:
         self.reward = build_rewards(rewards, config, self.reward_device)
         self.monitor = build_monitor_rewards(monitor_rewards, config, self.reward_device)
         self.config = record_run_inputs(config, self.pipeline, self.reward.weights, eval_prompts, self._prompts_given)
-        step_schedule = config.sde_step_schedule_kwargs()  # sde_steps / num_sde_steps instead of the sliding window
-        self.window = (
-            SDEStepSchedule(**step_schedule)
-            if step_schedule
-            else SlidingWindowSchedule(**config.sliding_window_kwargs())
-        )
+        self.window = build_step_schedule(config)  # the sliding window, or sde_steps / num_sde_steps
         self.checkpoints = CheckpointManager(config.output_dir, config.checkpoints_total_limit)
         self.reward_runner = RewardRunner(
             self.reward, self.accelerator.device, self.config.reward_timeout, self.checkpoints.latest, self.monitor
