@@ -207,9 +207,19 @@ def run_script(argv: list[str], models, workdir) -> None:
         steps = "2" if "--resume_from_checkpoint" in args else "1"
         args += [*TRAIN_FLAGS, "--max_train_steps", steps]
     with mock.patch("huggingface_hub.HfApi", _RecordingHfApi), mock.patch.object(sys, "argv", [script, *args]):
-        from diffusers_mixgrpo.training import hub
+        from huggingface_hub import constants
 
-        with mock.patch.object(hub, "HfApi", _RecordingHfApi), mock.patch.object(hub, "get_token", lambda: None):
+        from diffusers_mixgrpo.training import hub, preflight
+
+        # a documented push (or the resume of a run that pushes) is made by a user who is logged in and online: the
+        # push checks run before the model loads; the pages' Hub ids are local folders here (`hub_ids`)
+        online = mock.patch.object(constants, "HF_HUB_OFFLINE", False)
+        with (
+            mock.patch.object(hub, "HfApi", _RecordingHfApi),
+            mock.patch.object(hub, "get_token", lambda: None),
+            mock.patch.object(preflight, "_cached_hub_token", lambda: "hf_logged_in_user"),
+            online,
+        ):
             try:
                 runpy.run_path(str(ROOT / script), run_name="__main__")
             except SystemExit as exit_:

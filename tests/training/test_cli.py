@@ -107,7 +107,10 @@ def _bad_inputs(tmp_path):
         (["--output_dir", str(tmp_path / "a_file" / "out")], "is not writable"),
         (["--use_lora", "false", "--kl_type", "reference", "--kl_coeff", "0.1"], "needs use_lora=True"),
         (["--window_size", "2.0"], "invalid int value"),  # argparse's own message for a flag
-        (["--resume_from_checkpoint", "checkpoint-7"], "is not a folder"),
+        (
+            ["--resume_from_checkpoint", "checkpoint-7"],
+            "checkpoint-7' does not exist (nor a folder inside output_dir=",
+        ),
         # a factory taking **kwargs is checked against the class it returns (toy_world: ToyWorldReward)
         (
             ["--rewards", "toy_world=1", "--reward_kwargs", "toy_world.colour_weight=1"],
@@ -227,9 +230,21 @@ def test_the_summary_evaluates_the_final_weights(run_args, tmp_path):
 
 
 def test_resuming_a_folder_without_checkpoints_says_so_once(run_args, tmp_path, caplog):
+    """A run killed before its first checkpoint left only its config: `latest` starts it fresh, with one warning (a
+    finished run is refused instead: tests/training/test_run_folder_faults.py); with --overwrite_output_dir the
+    warning says that the finished run's weights are replaced."""
     train_from_command_line([*run_args, "--max_train_steps", "1", "--checkpointing_steps", "0"])
+    for name in ("pytorch_lora_weights.safetensors", "training_summary.json"):
+        (tmp_path / "out" / name).unlink()
     with caplog.at_level("INFO", logger="diffusers_mixgrpo"):
         train_from_command_line(["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest"])
     said = [r for r in caplog.records if "holds no checkpoint; starting fresh" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "WARNING"
-    assert "the weights of the finished run" in said[0].getMessage() and "will be replaced" in said[0].getMessage()
+    assert "the weights of the finished run" not in said[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="diffusers_mixgrpo"):
+        train_from_command_line(
+            ["--output_dir", str(tmp_path / "out"), "--resume_from_checkpoint", "latest", "--overwrite_output_dir"]
+        )
+    said = [r.getMessage() for r in caplog.records if "holds no checkpoint; starting fresh" in r.getMessage()]
+    assert len(said) == 1 and "the weights of the finished run" in said[0] and "will be replaced" in said[0]

@@ -242,7 +242,10 @@ def test_saved_lora_loads_into_a_stock_flux_pipeline(tmp_path):
         assert not torch.allclose(stock.transformer(**kwargs)[0], trained(**kwargs)[0], atol=1e-5)
 
 
-def test_push_to_hub_uploads_card_weights_and_config_without_the_token_or_local_paths(tmp_path):
+def test_push_to_hub_uploads_card_weights_and_config_without_the_token_or_local_paths(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # CI sets it; the upload is mocked below
     config = make_config(
         tmp_path,
         max_train_steps=1,

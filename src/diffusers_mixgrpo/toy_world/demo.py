@@ -131,6 +131,7 @@ def make_demo_config(method: str, output_dir: str, steps: int, seed: int, **over
         values["window_size"] = None  # every trainable step
         values.pop("window_max_start", None)
     values.setdefault("report_to", "tensorboard" if _has("tensorboard") else "none")
+    values.setdefault("overwrite_output_dir", True)  # the demo replaces its own earlier results (see --output_dir)
     return GRPOConfig(method=method, output_dir=output_dir, max_train_steps=steps, seed=seed, **values)
 
 
@@ -332,7 +333,11 @@ def before_after_grid(before, after, path: str, max_prompts: int = 8, scale: int
 def main(argv: Optional[Sequence[str]] = None) -> DemoResult:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="mixgrpo", choices=METHODS)
-    parser.add_argument("--output_dir", default="mixgrpo-toy-demo")
+    parser.add_argument(
+        "--output_dir",
+        default="mixgrpo-toy-demo",
+        help="Where the results go; a demo run replaces those of an earlier demo run in the same folder.",
+    )
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="GRPO iterations.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -36,7 +36,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from .errors import CheckpointError, CorruptCheckpointError, DiskFullError
+from .errors import CheckpointError, CorruptCheckpointError, DiskFullError, OutputNotWritableError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ __all__ = [
     "TRAINER_STATE_FILE",
     "apply_umask",
     "raise_if_disk_full",
+    "raise_if_unwritable",
 ]
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -113,6 +114,36 @@ def raise_if_disk_full(err: BaseException, folder: str, what: str) -> None:
             f"The disk is full: writing {what} to {folder!r} failed ({free_text}); free some space or point "
             f"output_dir at a larger disk, then resume."
         ) from err
+
+
+def _is_permission_denied(err: BaseException) -> Optional[str]:
+    """The reason ("Permission denied", "Read-only file system") when `err`, or an error it was raised from, is a
+    write refused by the file system; `None` otherwise."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return os.strerror(err.errno)
+        for text in ("Permission denied", "Read-only file system"):
+            if text in str(err):
+                return text
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def raise_if_unwritable(err: BaseException, folder: str, what: str, intact: Optional[str]) -> None:
+    """Re-raise `err` as an `OutputNotWritableError` naming `what`, the folder and the newest intact checkpoint
+    (`intact`, `None` when there is none) when the file system refused the write; otherwise return."""
+    reason = _is_permission_denied(err)
+    if reason is None:
+        return
+    if intact:
+        kept = f"the newest intact checkpoint is {intact}; make the folder writable and resume with " + (
+            "--resume_from_checkpoint latest"
+        )
+    else:
+        kept = "no checkpoint was saved before; make the folder writable and run again"
+    raise OutputNotWritableError(f"Cannot write {what} to {os.fspath(folder)!r} ({reason}); {kept}.") from err
 
 
 def _sha256(path: str) -> str:
@@ -224,6 +255,12 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def _latest_or_none(self) -> Optional[str]:
+        try:
+            return self.latest()
+        except OSError:
+            return None
+
     def resolve(self, resume_from_checkpoint: Optional[Union[str, os.PathLike]]) -> Optional[str]:
         """The checkpoint to resume from, given the config's `resume_from_checkpoint`.
 
@@ -279,10 +316,14 @@ class CheckpointManager:
         tmp = os.path.join(self.output_dir, f"{_TMP_PREFIX}{step}")
         is_main = accelerator.is_main_process
         if is_main:
-            os.makedirs(self.output_dir, exist_ok=True)
-            if os.path.exists(tmp):  # left over by an earlier crash
-                shutil.rmtree(tmp)
-            os.makedirs(tmp)
+            try:
+                os.makedirs(self.output_dir, exist_ok=True)
+                if os.path.exists(tmp):  # left over by an earlier crash
+                    shutil.rmtree(tmp)
+                os.makedirs(tmp)
+            except OSError as err:
+                raise_if_unwritable(err, self.output_dir, f"checkpoint-{step}", self._latest_or_none())
+                raise
         accelerator.wait_for_everyone()
         try:
             accelerator.save_state(tmp, **save_state_kwargs)
@@ -310,6 +351,7 @@ class CheckpointManager:
                 shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(err, Exception):
                 raise_if_disk_full(err, self.output_dir, f"checkpoint-{step}")
+                raise_if_unwritable(err, self.output_dir, f"checkpoint-{step}", self._latest_or_none())
             raise
         if is_main:
             self.prune()

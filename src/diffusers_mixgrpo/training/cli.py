@@ -58,21 +58,31 @@ def resolve_run_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     values = dict(given)
     resume = values.get("resume_from_checkpoint")
     if resume:
+        from .errors import ConfigError
+
         output_dir = values.get("output_dir")
+        if resume != "latest":
+            check_resume_path(os.fspath(resume), output_dir)
         if output_dir is None and resume != "latest" and os.path.isdir(resume):
             output_dir = os.path.dirname(os.path.abspath(resume))  # a checkpoint folder names its run
             values["output_dir"] = output_dir
         if output_dir is None:
-            from .errors import ConfigError
-
             raise ConfigError(
                 f"resume_from_checkpoint={resume!r} needs --output_dir, the folder of the run to resume."
             )
         saved = load_saved_run_config(output_dir)
         if saved is not None:
-            saved.pop("resume_from_checkpoint", None)
+            for name in ("resume_from_checkpoint", "overwrite_output_dir"):  # never inherited from the last run
+                saved.pop(name, None)
             logger.info("Resuming the run in %s with its saved training_config.yaml.", output_dir)
             values = {**saved, **values}
+        elif not values.get("pretrained_model_name_or_path") and not _has_checkpoint(output_dir):
+            # a mistyped folder: say so, not "No reward" about the settings it would have supplied
+            state = "does not exist" if not os.path.exists(output_dir) else "holds no run"
+            raise ConfigError(
+                f"resume_from_checkpoint={resume!r}: output_dir={output_dir!r} {state} (no training_config.yaml, no "
+                f"checkpoint); check the folder's name, or give the run's settings to start a new run there."
+            )
         else:
             logger.warning(
                 "%s holds no training_config.yaml: resuming with the values given on the command line only.",
@@ -82,6 +92,47 @@ def resolve_run_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str,
     applied = fill_sampling_defaults(values, defaults)
     values.update(applied)
     return values, applied
+
+
+def _has_checkpoint(folder: str) -> bool:
+    from .checkpointing import CheckpointManager
+
+    return os.path.isdir(folder) and CheckpointManager(folder).latest() is not None
+
+
+def _is_run_folder(folder: str) -> bool:
+    from .resume import RUN_CONFIG_FILE
+
+    return os.path.isfile(os.path.join(folder, RUN_CONFIG_FILE)) or _has_checkpoint(folder)
+
+
+def check_resume_path(resume: str, output_dir: Optional[str]) -> None:
+    """A `resume_from_checkpoint` path (not `"latest"`) names a checkpoint folder, given as a path or as a name inside
+    `output_dir`; a missing folder, or a run folder given instead of one of its checkpoints, fails in one sentence."""
+    from .checkpointing import COMPLETE_MARKER
+    from .errors import ConfigError
+
+    inside = os.path.join(output_dir, resume) if output_dir else None
+    path = next((p for p in (resume, inside) if p and os.path.isdir(p)), None)
+    if path is None:
+        where = f" (nor a folder inside output_dir={output_dir!r})" if output_dir else ""
+        raise ConfigError(
+            f"resume_from_checkpoint={resume!r} does not exist{where}; pass a checkpoint folder such as "
+            f"OUT/checkpoint-50, or --output_dir OUT --resume_from_checkpoint latest."
+        )
+    if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
+        return
+    if _is_run_folder(path):
+        raise ConfigError(
+            f"resume_from_checkpoint={resume!r} is a run folder, not a checkpoint; resume it with --output_dir "
+            f"{path} --resume_from_checkpoint latest."
+        )
+    if not any(n.startswith("model") or n.endswith((".safetensors", ".bin", ".pt")) for n in os.listdir(path)):
+        raise ConfigError(
+            f"resume_from_checkpoint={resume!r} is neither a checkpoint (no {COMPLETE_MARKER}) nor a run folder; "
+            f"pass a checkpoint folder such as OUT/checkpoint-50, or --output_dir OUT --resume_from_checkpoint latest."
+        )
+    # a checkpoint without its marker: the checkpoint manager names it (an interrupted save)
 
 
 def train_from_command_line(

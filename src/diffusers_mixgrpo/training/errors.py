@@ -9,8 +9,10 @@ __all__ = [
     "ConfigError",
     "CorruptCheckpointError",
     "DiskFullError",
+    "HubPushError",
     "MixGRPOError",
     "ModelLoadError",
+    "OutputNotWritableError",
     "RewardLoadError",
     "StopNow",
     "TrainingStopped",
@@ -46,6 +48,16 @@ class CorruptCheckpointError(CheckpointError):
 
 class DiskFullError(MixGRPOError, OSError):
     """Writing a checkpoint or the final weights ran out of disk space."""
+
+
+class OutputNotWritableError(MixGRPOError, PermissionError):
+    """The output folder stopped accepting writes during the run (permissions changed, a read-only mount); the message
+    names the folder and the newest checkpoint that is still intact."""
+
+
+class HubPushError(MixGRPOError, RuntimeError):
+    """The upload to the Hub failed after training; the weights and the run summary are saved locally (the message
+    names the folder and how to push it later)."""
 
 
 class TrainingStopped(MixGRPOError, RuntimeError):

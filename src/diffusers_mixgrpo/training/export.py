@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import torch
 
-from .checkpointing import apply_umask, raise_if_disk_full
-from .errors import CheckpointError, CorruptCheckpointError
+from .checkpointing import CheckpointManager, apply_umask, raise_if_disk_full, raise_if_unwritable
+from .errors import CheckpointError, CorruptCheckpointError, HubPushError
 from .logging_utils import plot_reward_curve
 from .resume import RUN_CONFIG_FILE
 
@@ -137,12 +137,13 @@ def export_final_model(
         return None
     try:
         weights = save_weights(pipeline, accelerator, output_dir, config.use_lora, ema, trainable, gathered)
+        config.to_yaml(os.path.join(output_dir, RUN_CONFIG_FILE))
+        if history:
+            plot_reward_curve(history, os.path.join(output_dir, "reward_curve.png"))
     except Exception as err:
         raise_if_disk_full(err, output_dir, "the final weights")
+        raise_if_unwritable(err, output_dir, "the final weights", CheckpointManager(output_dir)._latest_or_none())
         raise
-    config.to_yaml(os.path.join(output_dir, RUN_CONFIG_FILE))
-    if history:
-        plot_reward_curve(history, os.path.join(output_dir, "reward_curve.png"))
     apply_umask(output_dir if not config.use_lora else weights)
     return weights
 
@@ -172,3 +173,19 @@ def push_run_to_hub(config, history) -> str:
         return push_folder_to_hub(staging, repo_id, private=config.hub_private, token=config.hub_token)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def push_failure(push, config) -> Optional[HubPushError]:
+    """Call `push()` (the upload at the end of a run); a failure comes back as a `HubPushError` naming the saved
+    folder and how to push it later, to be raised once the run summary is written (`None` when the push worked)."""
+    try:
+        push()
+        return None
+    except Exception as err:
+        repo_id = config.resolved_hub_model_id()
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        return HubPushError(
+            f"The push of {config.output_dir!r} to the Hub repository {repo_id!r} failed ({type(err).__name__}: "
+            f"{reason}); the weights and the run summary are saved in {config.output_dir!r}: push them later with "
+            f"`hf upload {repo_id} {config.output_dir} --exclude 'checkpoint-*/*'` (docs/training.md, \"Hub\")."
+        )

@@ -14,13 +14,16 @@ from typing import Any, Optional
 from .errors import ConfigError
 
 __all__ = [
+    "check_hub_push",
     "check_model_family",
     "check_model_source",
+    "check_no_finished_run",
     "check_output_dir",
     "check_resume_compatible",
     "check_reward_device_available",
     "check_reward_options",
     "check_run_inputs",
+    "finished_run",
     "load_train_prompts",
     "read_prompt_file",
 ]
@@ -167,24 +170,102 @@ def check_run_inputs(config: Any, check_rewards: bool = True) -> None:
     if getattr(config, "validation_prompt_file", None):
         read_prompt_file(config.validation_prompt_file, "validation_prompt_file")
     check_output_dir(config.output_dir)
+    check_hub_push(config)
     manager = CheckpointManager(config.output_dir)
+    overwrite = getattr(config, "overwrite_output_dir", False)
     if config.resume_from_checkpoint:
         candidates = manager.candidates(config.resume_from_checkpoint)  # a bad explicit path fails here
+        if not candidates and not overwrite:
+            check_no_finished_run(config.output_dir, resuming=True)
         check_resume_compatible(config, manager, candidates)
-    else:
+    elif not overwrite:
         newest = manager.latest()
         if newest is not None:
             raise ConfigError(
                 f"output_dir={config.output_dir!r} already holds checkpoints of a run (newest: "
-                f"{os.path.basename(newest)}); resume it with --resume_from_checkpoint latest, or choose another "
-                f"output_dir."
+                f"{os.path.basename(newest)}); resume it with --resume_from_checkpoint latest, choose another "
+                f"output_dir, or pass --overwrite_output_dir to start over."
             )
+        check_no_finished_run(config.output_dir)
+
+
+#: What a finished run leaves in its output folder, by what it is (the first present names the run in a message).
+FINISHED_RUN_FILES = (
+    ("pytorch_lora_weights.safetensors", "the final LoRA"),
+    ("model_index.json", "the final fine-tuned pipeline"),
+    ("training_summary.json", "a run summary"),
+)
+
+
+def finished_run(output_dir: str) -> Optional[str]:
+    """What a finished run left in `output_dir` (e.g. `"the final LoRA (pytorch_lora_weights.safetensors)"`), or
+    `None` when it holds none of `FINISHED_RUN_FILES`."""
+    found = [f"{what} ({name})" for name, what in FINISHED_RUN_FILES if os.path.isfile(os.path.join(output_dir, name))]
+    return " and ".join(found[:2]) if found else None
+
+
+def check_no_finished_run(output_dir: str, resuming: bool = False) -> None:
+    """Refuse to start a fresh run over a finished one (which holds no checkpoint when it was shorter than
+    `checkpointing_steps`): its weights and summary would be replaced without a word. `resuming`: the run asked to
+    resume, but there is no checkpoint to resume from."""
+    held = finished_run(output_dir)
+    if held is None:
+        return
+    if resuming:
+        raise ConfigError(
+            f"output_dir={output_dir!r} holds a finished run ({held}) but no checkpoint to resume from; choose "
+            f"another output_dir, or pass --overwrite_output_dir to replace it with a fresh run."
+        )
+    raise ConfigError(
+        f"output_dir={output_dir!r} already holds a finished run ({held}); choose another output_dir, or pass "
+        f"--overwrite_output_dir to replace it."
+    )
+
+
+def check_hub_push(config: Any) -> None:
+    """With `push_to_hub`, what the upload at the end of the run needs, checked before the run: a valid repository
+    id, a token (`hub_token`, `HF_TOKEN` or `hf auth login`) and a connection (`HF_HUB_OFFLINE` unset)."""
+    if not getattr(config, "push_to_hub", False):
+        return
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = config.resolved_hub_model_id()
+    what = "hub_model_id" if config.hub_model_id else "the repository id (the name of output_dir)"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(
+            f"push_to_hub: {what} {repo_id!r} is not a valid Hub repository id; set --hub_model_id to 'name' or "
+            f"'user/name' (letters, digits, '-', '_' and '.', not starting or ending with '-' or '.', at most 96 "
+            f"characters)."
+        ) from None
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(
+            "push_to_hub is set but HF_HUB_OFFLINE is set, so the upload at the end of the run would fail; unset "
+            "HF_HUB_OFFLINE, or train without --push_to_hub and push the output folder later."
+        )
+    if not (config.hub_token or _cached_hub_token()):
+        raise ConfigError(
+            "push_to_hub is set but no Hub token was found (no hub_token, HF_TOKEN or `hf auth login`); log in with "
+            "`hf auth login` or set HF_TOKEN, or train without --push_to_hub."
+        )
+
+
+def _cached_hub_token() -> Optional[str]:
+    from huggingface_hub import get_token
+
+    try:
+        return get_token()
+    except Exception:  # an OIDC / OAuth refresh that fails: the upload will tell
+        return None
 
 
 def check_resume_compatible(config: Any, manager: Any, candidates: list[str]) -> None:
     """Compare the run's settings with those saved in the checkpoint it resumes (the first readable candidate), so
     that a changed LoRA rank or method fails before the model loads. A checkpoint that cannot be read is left to
     the trainer (which falls back to the previous one)."""
+    from .base_model import check_base_model
     from .errors import CorruptCheckpointError
     from .resume import config_changes
 
@@ -194,8 +275,9 @@ def check_resume_compatible(config: Any, manager: Any, candidates: list[str]) ->
             saved = manager.read_trainer_state(path)
         except CorruptCheckpointError:
             continue
+        moved = ("pretrained_model_name_or_path",) if check_base_model(saved, config, path) else ()
         if "config" in saved:
-            config_changes(saved["config"], config.to_dict(), path, undecided_ok=True)
+            config_changes(saved["config"], config.to_dict(), path, undecided_ok=True, may_change=moved)
         return
 
 

@@ -52,6 +52,7 @@ APPLIED_ON_RESUME = frozenset(
         "checkpointing_steps",
         "checkpoints_total_limit",
         "resume_from_checkpoint",
+        "overwrite_output_dir",
         "preemption_snapshot",
         "output_dir",
         "prompt_file",  # the prompts themselves are compared (`prompts_fingerprint`): a moved file is fine
@@ -120,19 +121,25 @@ def _comparable(name: str, value: Any) -> Any:
 
 
 def config_changes(
-    saved: Mapping[str, Any], current: Mapping[str, Any], checkpoint: str, undecided_ok: bool = False
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    checkpoint: str,
+    undecided_ok: bool = False,
+    may_change: Iterable[str] = (),
 ) -> dict[str, list]:
     """`{field: [saved value, new value]}` for the fields that differ and may change on resume; a difference in any
     other field raises `CheckpointError` in one sentence. Fields missing on either side are ignored (older
     versions); local paths compare as absolute paths. `undecided_ok`: a `None` in `current` is not a difference
-    (the trainer fills it from the model, e.g. `model_family`)."""
+    (the trainer fills it from the model, e.g. `model_family`). `may_change`: fields that may also change for this
+    resume (`pretrained_model_name_or_path` when the model is recognised by its fingerprint, `base_model.py`)."""
+    allowed = APPLIED_ON_RESUME | frozenset(may_change)
     changes = {}
     for name, new in current.items():
         if name not in saved or _same(_comparable(name, saved[name]), _comparable(name, new)):
             continue
         if undecided_ok and new is None:
             continue
-        if name not in APPLIED_ON_RESUME:
+        if name not in allowed:
             raise CheckpointError(
                 f"Cannot resume {checkpoint} with {name}={new!r}: it was trained with {name}={saved[name]!r}; "
                 f"resume with the same value, or start a new run in another output_dir."

@@ -241,6 +241,15 @@ class RunArguments:
             "`training_config.yaml` supplies every value not given."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start a fresh run in an `output_dir` that already holds a run (its checkpoints, or the final "
+            "weights / `training_summary.json` of a finished run), replacing what it wrote. `False`: such a folder "
+            "is refused before the model loads (resume it with `resume_from_checkpoint`, or choose another "
+            "folder). Never inherited by a resume."
+        },
+    )
     preemption_snapshot: bool = field(
         default=True,
         metadata={

@@ -13,11 +13,13 @@ from typing import Any, Optional
 
 from ..pipelines.families.registry import default_lora_target_modules
 from .backends import max_over_ranks
-from .checkpointing import CheckpointManager
+from .base_model import BASE_MODEL_KEY, base_model_record, check_base_model
+from .checkpointing import CheckpointManager, raise_if_unwritable
 from .config import GRPOConfig
 from .distributed import local_tensor
 from .errors import CheckpointError, CorruptCheckpointError
 from .interrupts import GracefulInterrupt, IterationStart, Preempted, RestorePoint, signal_name
+from .preflight import finished_run
 from .resume import RUN_CONFIG_FILE, check_finite, config_changes, prompts_fingerprint, set_learning_rate
 from .reward_runner import is_registered_reward
 
@@ -72,11 +74,15 @@ def record_run_inputs(
 def write_run_config(config: GRPOConfig, train_prompts: list[str], prompts_given: bool) -> None:
     """`training_config.yaml` (and the prompts, when they were handed over as a list) at the start of a run, so that an
     interrupted run can be resumed from its output folder alone. Main process only."""
-    os.makedirs(config.output_dir, exist_ok=True)
-    if prompts_given and config.prompt_file == os.path.abspath(os.path.join(config.output_dir, PROMPTS_FILE)):
-        with open(config.prompt_file, "w", encoding="utf-8") as f:
-            f.write("\n".join(train_prompts) + "\n")
-    config.to_yaml(os.path.join(config.output_dir, RUN_CONFIG_FILE))
+    try:
+        os.makedirs(config.output_dir, exist_ok=True)
+        if prompts_given and config.prompt_file == os.path.abspath(os.path.join(config.output_dir, PROMPTS_FILE)):
+            with open(config.prompt_file, "w", encoding="utf-8") as f:
+                f.write("\n".join(train_prompts) + "\n")
+        config.to_yaml(os.path.join(config.output_dir, RUN_CONFIG_FILE))
+    except OSError as err:
+        raise_if_unwritable(err, config.output_dir, RUN_CONFIG_FILE, CheckpointManager(config.output_dir).latest())
+        raise
 
 
 def resume_latest_usable(
@@ -128,7 +134,8 @@ def load_checkpoint(
     trained weights (`CheckpointError`)."""
     checkpoints.verify(path)
     saved = checkpoints.read_trainer_state(path)
-    changes = config_changes(saved["config"], config.to_dict(), path) if "config" in saved else {}
+    moved = ("pretrained_model_name_or_path",) if check_base_model(saved, config, path) else ()
+    changes = config_changes(saved["config"], config.to_dict(), path, may_change=moved) if "config" in saved else {}
     fingerprint = prompts_fingerprint(train_prompts)
     if saved.get("prompts_sha256", fingerprint) != fingerprint:
         raise CheckpointError(
@@ -174,6 +181,7 @@ def trainer_state(
         "config": config.to_dict(),
         "config_changes": list(config_changes),
         "prompts_sha256": prompts_fingerprint(train_prompts),
+        BASE_MODEL_KEY: base_model_record(config),
     }
     if ema is not None:
         state["ema"] = ema.state_dict()
@@ -225,6 +233,13 @@ def resume_or_start_fresh(
             "and replaces those of the same steps.",
             config.output_dir,
             os.path.basename(checkpoints.latest()),
+        )
+    elif accelerator.is_main_process and not config.overwrite_output_dir and finished_run(config.output_dir):
+        logger.warning(
+            "%s already holds a finished run (%s); this run replaces it (the command line refuses this without "
+            "--overwrite_output_dir).",
+            config.output_dir,
+            finished_run(config.output_dir),
         )
 
 

@@ -34,7 +34,7 @@ from .evaluation import (
     read_eval_prompt_file,
     resolve_eval_prompts,
 )
-from .export import export_final_model, push_run_to_hub
+from .export import export_final_model, push_failure, push_run_to_hub
 from .health import RunHealth, zero_spread_share
 from .health_warnings import GradientWarning, warn_on_settings
 from .interrupts import GracefulInterrupt, Preempted, signal_name
@@ -65,7 +65,7 @@ from .model_setup import (
     rollout_settings,
     setup_frozen_modules,
 )
-from .preflight import check_reward_device_available, load_train_prompts
+from .preflight import check_hub_push, check_reward_device_available, load_train_prompts
 from .reward_runner import RewardRunner, RewardSpec, build_monitor_rewards, build_rewards
 from .run_state import (
     Preemption,
@@ -141,6 +141,7 @@ class GRPOTrainer:
         apply_tf32(config.allow_tf32, self.accelerator.device)
         warn_on_settings(config, self.accelerator, fsdp2)  # LoRA update size, fp16 loss scaling (health_warnings.py)
         check_reward_device_available(config.reward_device)  # before FLUX loads, not after
+        check_hub_push(config)  # push_to_hub: repo id, token, not offline; before the run, not after it
         file_prompts = read_eval_prompt_file(config, eval_prompts)  # before the model loads
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
@@ -628,16 +629,16 @@ class GRPOTrainer:
                 interrupted = signal_name(stop.signum)
             finally:
                 self.preemption.interrupt = None
-                self.progress.close()  # before an error's message, not after it
-        weights = None
+                self.progress.close()  # an error's one line starts on a line of its own, not after the bar
+        weights, push_error = None, None
         if interrupted is None:
             weights = self.save_model(cfg.output_dir)
             acc.wait_for_everyone()
             if cfg.push_to_hub and acc.is_main_process:
-                self.push_to_hub()
+                push_error = push_failure(self.push_to_hub, cfg)  # raised after the summary is written
         acc.end_training()
         seconds, changes = time.perf_counter() - started, self.config_changes
-        return finish_run(
+        output = finish_run(
             self.history,
             cfg,
             self.global_step,
@@ -648,6 +649,9 @@ class GRPOTrainer:
             changes,
             acc.is_main_process,
         )
+        if push_error is not None:
+            raise push_error
+        return output
 
     def _run_loop(self) -> None:
         """`train()`'s steps: evaluations, logs and checkpoints; a stop signal raises `Preempted` at a boundary."""
