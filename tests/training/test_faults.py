@@ -206,9 +206,22 @@ def test_a_tracker_that_is_not_installed_fails_before_the_model_loads(
     err = capsys.readouterr().err.strip()
     assert info.value.code == 1 and len(err.splitlines()) == 1, err
     assert err == (
-        f"error: report_to={tracker!r} needs the {modules[0]} package, which is not installed; install it with "
-        f"`{install}`, or set report_to to another tracker or 'none'."
+        f"error: report_to={tracker!r} needs the {modules[0]} package, which is not installed (or does not import); "
+        f"install it with `{install}`, or set report_to to another tracker or 'none'."
     )
+
+
+def test_a_tracker_package_that_is_found_but_does_not_import_fails_before_the_model_loads(tmp_path, monkeypatch):
+    from diffusers_mixgrpo.training.errors import ConfigError
+    from diffusers_mixgrpo.training.logging_utils import resolve_report_to
+
+    broken = tmp_path / "site" / "wandb"  # found by find_spec, broken on import (a half-removed install)
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    with pytest.raises(ConfigError, match=r"report_to='wandb' needs the wandb package, which is not installed \(or"):
+        resolve_report_to("wandb")
 
 
 # -- a byte-order mark in a prompt file (item 5) -----------------------------------------------------------------------

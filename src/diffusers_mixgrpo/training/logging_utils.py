@@ -60,6 +60,19 @@ def _tracker_installed(name: str) -> bool:
     return any(_installed(module) for module in TRACKER_PACKAGES[name][0])
 
 
+def _tracker_importable(name: str) -> bool:
+    """Whether a module of tracker `name` imports: a package that is found but broken (or shadowed by a folder of
+    the same name) fails here, before the model loads, not when the trackers start."""
+    for module in TRACKER_PACKAGES[name][0]:
+        if _installed(module):
+            try:
+                importlib.import_module(module)
+                return True
+            except Exception:  # ImportError, or whatever a broken install raises on import
+                continue
+    return False
+
+
 def resolve_report_to(report_to: Optional[str]) -> Optional[list[str]]:
     """The `log_with` list for `Accelerator`, or `None` for no tracker.
 
@@ -84,10 +97,11 @@ def resolve_report_to(report_to: Optional[str]) -> Optional[list[str]]:
         if name not in TRACKER_PACKAGES:
             allowed = ", ".join([*TRACKER_PACKAGES, "all", "none"])
             raise ConfigError(f"report_to names {name!r}; allowed: {allowed}.")
-        if not _tracker_installed(name):
+        if not _tracker_importable(name):
             modules, install = TRACKER_PACKAGES[name]
             raise ConfigError(
-                f"report_to={report_to!r} needs the {modules[0]} package, which is not installed; install it with "
+                f"report_to={report_to!r} needs the {modules[0]} package, which is not installed (or does not "
+                f"import); install it with "
                 f"`{install}`, or set report_to to another tracker or 'none'."
             )
     return names
