@@ -28,6 +28,7 @@ def test_report_to_defaults_to_tensorboard_when_installed(monkeypatch):
     monkeypatch.setattr(logging_utils, "_installed", lambda name: False)
     assert resolve_report_to(None) is None
     monkeypatch.setattr(logging_utils, "_installed", lambda name: True)
+    monkeypatch.setattr(logging_utils, "_tracker_importable", lambda name: True)  # a named tracker must also import
     assert resolve_report_to("tensorboard,wandb") == ["tensorboard", "wandb"]
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "plot_reward_curve",
     "resolve_report_to",
     "RunProgressBar",
+    "record_history",
     "step_logs",
     "tracker_config",
 ]
@@ -166,6 +167,16 @@ def init_trackers(accelerator: Any, config: Any, project_name: Optional[str] = N
     if accelerator.is_main_process:
         init_kwargs = tracker_init_kwargs(config, accelerator.log_with, resuming=resuming)
         accelerator.init_trackers(name, config=tracker_config(config), init_kwargs=init_kwargs)
+
+
+def record_history(history: dict[str, list[tuple[int, float]]], step: int, logs: Mapping[str, float]) -> None:
+    """Append step `step`'s curves to the run's `history` (kept in checkpoints, drawn in the summary and the model
+    card): the training reward (`train_reward`) and each monitor reward (`monitor_<name>`, NaN steps left out)."""
+    if "reward/mean" in logs:
+        history.setdefault("train_reward", []).append((step, logs["reward/mean"]))
+    for key, value in logs.items():
+        if key.startswith("monitor/") and value == value:  # not NaN
+            history.setdefault(f"monitor_{key[len('monitor/') :]}", []).append((step, value))
 
 
 def step_logs(

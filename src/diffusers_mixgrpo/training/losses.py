@@ -19,6 +19,7 @@ __all__ = [
     "GRPOLossOutput",
     "PolicyLossOutput",
     "grpo_loss",
+    "guard_loss_kwargs",
     "guard_step_weights",
     "policy_loss",
     "ratio_norm_log_ratio",
@@ -134,6 +135,18 @@ def guard_step_weights(sigmas, step_indices) -> dict[int, float]:
         inverse[int(t)] = 1.0 / dt
     mean = sum(inverse.values()) / len(inverse)
     return {t: w / mean for t, w in inverse.items()}
+
+
+def guard_loss_kwargs(pipe, batch, t: int, idx: torch.Tensor, device, log_prob_reduction: str) -> dict:
+    """The `grpo_loss` keyword arguments of GRPO-Guard (`ratio_norm`) for the samples `idx` at window step `t` of the
+    rollout `batch`: the rollout's recorded SDE means and the step's 1/|dt| weight on `pipe`'s recompute grid."""
+    sigmas = pipe._log_prob_scheduler(batch).sigmas
+    return dict(
+        ratio_norm=True,
+        old_prev_sample_mean=batch.means[idx.to(batch.means.device), batch.step_position(t)].to(device),
+        step_weight=guard_step_weights(sigmas, batch.step_indices)[t],
+        log_prob_reduction=log_prob_reduction,
+    )
 
 
 def policy_loss(

@@ -160,15 +160,28 @@ def place_modules(config: GRPOConfig, pipe: GRPOTrainingPipeline, device: torch.
         module.to(device)
 
 
-def configure_rollout_scheduler(config: GRPOConfig, pipe: GRPOTrainingPipeline) -> None:
-    """The pipeline's scheduler rebuilt with the run's SDE settings (and, for flow models, its timestep grid)."""
-    overrides = {"sde_type": config.sde_type, "eta": config.eta, "log_prob_reduction": config.log_prob_reduction}
-    if pipe.family.scheduler_kind == "vp" and config.eta is not None and config.eta > 1:
+def check_family_settings(config: GRPOConfig, pipe: GRPOTrainingPipeline) -> None:
+    """The settings a VP-diffusion family (SD1.5, SDXL: a DDIM window) refuses, known once the model is loaded: a
+    `ConfigError` naming the value. The trainer calls it right after loading, before the rewards load."""
+    if pipe.family.scheduler_kind != "vp":
+        return
+    if config.eta is not None and config.eta > 1:
         raise ConfigError(
             f"eta={config.eta:g} is not allowed for a {pipe.model_family!r} model, whose window is a DDIM step: "
             f"DDIM's eta must lie in (0, 1] (usual: 1.0, DDPM-like), as above 1 its sqrt(1 - a_prev - std^2) is "
             f"undefined."
         )
+    if config.ratio_norm:
+        raise ConfigError(
+            f"ratio_norm=True needs a flow-matching model (its 1/|dt| step weights and SDE means); "
+            f"{pipe.model_family!r} is a VP diffusion model: set ratio_norm=False."
+        )
+
+
+def configure_rollout_scheduler(config: GRPOConfig, pipe: GRPOTrainingPipeline) -> None:
+    """The pipeline's scheduler rebuilt with the run's SDE settings (and, for flow models, its timestep grid)."""
+    overrides = {"sde_type": config.sde_type, "eta": config.eta, "log_prob_reduction": config.log_prob_reduction}
+    check_family_settings(config, pipe)
     if pipe.family.scheduler_kind == "flow":
         # The paper's grid: a fixed shift s (no resolution-dependent `mu`), Flash tail per the method preset.
         if config.shift is not None and pipe.scheduler.config.get("use_flow_sigmas", False):

@@ -12,6 +12,7 @@ run goes on unchanged (`RewardRunner.score_monitors`)."""
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
@@ -179,6 +180,17 @@ class RewardRunner:
     def monitor_names(self) -> list[str]:
         """The names of the monitor rewards (empty without monitors)."""
         return list(self.monitor.rewards) if self.monitor is not None else []
+
+    def gathered_monitor_scores(self, batch: RolloutBatch, step: int, accelerator, times: dict[str, float]) -> dict:
+        """The monitor scores of every process's rollout (`score_monitors`, then gathered: the same collectives on
+        every rank), their seconds in `times["time/monitor"]`; empty without monitors. Never used by the update."""
+        if self.monitor is None:
+            return {}
+        t0 = time.perf_counter()
+        local = self.score_monitors(batch, step)
+        gathered = {k: accelerator.gather(v.contiguous()) for k, v in local.items()}
+        times["time/monitor"] = time.perf_counter() - t0
+        return gathered
 
     def score_monitors(self, batch: RolloutBatch, step: int) -> dict[str, torch.Tensor]:
         """`{monitor name: (B,) float32 scores}` of `batch`; never raises for a monitor's fault: a monitor that fails,

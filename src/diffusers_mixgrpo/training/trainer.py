@@ -25,7 +25,7 @@ from .checkpointing import CheckpointManager
 from .config import GRPOConfig
 from .consistency import RatioCheck
 from .distributed import FSDP2Options
-from .errors import ConfigError, TrainingStopped
+from .errors import TrainingStopped
 from .evaluation import (
     VALIDATION_GRID_PROMPTS,
     EvaluationResult,
@@ -51,14 +51,16 @@ from .logging_utils import (
     announce_truncated_prompts,
     init_trackers,
     quiet_prompt_truncation,
+    record_history,
     step_logs,
 )
-from .losses import grpo_loss, guard_step_weights
+from .losses import grpo_loss, guard_loss_kwargs
 from .model_setup import (
     apply_model_defaults,
     apply_tf32,
     autocast_dtype,
     build_accelerator,
+    check_family_settings,
     load_training_pipeline,
     prepare_model,
     resolve_fsdp2,
@@ -145,11 +147,7 @@ class GRPOTrainer:
         file_prompts = read_eval_prompt_file(config, eval_prompts)  # before the model loads
         self.pipeline = pipeline if pipeline is not None else load_training_pipeline(config)
         self.pipeline.set_progress_bar_config(disable=True)
-        if config.ratio_norm and getattr(self.pipeline.family, "scheduler_kind", "flow") != "flow":
-            raise ConfigError(
-                f"ratio_norm=True needs a flow-matching model (its 1/|dt| step weights and SDE means); "
-                f"{self.pipeline.model_family!r} is a VP diffusion model: set ratio_norm=False."
-            )
+        check_family_settings(config, self.pipeline)  # what SD1.5 / SDXL refuse (eta > 1, ratio_norm)
         apply_model_defaults(config, self.pipeline)
         self._prompts_given = train_prompts is not None
         self.train_prompts = load_train_prompts(train_prompts, config.prompt_file)
@@ -269,18 +267,6 @@ class GRPOTrainer:
     def _score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """`{reward name: (B,) scores}` of `batch` (`reward_runner.RewardRunner`)."""
         return self.reward_runner.score(batch, self.global_step)
-
-    def _monitor_scores(self, batch: RolloutBatch, times: dict[str, float]) -> dict[str, torch.Tensor]:
-        """The monitor rewards' scores of every process's rollout, gathered (NaN where a monitor failed); empty without
-        monitors. Never used by the update."""
-        if self.monitor is None:
-            return {}
-        t0 = time.perf_counter()
-        self.progress.phase("monitor")
-        local = self.reward_runner.score_monitors(batch, self.global_step)
-        gathered = {k: self.accelerator.gather(v.contiguous()) for k, v in local.items()}
-        times["time/monitor"] = time.perf_counter() - t0
-        return gathered
 
     def _advantages(self, batch: RolloutBatch, scores: dict[str, torch.Tensor]):
         """Gather scores of every process (global group ids), drop non-finite groups, normalise; this rank's slice."""
@@ -424,15 +410,7 @@ class GRPOTrainer:
         if cfg.kl_type == "reference" and cfg.kl_coeff > 0:
             with torch.no_grad(), self._reference_policy():
                 _, ref_mean, _ = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
-        guard = {}
-        if cfg.ratio_norm:  # GRPO-Guard: the rollout's means, and the step's 1/|dt| weight (`losses.py`)
-            sigmas = pipe._log_prob_scheduler(batch).sigmas
-            guard = dict(
-                ratio_norm=True,
-                old_prev_sample_mean=batch.means[idx.to(batch.means.device), batch.step_position(t)].to(mean.device),
-                step_weight=guard_step_weights(sigmas, batch.step_indices)[t],
-                log_prob_reduction=cfg.log_prob_reduction,
-            )
+        guard = guard_loss_kwargs(pipe, batch, t, idx, mean.device, cfg.log_prob_reduction) if cfg.ratio_norm else {}
         return grpo_loss(
             logp,
             batch.log_probs[idx, batch.step_position(t)].to(logp.device),
@@ -478,7 +456,9 @@ class GRPOTrainer:
         self.preemption.start_iteration(self, counters=("bad_group_streak",))
         window = self.window.current()
         batch, scores = self._rollout_and_score(step, times)
-        monitor = self._monitor_scores(batch, times)
+        if self.monitor is not None:  # rewards logged, never trained on (`monitor_rewards`)
+            self.progress.phase("monitor")
+        monitor = self.reward_runner.gathered_monitor_scores(batch, self.global_step, self.accelerator, times)
         self._check_stop("its rewards")
         advantages, keep, all_scores, all_keep, per_reward = self._advantages(batch, scores)
         self.health.check_dropped_groups(step, int((~all_keep).sum()))
@@ -504,11 +484,7 @@ class GRPOTrainer:
         )  # fmt: skip
         if self._zero_spread is not None:
             logs["reward/zero_spread_groups"] = self._zero_spread
-        if "reward/mean" in logs:
-            self.history.setdefault("train_reward", []).append((self.global_step, logs["reward/mean"]))
-        for name in monitor:
-            if logs[f"monitor/{name}"] == logs[f"monitor/{name}"]:  # not NaN
-                self.history.setdefault(f"monitor_{name}", []).append((self.global_step, logs[f"monitor/{name}"]))
+        record_history(self.history, self.global_step, logs)
         return logs
 
     # ------------------------------------------------------------------ evaluation
@@ -537,18 +513,9 @@ class GRPOTrainer:
         source = self.eval_prompts_source if prompts == self.eval_prompts else "evaluate(prompts=...)"
         with self.ema.average_parameters(self.trainable) if self.ema is not None else nullcontext():
             return evaluate_policy(
-                self._eval_sample,
-                self._eval_score,
-                prompts,
-                self.reward,
-                acc,
-                n,
-                seed,
-                chunk,
-                grid_prompts,
-                source,
+                self._eval_sample, self._eval_score, prompts, self.reward, acc, n, seed, chunk, grid_prompts, source,
                 self.reward_runner.monitor_names,
-            )
+            )  # fmt: skip
 
     def _eval_score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """The evaluation's scores of `batch`: every training reward, and each monitor as `"monitor/<name>"`."""
@@ -618,14 +585,9 @@ class GRPOTrainer:
             except Preempted as stop:
                 self.progress.close()
                 checkpoint = self.preemption.save_on_stop(
-                    stop,
-                    self.optimizer,
-                    self.checkpoints,
-                    self.save_checkpoint,
-                    self.global_step,
-                    cfg.max_train_steps,
-                    acc.is_main_process,
-                )
+                    stop, self.optimizer, self.checkpoints, self.save_checkpoint, self.global_step,
+                    cfg.max_train_steps, acc.is_main_process,
+                )  # fmt: skip
                 interrupted = signal_name(stop.signum)
             finally:
                 self.preemption.interrupt = None
