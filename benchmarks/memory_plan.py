@@ -933,7 +933,8 @@ def config_plan(
     """Per-GPU bytes of a shipped training config (`examples/configs/*.yaml`) under a launch config: its LoRA or full
     fine-tune, training micro-batch (`train_batch_size`, else the rollout chunk), resolution, gradient checkpointing,
     optimiser, text encoders as configured (on the GPU unless `offload_text_encoders` is `cpu` or `free`) and reward
-    models in `reward_dtype` (none on the training GPU when `reward_device` is set). `overrides`: config fields."""
+    models in `reward_dtype`, the monitor rewards included (none on the training GPU when `reward_device` is set).
+    `overrides`: config fields."""
     from diffusers_mixgrpo.training.config import GRPOConfig
 
     cfg = GRPOConfig.from_yaml(config_path, **overrides)
@@ -942,6 +943,7 @@ def config_plan(
     strategy, n = launch_topology(launch_config)
     micro = cfg.train_batch_size or cfg.sample_max_batch_size or cfg.rollouts_per_device
     on_gpu = cfg.reward_device is None  # None: the training device; "cpu" or another GPU ("cuda:1"): off it
+    models = [*(cfg.rewards or {}), *(cfg.monitor_rewards or [])]  # monitors are loaded beside the trained rewards
     return per_gpu(
         counts,
         mode="lora" if cfg.use_lora else "full",
@@ -952,7 +954,7 @@ def config_plan(
         micro_batch=int(min(micro, cfg.rollouts_per_device)),
         optimizer=cfg.optimizer,
         free_text_encoders=cfg.offload_text_encoders in ("cpu", "free"),
-        reward_bytes=reward_bytes(cfg.rewards or {}, cfg.reward_dtype, cfg.reward_kwargs) if on_gpu else 0,
+        reward_bytes=reward_bytes(models, cfg.reward_dtype, cfg.reward_kwargs) if on_gpu else 0,
     )
 
 
@@ -989,11 +991,16 @@ def shipped_table() -> list[dict]:
         size = f"{size_label(px)} px" + (f", {num_frames} frames" if num_frames > 1 else "")
         for use_lora in (True, False):
             row = {"config": os.path.relpath(path, _ROOT), "model": MODELS[key].name, "size": size, "lora": use_lora}
+            mode = {"use_lora": use_lora}
+            if (
+                not use_lora and cfg.kl_type == "reference"
+            ):  # the LoRA-off reference needs a LoRA: full runs go without
+                mode.update(kl_type="none", kl_coeff=0.0)  # (it adds no weights or saved activations either way)
             for launch in SHIPPED_LAUNCHES:
                 launch_path = os.path.join(_ROOT, "examples", "accelerate", f"{launch}.yaml")
-                plan = config_plan(path, launch_path, cache[what], use_lora=use_lora)
+                plan = config_plan(path, launch_path, cache[what], **mode)
                 row[launch] = plan.total / GiB
-            row["parts"] = asdict(config_plan(path, None, cache[what], use_lora=use_lora))
+            row["parts"] = asdict(config_plan(path, None, cache[what], **mode))
             rows.append(row)
     return rows
 
