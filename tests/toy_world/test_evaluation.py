@@ -1,7 +1,5 @@
 """The held-out evaluation is held out: its prompts and noise never occur in training, and it is deterministic."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -16,7 +14,7 @@ from diffusers_mixgrpo.toy_world.evaluation import (
     train_eval_prompts,
 )
 from diffusers_mixgrpo.toy_world.train_base import noisy_caption_objects
-from diffusers_mixgrpo.training.trainer import GRPOTrainer
+from diffusers_mixgrpo.training.iteration_plan import prompt_generators
 
 
 def test_heldout_prompts_share_no_object_combination_with_any_training_prompt():
@@ -37,8 +35,7 @@ def test_training_evaluation_prompts_are_distinct_training_prompts():
 def test_heldout_noise_seeds_are_above_every_seed_the_trainer_draws_rollout_noise_from():
     # The trainer seeds rollout noise with seed * 1_000_003 + step * 7_919 + 31 * slot: at the extremes of any
     # realistic run (seed < 10^5, step < 10^7, 1024 prompt slots) it stays below the held-out range.
-    fake = SimpleNamespace(config=SimpleNamespace(seed=10**5 - 1))
-    gens = GRPOTrainer._prompt_generators(fake, 10**7 - 1, [1023])
+    gens = prompt_generators(10**5 - 1, 10**7 - 1, [1023])  # what the trainer's rollouts draw from
     assert gens[0].initial_seed() < HELDOUT_NOISE_SEED < TRAIN_EVAL_NOISE_SEED
     assert noise_generators(3, HELDOUT_NOISE_SEED)[2].initial_seed() == HELDOUT_NOISE_SEED + 2
     assert TRAIN_EVAL_NOISE_SEED - HELDOUT_NOISE_SEED > 10**6  # the two evaluation ranges never overlap

@@ -6,6 +6,7 @@ import copy
 import torch
 
 from diffusers_mixgrpo import GRPOTrainingPipeline
+from diffusers_mixgrpo.training.model_setup import reference_policy
 from diffusers_mixgrpo.utils.tiny_models import build_tiny_flux_pipeline
 from testing_utils import brightness, tiny_config, tiny_flux_trainer
 
@@ -37,7 +38,7 @@ def test_the_reference_policy_is_the_base_model_exactly_and_the_lora_comes_back(
     tuned_logp, _ = _logp_and_mean(trainer.pipeline, batch, t)
     base_logp, base_mean = _logp_and_mean(base, batch, t)
     assert not torch.equal(tuned_logp, base_logp)
-    with trainer._reference_policy():
+    with reference_policy(trainer.pipeline.denoiser):
         ref_logp, ref_mean = _logp_and_mean(trainer.pipeline, batch, t)
     assert torch.equal(ref_logp, base_logp) and torch.equal(ref_mean, base_mean)  # bit for bit
     assert torch.equal(_logp_and_mean(trainer.pipeline, batch, t)[0], tuned_logp)  # the adapter is back on

@@ -4,6 +4,7 @@ learning-rate schedule built and prepared by accelerate, and the memory options 
 
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
@@ -158,6 +159,17 @@ def place_modules(config: GRPOConfig, pipe: GRPOTrainingPipeline, device: torch.
         if sharded and module is pipe.denoiser:
             continue
         module.to(device)
+
+
+@contextmanager
+def reference_policy(denoiser):
+    """The base model for the reference KL (`kl_type: reference`): the LoRA switched off for the block and switched back
+    on after it (`disable_adapters` / `enable_adapters`): no second copy of the model. A full fine-tune has none."""
+    denoiser.disable_adapters()
+    try:
+        yield
+    finally:
+        denoiser.enable_adapters()
 
 
 def check_family_settings(config: GRPOConfig, pipe: GRPOTrainingPipeline) -> None:

@@ -8,7 +8,7 @@ formats), `run_state.py` (the recorded config, resuming, the pre-emption bookkee
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any, Optional, Union
 
 import torch
@@ -63,6 +63,7 @@ from .model_setup import (
     check_family_settings,
     load_training_pipeline,
     prepare_model,
+    reference_policy,
     resolve_fsdp2,
     rollout_settings,
     setup_frozen_modules,
@@ -210,16 +211,6 @@ class GRPOTrainer:
         return torch.device(device) if device is not None else self.accelerator.device
 
     # ------------------------------------------------------------------ data (`iteration_plan.py`)
-    def _prompt_indices(self, step: int) -> list[int]:
-        """The prompt indices this process rolls out at step `step` (`iteration_plan.prompt_indices`)."""
-        cfg, acc = self.config, self.accelerator
-        n, per_device = len(self.train_prompts), cfg.sample_prompts_per_device
-        return prompt_indices(step, cfg.seed, n, per_device, acc.num_processes, acc.process_index)
-
-    def _prompt_generators(self, step: int, global_slots: Sequence[int]) -> list[torch.Generator]:
-        """One generator per prompt slot of the global batch (`iteration_plan.prompt_generators`)."""
-        return prompt_generators(self.config.seed, step, global_slots)
-
     def _train_steps(self, batch: RolloutBatch, step: int) -> list[list[int]]:
         """The window steps each local sample trains this iteration (`iteration_plan.draw_train_steps`)."""
         cfg = self.config
@@ -250,12 +241,15 @@ class GRPOTrainer:
         """The rollout of step `step` (this process's prompts; `piece`: a slice of them, e.g. one chunk's)."""
         cfg = self.config
         positions = list(range(cfg.sample_prompts_per_device))[piece or slice(None)]
-        indices = self._prompt_indices(step)
+        acc, n = self.accelerator, len(self.train_prompts)
+        indices = prompt_indices(
+            step, cfg.seed, n, cfg.sample_prompts_per_device, acc.num_processes, acc.process_index
+        )
         prompts = [self.train_prompts[indices[j]] for j in positions]
         slots = [self._global_slot_offset() + j for j in positions]
         return self._sample(
             prompts,
-            self._prompt_generators(step, slots),
+            prompt_generators(cfg.seed, step, slots),
             "its rollout",
             num_generations=cfg.num_generations,
             sde_steps=self.window.indices(),
@@ -293,16 +287,6 @@ class GRPOTrainer:
         n_local = batch.batch_size
         lo = acc.process_index * n_local  # every process rolls out the same number of samples
         return adv[lo : lo + n_local], keep[lo : lo + n_local], all_scores, keep, per_reward
-
-    @contextmanager
-    def _reference_policy(self):
-        """The base model for the Flow-GRPO reference KL: LoRA disabled (full fine-tune: not available)."""
-        denoiser = self.pipeline.denoiser
-        denoiser.disable_adapters()
-        try:
-            yield
-        finally:
-            denoiser.enable_adapters()
 
     def _update(self, batch: RolloutBatch, advantages: torch.Tensor, all_keep: torch.Tensor, step: int) -> dict:
         """The clipped GRPO update on this iteration's rollouts: micro-batches of `train_batch_size`, an optimiser step
@@ -408,7 +392,7 @@ class GRPOTrainer:
         logp, mean, std = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
         ref_mean = None
         if cfg.kl_type == "reference" and cfg.kl_coeff > 0:
-            with torch.no_grad(), self._reference_policy():
+            with torch.no_grad(), reference_policy(pipe.denoiser):
                 _, ref_mean, _ = pipe.log_prob(batch, t, idx, autocast_dtype=autocast, return_stats=True)
         guard = guard_loss_kwargs(pipe, batch, t, idx, mean.device, cfg.log_prob_reduction) if cfg.ratio_norm else {}
         return grpo_loss(
