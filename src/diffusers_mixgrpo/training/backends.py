@@ -18,7 +18,7 @@ The trainer scales every loss itself (see `docs/training.md`, "Loss"): no backen
 
 import functools
 from contextlib import nullcontext
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 
@@ -200,12 +200,14 @@ def make_backend(accelerator, prepared, config) -> TrainingBackend:
     )
 
 
-def _all_reduce_int(accelerator, value: int, op_name: str) -> int:
+def _all_reduce(accelerator, value: Union[int, float], op_name: str) -> Union[int, float]:
+    """One all-reduce of a Python number (int32 for an int, float64 for a float), returned as the same type."""
     import torch.distributed as dist
 
-    flag = torch.tensor([value], dtype=torch.int32, device=accelerator.device)
+    kind = type(value)
+    flag = torch.tensor([value], dtype=torch.float64 if kind is float else torch.int32, device=accelerator.device)
     dist.all_reduce(flag, op=getattr(dist.ReduceOp, op_name))
-    return int(flag.item())
+    return kind(flag.item())
 
 
 def all_ranks(accelerator, ok: bool) -> bool:
@@ -213,11 +215,11 @@ def all_ranks(accelerator, ok: bool) -> bool:
     must be the same on all of them, or the job hangs (DDP, FSDP2, ZeRO) or the replicas drift."""
     if accelerator.num_processes == 1:
         return ok
-    return bool(_all_reduce_int(accelerator, 1 if ok else 0, "MIN"))
+    return bool(_all_reduce(accelerator, 1 if ok else 0, "MIN"))
 
 
-def max_over_ranks(accelerator, value: int) -> int:
-    """The largest `value` of any rank (one all-reduce when there are several ranks)."""
+def max_over_ranks(accelerator, value: Union[int, float]) -> Union[int, float]:
+    """The largest `value` (an int, or a float) of any rank (one all-reduce when there are several ranks)."""
     if accelerator.num_processes == 1:
         return value
-    return _all_reduce_int(accelerator, value, "MAX")
+    return _all_reduce(accelerator, value, "MAX")

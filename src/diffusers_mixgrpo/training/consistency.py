@@ -28,6 +28,7 @@ from typing import Optional, Union
 
 import torch
 
+from .backends import max_over_ranks
 from .errors import TrainingStopped
 
 logger = logging.getLogger(__name__)
@@ -106,13 +107,7 @@ class RatioCheck:
             return None
         step, self.step = self.step, None
         self.checked_once = True
-        deviation = self.deviation
-        if accelerator.num_processes > 1:
-            import torch.distributed as dist
-
-            value = torch.tensor([deviation], dtype=torch.float64, device=accelerator.device)
-            dist.all_reduce(value, op=dist.ReduceOp.MAX)
-            deviation = float(value.item())
+        deviation = max_over_ranks(accelerator, float(self.deviation))  # every rank decides on the same number
         per = " per latent element" if self.elements > 1 else ""
         logger.info(
             "Step %d: on-policy max |log ratio|%s = %.3g (tolerance %.3g).", step, per, deviation, self.tolerance

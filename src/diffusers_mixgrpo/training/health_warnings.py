@@ -88,11 +88,10 @@ def _is_deepspeed(accelerator: Any) -> bool:
 
 def _uses_fsdp2(config: Any, accelerator: Any, fsdp2: Any) -> bool:
     from .distributed import fsdp2_options_from_accelerate
+    from .model_setup import resolve_fsdp2
 
-    # as `model_setup.resolve_fsdp2` and `prepare_model` decide: the argument, else the config, else the launch config
-    if fsdp2 or (fsdp2 is None and config.fsdp2):
-        return True
-    return fsdp2_options_from_accelerate(accelerator) is not None
+    # as the trainer decides: the argument, else the config (`resolve_fsdp2`), else the launch config (`prepare_model`)
+    return resolve_fsdp2(config, fsdp2) is not None or fsdp2_options_from_accelerate(accelerator) is not None
 
 
 def gradient_rms(params: Sequence[torch.nn.Parameter]) -> Optional[float]:
