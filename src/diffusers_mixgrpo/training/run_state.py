@@ -171,8 +171,10 @@ def trainer_state(
     config_changes: list[dict[str, Any]],
     train_prompts: list[str],
     ema: Any = None,
+    base_model: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
-    """What a checkpoint holds besides what `accelerator.save_state` writes (`GRPOTrainer.save_checkpoint`)."""
+    """What a checkpoint holds besides what `accelerator.save_state` writes (`GRPOTrainer.save_checkpoint`).
+    `base_model`: the run's `base_model_record`, hashed once per run by the caller (default: hashed here)."""
     state = {
         "global_step": global_step,
         "window": window.state_dict(),
@@ -181,7 +183,7 @@ def trainer_state(
         "config": config.to_dict(),
         "config_changes": list(config_changes),
         "prompts_sha256": prompts_fingerprint(train_prompts),
-        BASE_MODEL_KEY: base_model_record(config),
+        BASE_MODEL_KEY: base_model if base_model is not None else base_model_record(config),
     }
     if ema is not None:
         state["ema"] = ema.state_dict()
@@ -234,12 +236,12 @@ def resume_or_start_fresh(
             config.output_dir,
             os.path.basename(checkpoints.latest()),
         )
-    elif accelerator.is_main_process and not config.overwrite_output_dir and finished_run(config.output_dir):
+    elif accelerator.is_main_process and not config.overwrite_output_dir and (held := finished_run(config.output_dir)):
         logger.warning(
             "%s already holds a finished run (%s); this run replaces it (the command line refuses this without "
             "--overwrite_output_dir).",
             config.output_dir,
-            finished_run(config.output_dir),
+            held,
         )
 
 

@@ -21,6 +21,7 @@ from ..pipelines.prompt_cache import PromptEmbedsCache, cached_rows
 from ..pipelines.rollout_batch import RolloutBatch
 from .advantages import compute_advantages, finite_group_mask
 from .backends import all_ranks, make_backend
+from .base_model import base_model_record
 from .checkpointing import CheckpointManager
 from .config import GRPOConfig
 from .consistency import RatioCheck
@@ -170,6 +171,7 @@ class GRPOTrainer:
         self.config_changes: list[dict[str, Any]] = []
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.preemption = Preemption()
+        self._base_model: Optional[dict[str, Any]] = None  # `base_model.base_model_record`, at the first save
         self._setup_model(resolve_fsdp2(config, fsdp2))
         all_prompts = list(dict.fromkeys(self.train_prompts + self.eval_prompts))
         self.prompt_cache: Optional[PromptEmbedsCache] = setup_frozen_modules(
@@ -519,9 +521,12 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ checkpoints and resuming
     def save_checkpoint(self) -> str:
         cfg, step, history = self.config, self.global_step, self.history
+        if self._base_model is None:  # the base model's fingerprint: hashed at the first save, not at every one
+            self._base_model = base_model_record(cfg)
         state = trainer_state(
-            step, self.window, self.bad_group_streak, history, cfg, self.config_changes, self.train_prompts, self.ema
-        )
+            step, self.window, self.bad_group_streak, history, cfg, self.config_changes, self.train_prompts, self.ema,
+            self._base_model,
+        )  # fmt: skip
         path = self.checkpoints.save(step, self.accelerator, state, **self.backend.checkpoint_kwargs(load=False))
         self.preemption.saved[step] = path
         return path
